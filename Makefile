@@ -1,0 +1,38 @@
+# The commands a person and CI run. `make demo` and `make test` each install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PYSPARK_PYTHON := $(abspath $(PY))
+export SPARK_LOCAL_IP := 127.0.0.1
+
+.PHONY: install demo test lint unit dist clean
+
+$(STAMP): requirements/runtime.txt requirements/dev.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet -e ml_source -e ml_ops -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/mlops demo
+
+lint: install
+	$(PY) -m flake8
+
+test: lint
+	$(PY) -m pytest
+
+dist: install
+	rm -rf dist && mkdir -p dist
+	$(PY) -m build --wheel --no-isolation --outdir dist ml_source
+	$(PY) -m build --wheel --no-isolation --outdir dist ml_ops
+	rm -rf ml_source/build ml_ops/build
+	cd dist && sha256sum *.whl > SHA256SUMS && cat SHA256SUMS
+
+clean:
+	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

@@ -1,0 +1,27 @@
+"""Packaging for the MLOps wheel, ``taxi_fares_mlops``: stages that wire ``taxi_fares`` to storage and MLflow.
+
+It pins ``taxi_fares`` to the same version (both come from the repository's VERSION file). pyspark and
+delta-spark are an extra because a Databricks runtime provides them outside pip's view.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = (HERE.parent / "VERSION").read_text(encoding="utf-8").strip()
+
+setup(
+    name="taxi_fares_mlops",
+    version=VERSION,
+    description="MLOps stages for the taxi-fare model: feature tables, training, promotion, batch scoring",
+    packages=find_packages(include=["taxi_fares_mlops", "taxi_fares_mlops.*"]),
+    package_data={"taxi_fares_mlops": ["resources/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        f"taxi_fares=={VERSION}",
+    ],
+    extras_require={
+        # Provided by the Databricks runtime; installed locally by requirements/runtime.txt.
+        "spark": ["pyspark>=3.5", "delta-spark>=3.2"],
+    },
+)

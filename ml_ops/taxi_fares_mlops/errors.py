@@ -1,0 +1,34 @@
+"""The exception tree of the MLOps wheel. Catch ``MlopsError`` for anything this package raises on purpose."""
+
+
+class MlopsError(Exception):
+    """Base class of every error raised on purpose by taxi_fares_mlops."""
+
+
+class ConfigError(MlopsError):
+    """A job parameter is missing or malformed. Lists every problem found, not just the first."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("invalid job parameters:\n  - " + "\n  - ".join(self.problems))
+
+
+class DataError(MlopsError):
+    """Input data is missing or fails validation."""
+
+
+class StorageError(MlopsError):
+    """A table or file could not be read or written; the message names it."""
+
+
+class RegistryError(MlopsError):
+    """A registered model, version or alias does not exist or cannot be used."""
+
+
+class StageError(MlopsError):
+    """A stage failed; wraps the cause and names the stage."""
+
+    def __init__(self, stage, cause):
+        self.stage = stage
+        self.cause = cause
+        super().__init__(f"stage '{stage}' failed: {cause}")

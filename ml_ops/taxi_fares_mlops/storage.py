@@ -1,0 +1,96 @@
+"""The lakehouse: every table path, and every Delta read and write, goes through here.
+
+A ``Lakehouse`` owns one root (a local folder, ``/Volumes/...`` or ``abfss://...``). Tables are named by the
+constants below; no other code builds a table path. Failures are wrapped once as ``StorageError`` naming the
+table and its path.
+
+Locally the root comes from ``MLOPS_HOME`` (default ``.mlops/`` in the current directory, which is the
+repository root for the ``mlops`` tool and ``make``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+
+from taxi_fares_mlops.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+RAW_TRIPS = "raw_trips"
+PICKUP_FEATURES = "pickup_features"
+DROPOFF_FEATURES = "dropoff_features"
+PREDICTIONS = "predictions"
+QUARANTINE = "quarantined_trips"
+TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, QUARANTINE)
+
+MLOPS_HOME_ENV = "MLOPS_HOME"
+
+
+def default_root() -> str:
+    """``$MLOPS_HOME`` if set, else ``./.mlops`` (absolute)."""
+    return str(Path(os.environ.get(MLOPS_HOME_ENV) or ".mlops").resolve())
+
+
+class Lakehouse:
+    """Delta tables under one root: ``<root>/tables/<name>``."""
+
+    def __init__(self, root: Optional[str] = None):
+        self.root = (root or default_root()).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Lakehouse({self.root!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root and not self.root.startswith("dbfs:")
+
+    def path(self, *parts: str) -> str:
+        """A path under the root for non-table files (run folders, the local MLflow store)."""
+        return "/".join([self.root, *parts])
+
+    def table_path(self, table: str) -> str:
+        if table not in TABLES:
+            raise StorageError(f"unknown table '{table}' (known tables: {', '.join(TABLES)})")
+        return self.path("tables", table)
+
+    @contextmanager
+    def _wrapped(self, action: str, table: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:  # one wrap at the IO boundary, with the table named
+            raise StorageError(f"could not {action} table '{table}' at {self.table_path(table)}: "
+                               f"{_first_line(exc)}") from exc
+
+    def exists(self, spark: SparkSession, table: str) -> bool:
+        from delta.tables import DeltaTable
+
+        with self._wrapped("check", table):
+            return DeltaTable.isDeltaTable(spark, self.table_path(table))
+
+    def read(self, spark: SparkSession, table: str) -> DataFrame:
+        if not self.exists(spark, table):
+            raise StorageError(f"table '{table}' does not exist at {self.table_path(table)}")
+        with self._wrapped("read", table):
+            return spark.read.format("delta").load(self.table_path(table))
+
+    def write(self, df: DataFrame, table: str, mode: str = "overwrite",
+              partition_by: Sequence[str] = ()) -> None:
+        """Write a whole table atomically (Delta commits are all-or-nothing)."""
+        with self._wrapped("write", table):
+            writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+            writer.save(self.table_path(table))
+        logger.info("wrote table %s (%s)", table, mode)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

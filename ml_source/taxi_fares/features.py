@@ -1,0 +1,199 @@
+"""Feature functions: windowed pickup/dropoff aggregates, lookup keys and the point-in-time join.
+
+Time semantics (all timestamps are instants; hours and weekdays are read in the Spark session time zone, which
+the local session sets to UTC):
+
+* A feature row keyed ``(zip, ts)`` describes the trips of the window ``[ts - length, ts)``: it only ever
+  contains trips that started (pickup) or ended (dropoff) strictly before ``ts``.
+* ``pickup_features(trips, start, end)`` returns the rows whose ``ts`` lies in ``[start, end)``. The first windows
+  of the range reach back before ``start``, so ``trips`` should cover ``[start - 1 hour, end)``; rows outside
+  that span are ignored. Adjacent ranges therefore produce disjoint keys, and recomputing a range with the
+  same trips yields the same rows.
+* A trip's lookup key is its timestamp rounded *down* to the feature grid, and the point-in-time join attaches
+  the latest feature row with ``ts <= key``. Because ``key <= trip time`` and a row only holds trips before its
+  ``ts``, no trip ever sees itself or anything later.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence, Union
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from taxi_fares.schema import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP
+
+DateLike = Union[str, dt.date, dt.datetime]
+
+ZIP = "zip"
+TS = "ts"
+FEATURE_KEYS = (ZIP, TS)
+
+PICKUP_WINDOW_SECONDS = 3600
+PICKUP_SLIDE_SECONDS = 900
+DROPOFF_WINDOW_SECONDS = 1800
+
+PICKUP_MEAN_FARE = "mean_fare_window_1h_pickup_zip"
+PICKUP_COUNT = "count_trips_window_1h_pickup_zip"
+DROPOFF_COUNT = "count_trips_window_30m_dropoff_zip"
+DROPOFF_IS_WEEKEND = "dropoff_is_weekend"
+
+PICKUP_FEATURES = (PICKUP_MEAN_FARE, PICKUP_COUNT)
+DROPOFF_FEATURES = (DROPOFF_COUNT, DROPOFF_IS_WEEKEND)
+
+PICKUP_LOOKUP_TS = "pickup_lookup_ts"
+DROPOFF_LOOKUP_TS = "dropoff_lookup_ts"
+PICKUP_HOUR = "pickup_hour"
+PICKUP_WEEKDAY = "pickup_weekday"
+
+
+def to_datetime(value: DateLike) -> dt.datetime:
+    """A date, datetime or ISO string as a naive datetime (dates mean midnight)."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _check_range(start: DateLike, end: DateLike) -> tuple[dt.datetime, dt.datetime]:
+    start_dt, end_dt = to_datetime(start), to_datetime(end)
+    if end_dt <= start_dt:
+        raise ValueError(f"end ({end_dt.isoformat()}) must be after start ({start_dt.isoformat()})")
+    return start_dt, end_dt
+
+
+def in_range(ts: Column, start: DateLike, end: DateLike) -> Column:
+    """``start <= ts < end``: the half-open range used everywhere in this package."""
+    start_dt, end_dt = _check_range(start, end)
+    return (ts >= F.lit(start_dt)) & (ts < F.lit(end_dt))
+
+
+def round_down(ts: Column, seconds: int) -> Column:
+    """Round a timestamp down to a multiple of ``seconds`` since the epoch (the feature-window grid)."""
+    return F.timestamp_seconds(F.floor(F.unix_timestamp(ts) / seconds) * seconds)
+
+
+def _windowed(trips: DataFrame, ts_col: str, zip_col: str, length_s: int, slide_s: int,
+              start: DateLike, end: DateLike):
+    """Trips grouped by zip and (sliding) window, reading only the trips those windows can hold.
+
+    Returns (grouped data, start, end) so the caller can keep the windows whose end lies in [start, end).
+    """
+    start_dt, end_dt = _check_range(start, end)
+    lookback = start_dt - dt.timedelta(seconds=length_s)
+    window = F.window(F.col(ts_col), f"{length_s} seconds", f"{slide_s} seconds")
+    return (
+        trips
+        .filter(in_range(F.col(ts_col), lookback, end_dt) & F.col(zip_col).isNotNull())
+        .groupBy(F.col(zip_col).alias(ZIP), window.alias("w"))
+    ), start_dt, end_dt
+
+
+def _keep_range(df: DataFrame, start_dt: dt.datetime, end_dt: dt.datetime) -> DataFrame:
+    return df.filter(in_range(F.col(TS), start_dt, end_dt))
+
+
+def pickup_features(trips: DataFrame, start_date: DateLike, end_date: DateLike) -> DataFrame:
+    """Per pickup zip: mean fare and trip count over a 1-hour window sliding every 15 minutes."""
+    grouped, start_dt, end_dt = _windowed(trips, PICKUP_TS, PICKUP_ZIP, PICKUP_WINDOW_SECONDS,
+                                          PICKUP_SLIDE_SECONDS, start_date, end_date)
+    features = grouped.agg(
+        F.mean(FARE).alias(PICKUP_MEAN_FARE),
+        F.count(F.lit(1)).alias(PICKUP_COUNT),
+    ).select(ZIP, F.col("w.end").alias(TS), PICKUP_MEAN_FARE, PICKUP_COUNT)
+    return _keep_range(features, start_dt, end_dt)
+
+
+def dropoff_features(trips: DataFrame, start_date: DateLike, end_date: DateLike) -> DataFrame:
+    """Per dropoff zip: trip count over a 30-minute tumbling window, and whether that window is on a weekend.
+
+    The weekend flag is read from the window's start, the day its trips ended on.
+    """
+    grouped, start_dt, end_dt = _windowed(trips, DROPOFF_TS, DROPOFF_ZIP, DROPOFF_WINDOW_SECONDS,
+                                          DROPOFF_WINDOW_SECONDS, start_date, end_date)
+    features = grouped.agg(F.count(F.lit(1)).alias(DROPOFF_COUNT)).select(
+        ZIP,
+        F.col("w.end").alias(TS),
+        DROPOFF_COUNT,
+        F.dayofweek(F.col("w.start")).isin(1, 7).alias(DROPOFF_IS_WEEKEND),
+    )
+    return _keep_range(features, start_dt, end_dt)
+
+
+def add_lookup_keys(trips: DataFrame) -> DataFrame:
+    """Add the pickup (15-minute grid) and dropoff (30-minute grid) lookup timestamps, rounded down."""
+    return trips.withColumns({
+        PICKUP_LOOKUP_TS: round_down(F.col(PICKUP_TS), PICKUP_SLIDE_SECONDS),
+        DROPOFF_LOOKUP_TS: round_down(F.col(DROPOFF_TS), DROPOFF_WINDOW_SECONDS),
+    })
+
+
+def add_time_features(trips: DataFrame) -> DataFrame:
+    """Hour of day and day of week (1 = Sunday) of the pickup: known when the trip starts."""
+    return trips.withColumns({
+        PICKUP_HOUR: F.hour(PICKUP_TS),
+        PICKUP_WEEKDAY: F.dayofweek(PICKUP_TS),
+    })
+
+
+def point_in_time_join(left: DataFrame, features: DataFrame, left_zip: str, left_ts: str,
+                       feature_cols: Sequence[str]) -> DataFrame:
+    """Attach to each ``left`` row the latest feature row of the same zip with ``ts <= left_ts``.
+
+    Implemented as an as-of join: features and left rows are unioned, sorted per zip by time (a feature row
+    sorts before a left row with the same timestamp, so "at" counts), and each left row takes the last
+    feature struct seen. It scales like a sort, unlike a range join. Left rows with no earlier feature row get
+    nulls. ``left`` keeps its row count and columns.
+    """
+    helper = ["_pit_zip", "_pit_ts", "_pit_order", "_pit_features"]
+    clash = [c for c in list(feature_cols) + helper if c in left.columns]
+    if clash:
+        raise ValueError(f"left frame already has column(s) {clash}")
+    feature_rows = features.select(
+        F.col(ZIP).alias("_pit_zip"),
+        F.col(TS).alias("_pit_ts"),
+        F.lit(0).alias("_pit_order"),
+        F.struct(*feature_cols).alias("_pit_features"),
+    )
+    left_rows = left.select(
+        "*",
+        F.col(left_zip).alias("_pit_zip"),
+        F.col(left_ts).alias("_pit_ts"),
+        F.lit(1).alias("_pit_order"),
+    )
+    window = (Window.partitionBy("_pit_zip").orderBy("_pit_ts", "_pit_order")
+              .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    return (
+        left_rows.unionByName(feature_rows, allowMissingColumns=True)
+        .withColumn("_pit_match", F.last("_pit_features", ignorenulls=True).over(window))
+        .filter(F.col("_pit_order") == 1)
+        .select(*[F.col(c) for c in left.columns], *[F.col(f"_pit_match.{c}").alias(c) for c in feature_cols])
+    )
+
+
+def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame) -> DataFrame:
+    """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features."""
+    keyed = add_time_features(add_lookup_keys(trips))
+    with_pickup = point_in_time_join(keyed, pickup, PICKUP_ZIP, PICKUP_LOOKUP_TS, PICKUP_FEATURES)
+    return point_in_time_join(with_pickup, dropoff, DROPOFF_ZIP, DROPOFF_LOOKUP_TS, DROPOFF_FEATURES)
+
+
+# Model input columns, in order. All are cast to double so the MLflow signature is one simple type.
+MODEL_FEATURES = (
+    DISTANCE,
+    PICKUP_ZIP,
+    DROPOFF_ZIP,
+    PICKUP_HOUR,
+    PICKUP_WEEKDAY,
+    PICKUP_MEAN_FARE,
+    PICKUP_COUNT,
+    DROPOFF_COUNT,
+    DROPOFF_IS_WEEKEND,
+)
+LABEL = FARE
+
+
+def model_input_columns() -> list[Column]:
+    """The model's input columns as double, for training and scoring alike."""
+    return [F.col(c).cast("double").alias(c) for c in MODEL_FEATURES]

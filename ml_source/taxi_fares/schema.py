@@ -1,0 +1,135 @@
+"""The raw-trip schema and its validation.
+
+``validate_trips`` checks the schema first (missing or mistyped columns are always fatal, since no row can be
+trusted then) and then counts every kind of bad row in one Spark pass. It reports all problems at once, with
+the column and the count, and either fails or quarantines the bad rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+PICKUP_TS = "tpep_pickup_datetime"
+DROPOFF_TS = "tpep_dropoff_datetime"
+DISTANCE = "trip_distance"
+FARE = "fare_amount"
+PICKUP_ZIP = "pickup_zip"
+DROPOFF_ZIP = "dropoff_zip"
+TRIP_ID = "trip_id"
+
+RAW_TRIP_SCHEMA = T.StructType([
+    T.StructField(PICKUP_TS, T.TimestampType(), True),
+    T.StructField(DROPOFF_TS, T.TimestampType(), True),
+    T.StructField(DISTANCE, T.DoubleType(), True),
+    T.StructField(FARE, T.DoubleType(), True),
+    T.StructField(PICKUP_ZIP, T.IntegerType(), True),
+    T.StructField(DROPOFF_ZIP, T.IntegerType(), True),
+])
+
+# Columns that identify a trip in time and space: a null here makes the row unusable for features.
+KEY_COLUMNS = (PICKUP_TS, DROPOFF_TS, PICKUP_ZIP, DROPOFF_ZIP)
+
+VIOLATIONS_COLUMN = "violations"
+
+FAIL = "fail"
+QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One kind of problem: the column it concerns, the rule it breaks, and how many rows (None for schema)."""
+
+    column: str
+    rule: str
+    count: Optional[int] = None
+
+    def message(self) -> str:
+        if self.count is None:
+            return f"column '{self.column}': {self.rule}"
+        return f"column '{self.column}': {self.count} row(s) {self.rule}"
+
+
+class TripValidationError(ValueError):
+    """Raised when raw trips break the schema, or have bad rows and the mode is ``fail``."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = list(violations)
+        lines = "\n  - ".join(v.message() for v in self.violations)
+        super().__init__(f"raw trips failed validation ({len(self.violations)} problem(s)):\n  - {lines}")
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Valid rows, quarantined rows (with a ``violations`` array column) and the counted violations."""
+
+    valid: DataFrame
+    quarantined: DataFrame
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def schema_violations(df: DataFrame) -> list[Violation]:
+    """Missing or mistyped required columns. Extra columns are allowed and passed through."""
+    actual = {f.name: f.dataType for f in df.schema.fields}
+    problems = []
+    for expected in RAW_TRIP_SCHEMA.fields:
+        if expected.name not in actual:
+            problems.append(Violation(expected.name, "is missing"))
+        elif actual[expected.name] != expected.dataType:
+            problems.append(Violation(
+                expected.name,
+                f"has type {actual[expected.name].simpleString()}, expected {expected.dataType.simpleString()}",
+            ))
+    return problems
+
+
+def _row_rules() -> list[tuple[str, str, Column]]:
+    """(column, rule, condition-that-flags-a-bad-row). Null checks guard the comparisons below them."""
+    rules = [(c, "have a null value", F.col(c).isNull()) for c in KEY_COLUMNS]
+    rules.append((DISTANCE, "have a negative distance", F.col(DISTANCE) < 0))
+    rules.append((DROPOFF_TS, "have a dropoff before the pickup", F.col(DROPOFF_TS) < F.col(PICKUP_TS)))
+    return rules
+
+
+def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
+    """Validate raw trips.
+
+    mode ``fail`` raises ``TripValidationError`` listing every violation with its count; mode ``quarantine``
+    returns the good rows in ``valid`` and the bad ones in ``quarantined`` with a ``violations`` column.
+    Schema problems always raise. Costs one aggregation pass over ``df``.
+    """
+    if mode not in (FAIL, QUARANTINE):
+        raise ValueError(f"validation mode must be '{FAIL}' or '{QUARANTINE}', got {mode!r}")
+    problems = schema_violations(df)
+    if problems:
+        raise TripValidationError(problems)
+
+    rules = _row_rules()
+    counts = df.agg(*[
+        F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, (_, _, cond) in enumerate(rules)
+    ]).first()
+    violations = [
+        Violation(column, rule, int(counts[f"r{i}"] or 0))
+        for i, (column, rule, _) in enumerate(rules)
+        if (counts[f"r{i}"] or 0) > 0
+    ]
+    if violations and mode == FAIL:
+        raise TripValidationError(violations)
+
+    # array of the names of the rules a row breaks; coalesce so a null comparison counts as "not broken".
+    flags = F.filter(
+        F.array(*[F.when(F.coalesce(cond, F.lit(False)), F.lit(f"{column} {rule}"))
+                  for column, rule, cond in rules]),
+        lambda x: x.isNotNull(),
+    )
+    flagged = df.withColumn(VIOLATIONS_COLUMN, flags)
+    valid = flagged.filter(F.size(VIOLATIONS_COLUMN) == 0).drop(VIOLATIONS_COLUMN)
+    quarantined = flagged.filter(F.size(VIOLATIONS_COLUMN) > 0)
+    return ValidationResult(valid=valid, quarantined=quarantined, violations=violations)

@@ -1,0 +1,110 @@
+"""The ``mlops`` command: the operator's entry point.
+
+Each sub-command is a small function that parses nothing itself: argparse turns the command line into typed
+values, and the work happens in library code. Only this entry point configures logging.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from orchestrator.paths import REPO_ROOT, project_version
+
+logger = logging.getLogger("mlops")
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a date (expected YYYY-MM-DD)") from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' must be at least 1")
+    return number
+
+
+def lakehouse_root() -> str:
+    """``$MLOPS_HOME``, else ``.mlops/`` in the repository."""
+    from taxi_fares_mlops.storage import MLOPS_HOME_ENV
+
+    return os.environ.get(MLOPS_HOME_ENV) or str(REPO_ROOT / ".mlops")
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from taxi_fares.synthetic import generate_trips
+    from taxi_fares_mlops.spark import get_spark
+    from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
+
+    if args.end <= args.start:
+        raise SystemExit(f"mlops data generate: --end ({args.end}) must be after --start ({args.start})")
+    lakehouse = Lakehouse(lakehouse_root())
+    started = time.monotonic()
+    _progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
+    spark = get_spark("mlops-data-generate")
+    trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed)
+    lakehouse.write(trips, RAW_TRIPS)
+    _progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.table_path(RAW_TRIPS)} "
+              f"in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(lakehouse_root(), rows=args.rows, seed=args.seed)
+
+
+def _progress(message: str) -> None:
+    print(f"[mlops] {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.")
+    parser.add_argument("--version", action="version", version=f"mlops {project_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = commands.add_parser("data", help="synthetic data in the local lakehouse")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    generate = data_commands.add_parser("generate", help="write synthetic NYC-taxi trips as the raw_trips table")
+    generate.add_argument("--rows", type=_positive_int, default=200_000, help="number of trips (default 200000)")
+    generate.add_argument("--start", type=_date, default=dt.date(2016, 1, 1), help="first day (YYYY-MM-DD)")
+    generate.add_argument("--end", type=_date, default=dt.date(2016, 3, 1), help="day after the last (YYYY-MM-DD)")
+    generate.add_argument("--seed", type=int, default=42, help="random seed (same seed, same rows)")
+    generate.set_defaults(handler=cmd_data_generate)
+
+    demo = commands.add_parser("demo", help="generate data and run the ML logic end to end, printing metrics")
+    demo.add_argument("--rows", type=_positive_int, default=200_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "urllib3", "alembic", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return handler(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Validation of raw trips: every kind of bad schema and bad row, named with its column and count."""
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from taxi_fares.schema import (QUARANTINE, VIOLATIONS_COLUMN, TripValidationError, Violation,
+                               validate_trips)
+
+GOOD = ("2016-01-04 10:00", "2016-01-04 10:20", 2.0, 12.5, 10001, 10002)
+
+
+def _messages(excinfo):
+    return str(excinfo.value)
+
+
+def test_good_trips_pass_unchanged(make_trips):
+    trips = make_trips([GOOD, GOOD])
+    result = validate_trips(trips)
+    assert result.ok
+    assert result.violations == []
+    assertDataFrameEqual(result.valid, trips)
+
+
+@pytest.mark.parametrize("column, index", [
+    ("tpep_pickup_datetime", 0), ("tpep_dropoff_datetime", 1), ("pickup_zip", 4), ("dropoff_zip", 5),
+])
+def test_null_key_is_named_with_count(make_trips, column, index):
+    bad = list(GOOD)
+    bad[index] = None
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([GOOD, tuple(bad), tuple(bad)]))
+    assert excinfo.value.violations == [Violation(column, "have a null value", 2)]
+    assert f"column '{column}': 2 row(s) have a null value" in _messages(excinfo)
+
+
+def test_negative_distance_is_named_with_count(make_trips):
+    bad = ("2016-01-04 10:00", "2016-01-04 10:20", -1.5, 12.5, 10001, 10002)
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([GOOD, bad, bad, bad]))
+    assert "column 'trip_distance': 3 row(s) have a negative distance" in _messages(excinfo)
+
+
+def test_dropoff_before_pickup_is_named_with_count(make_trips):
+    bad = ("2016-01-04 10:00", "2016-01-04 09:59", 1.0, 12.5, 10001, 10002)
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([bad, GOOD]))
+    assert "column 'tpep_dropoff_datetime': 1 row(s) have a dropoff before the pickup" in _messages(excinfo)
+
+
+def test_all_row_problems_are_reported_together(make_trips):
+    negative = ("2016-01-04 10:00", "2016-01-04 10:20", -1.0, 12.5, 10001, 10002)
+    backwards = ("2016-01-04 10:00", "2016-01-04 09:00", 1.0, 12.5, 10001, 10002)
+    no_zip = ("2016-01-04 10:00", "2016-01-04 10:20", 1.0, 12.5, None, 10002)
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([negative, backwards, backwards, no_zip, GOOD]))
+    assert sorted((v.column, v.count) for v in excinfo.value.violations) == [
+        ("pickup_zip", 1), ("tpep_dropoff_datetime", 2), ("trip_distance", 1)]
+    assert "3 problem(s)" in _messages(excinfo)
+
+
+def test_quarantine_splits_rows_and_names_their_problems(make_trips):
+    negative = ("2016-01-04 10:00", "2016-01-04 10:20", -1.0, 12.5, 10001, 10002)
+    both = ("2016-01-04 10:00", "2016-01-04 09:00", -2.0, 12.5, 10001, 10002)
+    result = validate_trips(make_trips([GOOD, negative, both]), mode=QUARANTINE)
+    assert not result.ok
+    assertDataFrameEqual(result.valid, make_trips([GOOD]))
+    problems = sorted(tuple(sorted(r[VIOLATIONS_COLUMN])) for r in result.quarantined.collect())
+    assert problems == [
+        ("tpep_dropoff_datetime have a dropoff before the pickup", "trip_distance have a negative distance"),
+        ("trip_distance have a negative distance",),
+    ]
+
+
+def test_missing_and_mistyped_columns_are_all_reported(make_trips):
+    trips = make_trips([GOOD]).drop("fare_amount").withColumn("pickup_zip", F.col("pickup_zip").cast("string"))
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(trips, mode=QUARANTINE)  # schema problems fail even in quarantine mode
+    message = _messages(excinfo)
+    assert "column 'fare_amount': is missing" in message
+    assert "column 'pickup_zip': has type string, expected int" in message
+
+
+def test_extra_columns_pass_through(make_trips):
+    trips = make_trips([GOOD]).withColumn("trip_id", F.lit(7))
+    assert validate_trips(trips).valid.columns == trips.columns
+
+
+def test_unknown_mode_is_rejected(make_trips):
+    with pytest.raises(ValueError, match="validation mode"):
+        validate_trips(make_trips([GOOD]), mode="ignore")
