@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DIST ?= dist
 STAMP := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
@@ -27,12 +28,13 @@ lint: install
 test: lint
 	$(PY) -m pytest
 
+# Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install
-	rm -rf dist && mkdir -p dist
-	$(PY) -m build --wheel --no-isolation --outdir dist ml_source
-	$(PY) -m build --wheel --no-isolation --outdir dist ml_ops
+	rm -rf $(DIST) ml_source/build ml_ops/build && mkdir -p $(DIST)
+	$(PY) -m build --wheel --no-isolation --outdir $(DIST) ml_source
+	$(PY) -m build --wheel --no-isolation --outdir $(DIST) ml_ops
 	rm -rf ml_source/build ml_ops/build
-	cd dist && sha256sum *.whl > SHA256SUMS && cat SHA256SUMS
+	cd $(DIST) && sha256sum *.whl > SHA256SUMS && cat SHA256SUMS
 
 clean:
 	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

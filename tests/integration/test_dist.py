@@ -1,0 +1,81 @@
+"""`make dist` builds exactly the two wheels; each installs into an empty virtual environment."""
+import hashlib
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.paths import REPO_ROOT, project_version
+
+FORBIDDEN_IN_ML_WHEEL = ("mlflow", "azure", "databricks")
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), "dist", f"DIST={out}",
+                    f"VENV={Path(sys.executable).parent.parent}"], check=True, capture_output=True)
+    return out
+
+
+def _requires(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = zf.read(metadata).decode().splitlines()
+    return [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+
+
+def test_exactly_two_wheels_with_checksums(dist):
+    version = project_version()
+    wheels = sorted(p.name for p in dist.glob("*.whl"))
+    assert wheels == [f"taxi_fares-{version}-py3-none-any.whl", f"taxi_fares_mlops-{version}-py3-none-any.whl"]
+    sums = dict(reversed(line.split()) for line in (dist / "SHA256SUMS").read_text().splitlines())
+    assert sorted(sums) == wheels
+    for name, digest in sums.items():
+        assert hashlib.sha256((dist / name).read_bytes()).hexdigest() == digest
+
+
+def test_wheel_requirements_hold_no_dev_tools_and_no_runtime_pins(dist):
+    version = project_version()
+    ml = _requires(next(dist.glob("taxi_fares-*.whl")))
+    ops = _requires(next(dist.glob("taxi_fares_mlops-*.whl")))
+    for req in ml + ops:
+        name = req.split(";")[0].strip().lower()
+        assert not name.startswith(("pytest", "flake8", "build", "wheel", "setuptools")), req
+        if name.startswith(("pyspark", "delta-spark")):
+            assert "extra ==" in req, f"{req} must be an extra: the Databricks runtime provides it"
+    assert not [r for r in ml if r.lower().startswith(FORBIDDEN_IN_ML_WHEEL)]
+    assert f"taxi_fares=={version}" in ops
+
+
+def _fresh_env(path: Path) -> Path:
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    return path / "bin" / "python"
+
+
+def _installed(python: Path) -> set[str]:
+    out = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split("==")[0].lower() for line in out.splitlines() if line}
+
+
+@pytest.mark.slow
+def test_each_wheel_installs_into_an_empty_environment(dist, tmp_path):
+    ml_python = _fresh_env(tmp_path / "ml")
+    subprocess.run([str(ml_python), "-m", "pip", "install", "--quiet", str(next(dist.glob("taxi_fares-*.whl")))],
+                   check=True)
+    subprocess.run([str(ml_python), "-m", "pip", "check"], check=True)
+    pulled = _installed(ml_python)
+    assert "taxi-fares" in pulled or "taxi_fares" in pulled
+    assert not [p for p in pulled if p.startswith(FORBIDDEN_IN_ML_WHEEL)], pulled
+
+    ops_python = _fresh_env(tmp_path / "ops")
+    subprocess.run([str(ops_python), "-m", "pip", "install", "--quiet", "--find-links", str(dist),
+                    str(next(dist.glob("taxi_fares_mlops-*.whl")))], check=True)
+    subprocess.run([str(ops_python), "-m", "pip", "check"], check=True)
+    # pyspark is the runtime's (an extra), so only import what needs no Spark.
+    check = "import taxi_fares, taxi_fares_mlops.errors; assert taxi_fares.__version__ == taxi_fares_mlops.__version__"
+    subprocess.run([str(ops_python), "-c", check], check=True)

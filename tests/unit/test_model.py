@@ -1,0 +1,92 @@
+"""The model: hyperparameters are honoured and validated, metrics are right, and it beats the baseline."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taxi_fares.features import LABEL, MODEL_FEATURES, dropoff_features, join_features, model_input_columns
+from taxi_fares.features import pickup_features
+from taxi_fares.model import (ModelParams, bounded_sample, build_model, predict_spark, regression_metrics,
+                              spark_regression_metrics, split_holdout, train_model)
+from taxi_fares.synthetic import generate_trips
+
+
+def test_hyperparameters_reach_the_estimator_unchanged():
+    params = ModelParams(learning_rate=0.05, max_iter=17, max_depth=4, max_leaf_nodes=9, min_samples_leaf=3,
+                         l2_regularization=0.5, random_state=3)
+    regressor = build_model(params).named_steps["regressor"]
+    assert (regressor.learning_rate, regressor.max_iter, regressor.max_depth, regressor.max_leaf_nodes,
+            regressor.min_samples_leaf, regressor.l2_regularization, regressor.random_state) == (
+        0.05, 17, 4, 9, 3, 0.5, 3)
+    assert build_model(ModelParams(max_depth=0)).named_steps["regressor"].max_depth is None
+
+
+def test_bad_hyperparameters_are_all_reported():
+    with pytest.raises(ValueError) as excinfo:
+        ModelParams(learning_rate=0, max_iter=-5, l2_regularization=-1.0)
+    message = str(excinfo.value)
+    assert "learning_rate must be in (0, 1], got 0" in message
+    assert "max_iter must be an integer >= 1, got -5" in message
+    assert "l2_regularization must be >= 0, got -1.0" in message
+
+
+def test_regression_metrics_on_known_values():
+    metrics = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 6.0])
+    assert metrics["rmse"] == pytest.approx(1.0)       # sqrt(4 / 4)
+    assert metrics["mae"] == pytest.approx(0.5)        # 2 / 4
+    assert metrics["r2"] == pytest.approx(1 - 4 / 5)   # ss_tot = 5
+
+
+def test_spark_metrics_equal_numpy_metrics(spark):
+    rng = np.random.default_rng(0)
+    y = rng.normal(10, 3, 500)
+    p = y + rng.normal(0, 1, 500)
+    df = spark.createDataFrame(pd.DataFrame({"y": y, "p": p}))
+    in_spark = spark_regression_metrics(df, "y", "p", baseline=10.0)
+    in_numpy = regression_metrics(y, p)
+    baseline = regression_metrics(y, np.full(500, 10.0))
+    for key in ("rmse", "mae", "r2"):
+        assert in_spark[key] == pytest.approx(in_numpy[key])
+        assert in_spark[f"baseline_{key}"] == pytest.approx(baseline[key])
+    assert in_spark["rows"] == 500
+
+
+def test_training_frame_must_have_the_columns():
+    with pytest.raises(ValueError, match="missing column"):
+        train_model(pd.DataFrame({"trip_distance": [1.0]}), ModelParams())
+
+
+def test_holdout_split_is_deterministic_and_disjoint(spark):
+    df = spark.range(10_000).withColumnRenamed("id", "x")
+    train, holdout = split_holdout(df, 0.2, seed=1)
+    train2, holdout2 = split_holdout(df.repartition(7), 0.2, seed=1)
+    assert sorted(r.x for r in holdout.collect()) == sorted(r.x for r in holdout2.collect())
+    assert train.join(holdout, "x").count() == 0
+    assert train.count() + holdout.count() == 10_000
+    assert 1800 < holdout.count() < 2200
+    assert train2.count() == train.count()
+
+
+def test_bounded_sample_never_exceeds_its_bound(spark):
+    df = spark.range(50_000)
+    assert bounded_sample(df, 1000, seed=1).count() <= 1000
+    assert bounded_sample(df, 100_000, seed=1).count() == 50_000
+
+
+@pytest.mark.slow
+def test_model_on_200k_generated_rows_beats_the_mean_fare_baseline_by_30_percent(spark):
+    start, end = "2016-01-01", "2016-03-01"
+    trips = generate_trips(spark, 200_000, start, end, seed=42).cache()
+    joined = join_features(trips, pickup_features(trips, start, end), dropoff_features(trips, start, end))
+    training_set = joined.select(*model_input_columns(), LABEL)
+    train, holdout = split_holdout(training_set, 0.2, seed=42)
+    sample = bounded_sample(train, 200_000, seed=42).toPandas()
+    assert list(sample.columns) == [*MODEL_FEATURES, LABEL]
+    model = train_model(sample, ModelParams(max_iter=100))
+    metrics = spark_regression_metrics(predict_spark(holdout, model), LABEL, "prediction",
+                                       baseline=float(sample[LABEL].mean()))
+    trips.unpersist()
+    assert metrics["rows"] > 35_000
+    assert metrics["rmse"] <= 0.7 * metrics["baseline_rmse"], metrics
+    assert math.isfinite(metrics["r2"]) and metrics["r2"] > 0.5
