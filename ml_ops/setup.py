@@ -19,6 +19,10 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         f"taxi_fares=={VERSION}",
+        # Ranges that a Databricks ML runtime's own copies satisfy, so %pip leaves them in place.
+        "mlflow>=3.1,<4",
+        "pandas>=2.0,<3",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # Provided by the Databricks runtime; installed locally by requirements/runtime.txt.

@@ -90,6 +90,56 @@ class Lakehouse:
             writer.save(self.table_path(table))
         logger.info("wrote table %s (%s)", table, mode)
 
+    def merge(self, spark: SparkSession, df: DataFrame, table: str, keys: Sequence[str]) -> dict[str, int]:
+        """Upsert ``df`` into ``table`` on ``keys`` (one atomic Delta MERGE); create the table if missing.
+
+        Rows whose values are unchanged are not rewritten, so merging the same rows twice changes nothing.
+        Returns the MERGE's row counts (inserted, updated).
+        """
+        from delta.tables import DeltaTable
+
+        if not self.exists(spark, table):
+            self.write(df, table)
+            return {"inserted": self._last_metric(spark, table, "numOutputRows"), "updated": 0}
+        with self._wrapped("merge into", table):
+            target = DeltaTable.forPath(spark, self.table_path(table))
+            on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+            values = [c for c in df.columns if c not in keys]
+            changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values) or "false"
+            (target.alias("t").merge(df.alias("s"), on)
+             .whenMatchedUpdateAll(condition=changed)
+             .whenNotMatchedInsertAll()
+             .execute())
+        counts = {"inserted": self._last_metric(spark, table, "numTargetRowsInserted"),
+                  "updated": self._last_metric(spark, table, "numTargetRowsUpdated")}
+        logger.info("merged into table %s: %s", table, counts)
+        return counts
+
+    def replace_range(self, spark: SparkSession, df: DataFrame, table: str, column: str,
+                      start, end) -> int:
+        """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit).
+
+        ``df`` must only hold rows of that range. Rerunning the same range never duplicates rows.
+        Returns the number of rows written.
+        """
+        condition = f"`{column}` >= '{start}' AND `{column}` < '{end}'"
+        if not self.exists(spark, table):
+            self.write(df, table)
+        else:
+            with self._wrapped("replace a range of", table):
+                (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+                 .save(self.table_path(table)))
+        written = self._last_metric(spark, table, "numOutputRows")
+        logger.info("replaced %s in table %s with %d rows", condition, table, written)
+        return written
+
+    def _last_metric(self, spark: SparkSession, table: str, name: str) -> int:
+        from delta.tables import DeltaTable
+
+        with self._wrapped("read the history of", table):
+            row = DeltaTable.forPath(spark, self.table_path(table)).history(1).select("operationMetrics").first()
+        return int((row["operationMetrics"] or {}).get(name, 0))
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__

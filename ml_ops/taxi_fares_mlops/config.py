@@ -1,0 +1,293 @@
+"""Typed, frozen job configs, built once from the notebook widgets.
+
+Each job declares its parameters once (``PARAMETERS``), with a parser per parameter. ``from_widgets`` reads
+every widget, parses every value and checks the cross-field rules, then raises one ``ConfigError`` listing
+every problem, before any work starts. Stages receive the config object and never parse strings again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from taxi_fares.model import ModelParams
+from taxi_fares.schema import FAIL, QUARANTINE
+
+from taxi_fares_mlops.errors import ConfigError
+
+TRAINING = "training"
+BATCH_SCORING = "batch_scoring"
+JOBS = (TRAINING, BATCH_SCORING)
+
+FEATURE_ENGINEERING = "feature_engineering"
+TRAINING_STAGE = "training"
+PROMOTION = "promotion"
+SCORING_STAGE = "batch_scoring"
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+
+
+class _Invalid(ValueError):
+    """A value that does not parse; the message says what was expected."""
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise _Invalid(f"'{text}' is not a date (expected YYYY-MM-DD)") from None
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise _Invalid(f"'{text}' is not 'true' or 'false'")
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _Invalid(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise _Invalid(f"{value} is below the minimum {minimum}")
+        return value
+    return parse
+
+
+def _float(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _Invalid(f"'{text}' is not a number") from None
+        if value != value or (value <= low if low_open else value < low) or (
+                value >= high if high_open else value > high):
+            brackets = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+            raise _Invalid(f"{value} is outside {brackets}")
+        return value
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise _Invalid(f"'{text}' is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise _Invalid("must not be empty")
+    return text.strip()
+
+
+def _optional_version(text: str) -> Optional[int]:
+    if not text.strip():
+        return None
+    return _int(1)(text.strip())
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One job parameter: its widget name, parser, notebook default, label and fixed choices (dropdowns)."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    label: str
+    choices: tuple[str, ...] = ()
+
+
+def _toggle(name: str, label: str) -> Parameter:
+    return Parameter(name, _bool, "true", label, ("true", "false"))
+
+
+COMMON = (
+    Parameter("start_date", _date, "2016-01-01", "First day of the data range (YYYY-MM-DD)"),
+    Parameter("end_date", _date, "2016-03-01", "Day after the last day of the range (YYYY-MM-DD)"),
+    _toggle("execute_feature_engineering", "Run feature engineering"),
+    Parameter("model_name", _non_empty, "taxi_fares", "Registered model name"),
+    Parameter("mlflow_experiment", _non_empty, "/Shared/taxi_fares", "MLflow experiment path"),
+    Parameter("lakehouse_root", _text, "", "Lakehouse root (empty: the runtime default)"),
+    Parameter("validation_mode", _choice(FAIL, QUARANTINE), QUARANTINE, "What to do with invalid trips",
+              (FAIL, QUARANTINE)),
+)
+
+HYPERPARAMETERS = (
+    Parameter("learning_rate", _float(0.0, 1.0, low_open=True), "0.1", "Learning rate"),
+    Parameter("max_iter", _int(1), "200", "Boosting iterations"),
+    Parameter("max_depth", _int(0), "0", "Maximum tree depth (0: unlimited)"),
+    Parameter("max_leaf_nodes", _int(2), "31", "Maximum leaves per tree"),
+    Parameter("min_samples_leaf", _int(1), "20", "Minimum samples per leaf"),
+    Parameter("l2_regularization", _float(0.0, float("inf")), "0.0", "L2 regularization"),
+    Parameter("random_state", _int(0), "42", "Random seed"),
+)
+
+TRAINING_PARAMETERS = COMMON + (
+    _toggle("execute_training", "Run training"),
+    _toggle("execute_promotion", "Run promotion"),
+    Parameter("holdout_fraction", _float(0.0, 1.0, low_open=True, high_open=True), "0.2", "Holdout fraction"),
+    Parameter("max_training_rows", _int(1), "1000000", "Rows sampled for training (bounds driver memory)"),
+    Parameter("promotion_margin", _float(0.0, 1.0, high_open=True), "0.0",
+              "Relative rmse gain the challenger needs over the champion"),
+    Parameter("force_promote", _bool, "false", "Promote the challenger whatever its score", ("true", "false")),
+) + HYPERPARAMETERS
+
+SCORING_PARAMETERS = COMMON + (
+    _toggle("execute_batch_scoring", "Run batch scoring"),
+    Parameter("model_alias", _choice(*ALIASES), CHAMPION, "Model alias to score with", ALIASES),
+    Parameter("model_version", _optional_version, "", "Model version (overrides the alias when set)"),
+)
+
+# Widgets every notebook reads before installing the wheels (so not part of the typed config).
+WHEEL_PARAMETERS = ("wheel_base_path", "wheel_version")
+
+
+def _parse_all(parameters, read: Callable[[str], Optional[str]]) -> tuple[dict[str, Any], list[str]]:
+    values, problems = {}, []
+    for p in parameters:
+        raw = read(p.name)
+        if raw is None:
+            problems.append(f"{p.name}: missing")
+            continue
+        try:
+            values[p.name] = p.parse(str(raw))
+        except _Invalid as exc:
+            problems.append(f"{p.name}: {exc}")
+    if "start_date" in values and "end_date" in values and values["end_date"] <= values["start_date"]:
+        problems.append(f"end_date: {values['end_date']} must be after start_date {values['start_date']}")
+    return values, problems
+
+
+def _widget_reader(dbutils) -> Callable[[str], Optional[str]]:
+    def read(name: str) -> Optional[str]:
+        try:
+            return dbutils.widgets.get(name)
+        except Exception:  # Databricks raises InputWidgetNotDefined (a Py4J error) for an undeclared widget
+            return None
+    return read
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What both jobs share."""
+
+    start_date: dt.date
+    end_date: dt.date
+    execute_feature_engineering: bool
+    model_name: str
+    mlflow_experiment: str
+    lakehouse_root: str
+    validation_mode: str
+
+    job: str = field(init=False, default="")
+
+    def stage_enabled(self, stage: str) -> bool:
+        return bool(getattr(self, f"execute_{stage}"))
+
+    def as_params(self) -> dict[str, str]:
+        """The parameters as MLflow params (strings), exactly as given."""
+        out = {}
+        for p in self.parameters():
+            value = getattr(self, p.name, None)
+            if value is None and p.name in HYPERPARAMETER_NAMES:
+                value = getattr(self.model_params, p.name)
+            out[p.name] = "" if value is None else _format(value)
+        return out
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]):
+        """Build from a name -> string mapping (what widgets hold). Raises ConfigError with every problem."""
+        return cls._build(lambda name: values.get(name))
+
+    @classmethod
+    def from_widgets(cls, dbutils):
+        """Build from the notebook's widgets. Raises ConfigError with every problem."""
+        return cls._build(_widget_reader(dbutils))
+
+    @classmethod
+    def _build(cls, read):
+        values, problems = _parse_all(cls.parameters(), read)
+        config = None
+        if not problems:
+            config = cls._from_values(values, problems)
+        if problems:
+            raise ConfigError(problems)
+        return config
+
+    @classmethod
+    def _from_values(cls, values: dict[str, Any], problems: list[str]):
+        return cls(**values)
+
+
+HYPERPARAMETER_NAMES = tuple(p.name for p in HYPERPARAMETERS)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class TrainingConfig(JobConfig):
+    execute_training: bool = True
+    execute_promotion: bool = True
+    holdout_fraction: float = 0.2
+    max_training_rows: int = 1_000_000
+    promotion_margin: float = 0.0
+    force_promote: bool = False
+    model_params: ModelParams = field(default_factory=ModelParams)
+
+    job: str = field(init=False, default=TRAINING)
+    STAGES = (FEATURE_ENGINEERING, TRAINING_STAGE, PROMOTION)
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return TRAINING_PARAMETERS
+
+    @classmethod
+    def _from_values(cls, values, problems):
+        hyper = {name: values.pop(name) for name in HYPERPARAMETER_NAMES}
+        try:
+            values["model_params"] = ModelParams(**hyper)
+        except ValueError as exc:
+            problems.append(str(exc))
+            return None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ScoringConfig(JobConfig):
+    execute_batch_scoring: bool = True
+    model_alias: str = CHAMPION
+    model_version: Optional[int] = None
+
+    job: str = field(init=False, default=BATCH_SCORING)
+    STAGES = (FEATURE_ENGINEERING, SCORING_STAGE)
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return SCORING_PARAMETERS
+
+    @property
+    def model_reference(self) -> str:
+        """'version N' or 'alias NAME', for messages."""
+        return f"version {self.model_version}" if self.model_version else f"alias '{self.model_alias}'"
+
+
+CONFIGS = {TRAINING: TrainingConfig, BATCH_SCORING: ScoringConfig}

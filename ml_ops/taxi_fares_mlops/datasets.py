@@ -1,0 +1,77 @@
+"""The inputs stages share: valid raw trips of a range, the feature tables, and the training/holdout sets.
+
+Training and promotion build the holdout the same way (same range, same split seed), so the champion and
+the challenger are compared on identical rows.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from taxi_fares.features import (DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_WINDOW_SECONDS, in_range, join_features,
+                                 model_input_columns)
+from taxi_fares.model import split_holdout
+from taxi_fares.schema import DROPOFF_TS, PICKUP_TS, TripValidationError, validate_trips
+from taxi_fares_mlops.config import JobConfig, TrainingConfig
+from taxi_fares_mlops.errors import DataError
+from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, RAW_TRIPS, Lakehouse
+
+logger = logging.getLogger(__name__)
+
+
+def _start_end(config: JobConfig) -> tuple[dt.datetime, dt.datetime]:
+    return (dt.datetime.combine(config.start_date, dt.time()), dt.datetime.combine(config.end_date, dt.time()))
+
+
+def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, with_lookback: bool = False
+                ) -> DataFrame:
+    """Raw trips of the config's range that pass validation (bad rows fail or are dropped, per the config).
+
+    ``with_lookback`` also reads the trips the first feature windows of the range reach back to.
+    """
+    start, end = _start_end(config)
+    raw = lakehouse.read(spark, RAW_TRIPS)
+    if with_lookback:
+        rows = (in_range(F.col(PICKUP_TS), start - dt.timedelta(seconds=PICKUP_WINDOW_SECONDS), end)
+                | in_range(F.col(DROPOFF_TS), start - dt.timedelta(seconds=DROPOFF_WINDOW_SECONDS), end))
+    else:
+        rows = in_range(F.col(PICKUP_TS), start, end)
+    try:
+        result = validate_trips(raw.filter(rows), mode=config.validation_mode)
+    except TripValidationError as exc:
+        raise DataError(f"table '{RAW_TRIPS}': {exc}") from exc
+    for violation in result.violations:
+        logger.warning("dropping invalid trips: %s", violation.message())
+    return result.valid
+
+
+def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> tuple[DataFrame, DataFrame]:
+    """The pickup and dropoff feature tables, or a DataError saying which stage to turn on."""
+    start, end = _start_end(config)
+    tables = []
+    for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
+        if not lakehouse.exists(spark, table):
+            raise DataError(f"feature table '{table}' does not exist: run the job with "
+                            f"execute_feature_engineering=true")
+        df = lakehouse.read(spark, table)
+        if df.filter(in_range(F.col("ts"), start, end)).limit(1).count() == 0:
+            raise DataError(f"feature table '{table}' has no rows for {config.start_date}..{config.end_date}: "
+                            f"run the job with execute_feature_engineering=true for that range")
+        tables.append(df)
+    return tables[0], tables[1]
+
+
+def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:
+    pickup, dropoff = feature_tables(spark, lakehouse, config)
+    return join_features(valid_trips(spark, lakehouse, config), pickup, dropoff)
+
+
+def training_and_holdout(spark: SparkSession, lakehouse: Lakehouse, config: TrainingConfig
+                         ) -> tuple[DataFrame, DataFrame]:
+    """(train, holdout) model-input frames with the label, split deterministically by the model's seed."""
+    labelled = trips_with_features(spark, lakehouse, config).filter(F.col(LABEL).isNotNull())
+    training_set = labelled.select(*model_input_columns(), F.col(LABEL).cast("double").alias(LABEL))
+    return split_holdout(training_set, config.holdout_fraction, seed=config.model_params.random_state)

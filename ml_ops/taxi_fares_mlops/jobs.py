@@ -1,0 +1,68 @@
+"""``run_job``: the one call a notebook makes. It runs the stages the config turns on, in order, inside one
+MLflow run, and returns a JSON-ready summary for ``dbutils.notebook.exit``.
+
+The MLflow run always ends in a terminal state: FINISHED when every stage succeeded, FAILED otherwise (the
+exception propagates so the Databricks task fails and its notifications fire).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Union
+
+import mlflow
+from pyspark.sql import SparkSession
+
+from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, SCORING_STAGE, TRAINING_STAGE,
+                                     ScoringConfig, TrainingConfig)
+from taxi_fares_mlops.spark import get_spark
+from taxi_fares_mlops.stage import SUCCESS, StageContext, skip
+from taxi_fares_mlops.stages import batch_scoring, feature_engineering, promotion, training
+from taxi_fares_mlops.storage import Lakehouse
+from taxi_fares_mlops.tracking import Registry, setup_experiment
+
+logger = logging.getLogger(__name__)
+
+STAGE_FUNCTIONS = {
+    FEATURE_ENGINEERING: feature_engineering,
+    TRAINING_STAGE: training,
+    PROMOTION: promotion,
+    SCORING_STAGE: batch_scoring,
+}
+
+JobConfigType = Union[TrainingConfig, ScoringConfig]
+
+
+def run_job(config: JobConfigType, spark: Optional[SparkSession] = None) -> dict:
+    """Run the job described by ``config``; return its summary. Raises ``StageError`` if a stage fails."""
+    spark = spark or get_spark(f"taxi_fares.{config.job}")
+    lakehouse = Lakehouse(config.lakehouse_root or None)
+    experiment_id = setup_experiment(config.mlflow_experiment)
+    run_name = f"{config.job} {config.start_date}..{config.end_date}"
+    logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
+    with mlflow.start_run(run_name=run_name, tags={"job": config.job}) as run:
+        mlflow.log_params(config.as_params())
+        context = StageContext(lakehouse, run.info.run_id, experiment_id)
+        for name in config.STAGES:
+            if config.stage_enabled(name):
+                STAGE_FUNCTIONS[name](spark, config, context)
+            else:
+                skip(context, name, f"execute_{name}=false")
+    logger.info("job %s finished; MLflow run %s", config.job, context.mlflow_run_id)
+    return summarize(config, context)
+
+
+def summarize(config: JobConfigType, context: StageContext) -> dict:
+    summary = {
+        "job": config.job,
+        "status": SUCCESS,
+        "mlflow_run_id": context.mlflow_run_id,
+        "mlflow_experiment_id": context.mlflow_experiment_id,
+        "start_date": str(config.start_date),
+        "end_date": str(config.end_date),
+        "stages": context.results,
+        "tables": {t: context.lakehouse.table_path(t) for t in context.tables_written},
+        "model": {"name": config.model_name, "aliases": Registry(config.model_name).aliases()},
+    }
+    if config.job == BATCH_SCORING and context.results.get(SCORING_STAGE, {}).get("status") == SUCCESS:
+        summary["model"]["scored_version"] = context.results[SCORING_STAGE]["model_version"]
+    return summary

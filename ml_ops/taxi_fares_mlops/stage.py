@@ -1,0 +1,79 @@
+"""What every stage needs, once: the run context and the ``@stage`` wrapper.
+
+The wrapper logs the start and the end with the duration, sets the MLflow tag ``stage.<name>`` (RUNNING, then
+SUCCESS or FAILED) and the tag ``stage.<name>.duration_s``, records the stage's outputs in the context, and turns
+any failure into one ``StageError`` that names the stage. The run itself is ended by ``run_job``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import mlflow
+from pyspark.sql import SparkSession
+
+from taxi_fares_mlops.errors import StageError
+from taxi_fares_mlops.storage import Lakehouse
+
+logger = logging.getLogger(__name__)
+
+SUCCESS, FAILED, SKIPPED, RUNNING = "SUCCESS", "FAILED", "SKIPPED", "RUNNING"
+
+
+@dataclass
+class StageContext:
+    """The run a stage works in: lakehouse, MLflow ids, and the outputs of the stages so far."""
+
+    lakehouse: Lakehouse
+    mlflow_run_id: str
+    mlflow_experiment_id: str
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables_written: list[str] = field(default_factory=list)
+
+    def wrote(self, table: str) -> None:
+        if table not in self.tables_written:
+            self.tables_written.append(table)
+
+
+StageFunction = Callable[[SparkSession, Any, StageContext], dict]
+
+
+def stage(name: str) -> Callable[[StageFunction], StageFunction]:
+    """Wrap a stage function ``(spark, config, context) -> outputs`` with timing, tags, logs and errors."""
+
+    def decorate(fn: StageFunction) -> StageFunction:
+        @functools.wraps(fn)
+        def run(spark: SparkSession, config: Any, context: StageContext) -> dict:
+            logger.info("stage %s started", name)
+            mlflow.set_tag(f"stage.{name}", RUNNING)
+            started = time.monotonic()
+            try:
+                outputs = fn(spark, config, context) or {}
+            except Exception as exc:
+                duration = time.monotonic() - started
+                _finish(context, name, FAILED, duration, {"error": str(exc)})
+                logger.error("stage %s failed after %.1fs: %s", name, duration, exc)
+                raise StageError(name, exc) from exc
+            duration = time.monotonic() - started
+            _finish(context, name, SUCCESS, duration, outputs)
+            logger.info("stage %s finished in %.1fs", name, duration)
+            return outputs
+
+        run.stage_name = name
+        return run
+
+    return decorate
+
+
+def skip(context: StageContext, name: str, reason: str) -> None:
+    mlflow.set_tag(f"stage.{name}", SKIPPED)
+    context.results[name] = {"status": SKIPPED}
+    logger.info("stage %s skipped (%s)", name, reason)
+
+
+def _finish(context: StageContext, name: str, status: str, duration: float, outputs: dict) -> None:
+    mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.duration_s": f"{duration:.1f}"})
+    context.results[name] = {"status": status, "duration_s": round(duration, 2), **outputs}

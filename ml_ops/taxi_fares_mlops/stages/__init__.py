@@ -1,0 +1,7 @@
+"""The MLOps stages. Each is a function ``(spark, config, context) -> outputs`` wrapped by ``@stage``."""
+from taxi_fares_mlops.stages.batch_scoring import batch_scoring
+from taxi_fares_mlops.stages.feature_engineering import feature_engineering
+from taxi_fares_mlops.stages.promotion import promotion
+from taxi_fares_mlops.stages.training import training
+
+__all__ = ["feature_engineering", "training", "promotion", "batch_scoring"]

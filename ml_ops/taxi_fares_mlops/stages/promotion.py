@@ -1,0 +1,77 @@
+"""Promotion: challenger vs champion on the same holdout; 'champion' moves only if the challenger is better.
+
+The challenger wins when no champion exists, when ``force_promote`` is set (recorded as such), or when its rmse
+is at least ``promotion_margin`` (relative) below the champion's. Both scores and the decision go to MLflow.
+"""
+from __future__ import annotations
+
+import logging
+
+import mlflow
+from pyspark.sql import SparkSession
+
+from taxi_fares.features import LABEL
+from taxi_fares.model import spark_regression_metrics
+from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, TrainingConfig
+from taxi_fares_mlops.datasets import training_and_holdout
+from taxi_fares_mlops.errors import RegistryError
+from taxi_fares_mlops.stage import StageContext, stage
+from taxi_fares_mlops.tracking import Registry, score
+
+logger = logging.getLogger(__name__)
+
+PROMOTED, KEPT, FORCED, FIRST, ALREADY = "promoted", "kept_champion", "forced", "first_champion", "already_champion"
+
+
+def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, force: bool) -> str:
+    """The promotion decision, as one of the constants above."""
+    if champion_rmse is None:
+        return FIRST
+    if force:
+        return FORCED
+    return PROMOTED if challenger_rmse <= champion_rmse * (1.0 - margin) else KEPT
+
+
+@stage(PROMOTION)
+def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
+    registry = Registry(config.model_name)
+    challenger = registry.by_alias(CHALLENGER)
+    if challenger is None:
+        raise RegistryError(f"model '{config.model_name}' has no '{CHALLENGER}' version: run the job with "
+                            f"execute_training=true")
+    champion = registry.by_alias(CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        mlflow.set_tag("promotion.decision", ALREADY)
+        return {"decision": ALREADY, "champion_version": champion.version}
+
+    _, holdout = training_and_holdout(spark, context.lakehouse, config)
+    holdout = holdout.cache()
+    try:
+        challenger_rmse = _rmse(spark, holdout, challenger)
+        champion_rmse = _rmse(spark, holdout, champion) if champion else None
+    finally:
+        holdout.unpersist()
+
+    decision = decide(challenger_rmse, champion_rmse, config.promotion_margin, config.force_promote)
+    metrics = {"promotion.challenger_rmse": challenger_rmse}
+    if champion_rmse is not None:
+        metrics["promotion.champion_rmse"] = champion_rmse
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags({"promotion.decision": decision, "promotion.force_promote": str(config.force_promote).lower(),
+                     "promotion.challenger_version": challenger.version,
+                     "promotion.champion_version": champion.version if champion else ""})
+    if decision in (PROMOTED, FORCED, FIRST):
+        registry.set_alias(CHAMPION, challenger.version)
+        champion_version = challenger.version
+    else:
+        champion_version = champion.version
+    logger.info("promotion: %s (challenger v%s rmse %.4f, champion %s rmse %s)", decision, challenger.version,
+                challenger_rmse, f"v{champion.version}" if champion else "none",
+                f"{champion_rmse:.4f}" if champion_rmse is not None else "-")
+    return {"decision": decision, "champion_version": champion_version, "challenger_version": challenger.version,
+            "challenger_rmse": round(challenger_rmse, 4),
+            "champion_rmse": round(champion_rmse, 4) if champion_rmse is not None else None}
+
+
+def _rmse(spark, holdout, model) -> float:
+    return spark_regression_metrics(score(spark, holdout, model), LABEL, "prediction")["rmse"]
