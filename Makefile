@@ -30,11 +30,7 @@ test: lint
 
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install
-	rm -rf $(DIST) ml_source/build ml_ops/build && mkdir -p $(DIST)
-	$(PY) -m build --wheel --no-isolation --outdir $(DIST) ml_source
-	$(PY) -m build --wheel --no-isolation --outdir $(DIST) ml_ops
-	rm -rf ml_source/build ml_ops/build
-	cd $(DIST) && sha256sum *.whl > SHA256SUMS && cat SHA256SUMS
+	$(VENV)/bin/mlops build --dist $(DIST)
 
 clean:
 	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

@@ -18,6 +18,8 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         f"taxi_fares_mlops=={VERSION}",
+        "databricks-sdk>=0.40",
+        "PyYAML>=6",
     ],
     entry_points={"console_scripts": ["mlops = orchestrator.cli:main"]},
 )

@@ -9,7 +9,9 @@ import argparse
 import datetime as dt
 import logging
 import os
+import subprocess
 import sys
+from pathlib import Path
 import time
 from typing import Optional, Sequence
 
@@ -66,6 +68,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(lakehouse_root(), rows=args.rows, seed=args.seed)
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from orchestrator import build
+
+    wheels = build.build(args.dist)
+    for wheel in wheels:
+        print(f"{build.sha256(wheel)}  {wheel}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.local import runner
+
+    if not args.local:
+        raise SystemExit("mlops run: only --local runs are available (workspace runs come with --target)")
+    try:
+        overrides = runner.parse_overrides(args.param)
+        result = runner.run_local(args.job, overrides, lakehouse_root())
+    except (runner.RunError, ValueError) as exc:
+        print(f"mlops run: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        if result.summary is not None:
+            print(json.dumps(result.summary))
+        if result.status != "SUCCESS":
+            print(f"error: {result.error}", file=sys.stderr)
+    else:
+        print(runner.describe(result, args.job, lakehouse_root()))
+    return 0 if result.status == "SUCCESS" else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from orchestrator.local.runner import tracking_uri
+
+    uri = tracking_uri(lakehouse_root())
+    _progress(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", args.host, "--port", str(args.port)])
+
+
 def _progress(message: str) -> None:
     print(f"[mlops] {message}", file=sys.stderr, flush=True)
 
@@ -84,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--end", type=_date, default=dt.date(2016, 3, 1), help="day after the last (YYYY-MM-DD)")
     generate.add_argument("--seed", type=int, default=42, help="random seed (same seed, same rows)")
     generate.set_defaults(handler=cmd_data_generate)
+
+    build = commands.add_parser("build", help="build the two wheels and their SHA256SUMS")
+    build.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="output folder (emptied first)")
+    build.set_defaults(handler=cmd_build)
+
+    run = commands.add_parser("run", help="run a job (training, batch_scoring)")
+    run.add_argument("job", choices=["training", "batch_scoring"])
+    run.add_argument("--local", action="store_true", help="run on this machine (the embedded default)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a job parameter (repeatable)")
+    run.add_argument("--json", action="store_true", help="print only the notebook's exit summary as JSON")
+    run.set_defaults(handler=cmd_run)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on the local tracking store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
 
     demo = commands.add_parser("demo", help="generate data and run the ML logic end to end, printing metrics")
     demo.add_argument("--rows", type=_positive_int, default=200_000)

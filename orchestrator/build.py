@@ -1,0 +1,67 @@
+"""Build the two wheels (the one implementation behind `make dist` and the local runner's rebuilds)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.paths import REPO_ROOT, project_version
+
+logger = logging.getLogger(__name__)
+
+PROJECTS = {"taxi_fares": REPO_ROOT / "ml_source", "taxi_fares_mlops": REPO_ROOT / "ml_ops"}
+
+
+def wheel_names(version: str) -> list[str]:
+    return [f"{name}-{version}-py3-none-any.whl" for name in PROJECTS]
+
+
+def _sources_mtime() -> float:
+    files = [REPO_ROOT / "VERSION"]
+    for project in PROJECTS.values():
+        files += [p for p in project.rglob("*") if p.is_file() and "build" not in p.parts
+                  and ".egg-info" not in str(p) and "__pycache__" not in p.parts]
+    return max(p.stat().st_mtime for p in files)
+
+
+def is_stale(dist: Path) -> bool:
+    """True when a wheel of the current version is missing or older than any source file."""
+    wheels = [dist / name for name in wheel_names(project_version())]
+    if not all(w.exists() for w in wheels):
+        return True
+    return min(w.stat().st_mtime for w in wheels) < _sources_mtime()
+
+
+def build(dist: Path) -> list[Path]:
+    """Build exactly the two wheels into ``dist`` (emptied first) and write ``SHA256SUMS``."""
+    if dist.exists():
+        shutil.rmtree(dist)
+    dist.mkdir(parents=True)
+    for name, project in PROJECTS.items():
+        logger.info("building %s wheel", name)
+        shutil.rmtree(project / "build", ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+                        str(project)], check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(project / "build", ignore_errors=True)
+    wheels = [dist / name for name in wheel_names(project_version())]
+    sums = "".join(f"{sha256(w)}  {w.name}\n" for w in wheels)
+    (dist / "SHA256SUMS").write_text(sums)
+    return wheels
+
+
+def ensure_built(dist: Path) -> list[Path]:
+    """The current wheels, rebuilt only if stale."""
+    if is_stale(dist):
+        return build(dist)
+    return [dist / name for name in wheel_names(project_version())]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Run Databricks notebooks on this machine: the notebook parser, a local dbutils, the kernel and the runner."""

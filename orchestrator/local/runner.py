@@ -1,0 +1,198 @@
+"""``mlops run <job> --local``: run a job exactly as Databricks would, on this machine.
+
+1. Build the wheels if they are stale, and stage them under ``<lakehouse>/wheels/<version>/`` (the local
+   counterpart of the deploy upload).
+2. Render the job template for the ``local`` target and validate it with ``JobSettings``.
+3. Merge the job parameters' defaults with ``--param`` overrides (an unknown name is an error).
+4. Run the template's notebook with the kernel, in the job environment: a virtual environment made once per
+   wheel version, layered on the development environment, which plays the Databricks runtime. The layer
+   exposes the runtime's packages but not this project's own (editable) ones, so the notebook's ``%pip install``
+   installs the real wheels and whatever they need beyond the runtime, nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from orchestrator import build, templates
+from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+
+PROJECT_DISTRIBUTIONS = ("taxi_fares", "taxi-fares", "__editable__")
+SECRETS_FILE = REPO_ROOT / ".secrets.env"
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def progress(message: str) -> None:
+    print(f"[mlops] {message}", file=sys.stderr, flush=True)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise RunError(f"--param '{pair}' is not of the form name=value")
+        overrides[name.strip()] = value
+    return overrides
+
+
+def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise RunError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
+    return {**defaults, **overrides}
+
+
+def tracking_uri(lakehouse: str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{lakehouse}/mlflow.db"
+
+
+@dataclass
+class JobEnvironment:
+    """A virtual environment for one wheel version, layered on the runtime (the development environment)."""
+
+    root: Path
+
+    @property
+    def python(self) -> Path:
+        return self.root / "bin" / "python"
+
+    def ensure(self, wheels: Sequence[Path]) -> "JobEnvironment":
+        marker = self.root / "wheels.sha256"
+        wanted = "\n".join(f"{build.sha256(w)} {w.name}" for w in wheels)
+        if self.python.exists() and marker.exists() and marker.read_text() == wanted:
+            self._link_runtime()  # the runtime may have gained packages since
+            return self
+        if self.root.exists():
+            progress(f"wheels changed: recreating the job environment {self.root}")
+            shutil.rmtree(self.root)
+        progress(f"creating the job environment {self.root}")
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(self.root)
+        self._link_runtime()
+        marker.write_text(wanted)
+        return self
+
+    def _link_runtime(self) -> None:
+        runtime = Path(sysconfig.get_paths()["purelib"])
+        layer = self.root / "runtime"
+        if layer.exists():
+            shutil.rmtree(layer)
+        layer.mkdir()
+        for entry in runtime.iterdir():
+            if not entry.name.lower().startswith(PROJECT_DISTRIBUTIONS) and not entry.name.endswith(".pth"):
+                (layer / entry.name).symlink_to(entry)
+        site_packages = next((self.root / "lib").glob("python*/site-packages"))
+        (site_packages / "_mlops_runtime.pth").write_text(f"{layer}\n")
+
+
+def stage_wheels(wheels: Sequence[Path], wheel_base_path: str, version: str) -> None:
+    target = Path(wheel_base_path) / version
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        dest = target / wheel.name
+        if not dest.exists() or build.sha256(dest) != build.sha256(wheel):
+            shutil.copy2(wheel, dest)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str
+    exit_value: Optional[str]
+    error: Optional[str]
+    seconds: float
+
+    @property
+    def summary(self) -> Optional[dict]:
+        return json.loads(self.exit_value) if self.exit_value else None
+
+
+def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResult:
+    started = time.monotonic()
+    version = project_version()
+    if build.is_stale(DIST_DIR):
+        progress("building the wheels (sources changed)")
+    wheels = build.ensure_built(DIST_DIR)
+
+    variables = templates.target_variables("local", version=version, lakehouse=lakehouse)
+    settings = templates.render_job(job, variables)
+    templates.validate(settings)
+    params = merge_parameters(templates.job_parameters(settings), overrides)
+    notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
+    if not notebook.exists():
+        raise RunError(f"the job's notebook {notebook} does not exist")
+
+    stage_wheels(wheels, variables["wheel_base_path"], version)
+    env = JobEnvironment(Path(lakehouse) / "envs" / version).ensure(wheels)
+    Path(lakehouse).mkdir(parents=True, exist_ok=True)
+
+    progress(f"running job {settings['name']} locally: notebook {notebook.relative_to(REPO_ROOT)}")
+    with tempfile.TemporaryDirectory(prefix="mlops-run-") as tmp:
+        params_file, result_file = Path(tmp) / "params.json", Path(tmp) / "result.json"
+        params_file.write_text(json.dumps(params))
+        command = [str(env.python), "-m", "orchestrator.local.kernel", "--notebook", str(notebook),
+                   "--params", str(params_file), "--result", str(result_file), "--secrets-file", str(SECRETS_FILE)]
+        # The notebook's own output goes to stderr: stdout is kept for the summary (--json).
+        subprocess.run(command, env=_kernel_environment(env, lakehouse), stdout=sys.stderr, stdin=subprocess.DEVNULL)
+        if not result_file.exists():
+            return RunResult("FAILED", None, "the notebook kernel died before reporting a result",
+                             time.monotonic() - started)
+        result = json.loads(result_file.read_text())
+    return RunResult(result["status"], result.get("exit_value"), result.get("error"), time.monotonic() - started)
+
+
+def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
+    python = str(env.python)
+    kernel_env = dict(os.environ)
+    kernel_env.update({
+        "PYTHONPATH": str(REPO_ROOT),          # the kernel itself; the project's packages come from the wheels
+        "MLOPS_HOME": lakehouse,
+        "MLFLOW_TRACKING_URI": tracking_uri(lakehouse),
+        # Loading a model runs code from its artifact; locally the models come from this job's own registry.
+        # (On Databricks, MLflow allows it already.)
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        "PYSPARK_PYTHON": python,              # executors must import the wheels too
+        "PYSPARK_DRIVER_PYTHON": python,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return kernel_env
+
+
+def describe(result: RunResult, job: str, lakehouse: str) -> str:
+    """What a person wants to see after a run."""
+    summary = result.summary
+    lines = [f"job {job}: {result.status} in {result.seconds:.1f}s"]
+    if result.status != "SUCCESS":
+        lines.append(f"error: {result.error}")
+        return "\n".join(lines)
+    if not summary:
+        return "\n".join(lines)
+    lines.append(f"  MLflow run     {summary['mlflow_run_id']} (experiment {summary['mlflow_experiment_id']})")
+    for name, stage in summary["stages"].items():
+        detail = f"{stage['status']}" + (f" in {stage['duration_s']}s" if "duration_s" in stage else "")
+        if "decision" in stage:
+            detail += f", decision: {stage['decision']}"
+        if "model_version" in stage:
+            detail += f", model version {stage['model_version']}"
+        if "rows" in stage:
+            detail += f", {stage['rows']} rows"
+        lines.append(f"  stage          {name}: {detail}")
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(summary["model"]["aliases"].items())) or "none"
+    lines.append(f"  model          {summary['model']['name']}: {aliases}")
+    for table, path in summary["tables"].items():
+        lines.append(f"  table          {table}: {path}")
+    lines.append(f"  MLflow UI      mlops ui   (store {tracking_uri(lakehouse)})")
+    return "\n".join(lines)

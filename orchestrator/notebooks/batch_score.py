@@ -1,0 +1,61 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Taxi fares: batch scoring job
+# MAGIC
+# MAGIC Feature engineering and batch scoring for one date range. All logic lives in the wheels.
+# MAGIC
+# MAGIC | parameter | meaning |
+# MAGIC |---|---|
+# MAGIC | `wheel_base_path`, `wheel_version` | where the wheels are: `<wheel_base_path>/<wheel_version>/*.whl` |
+# MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
+# MAGIC | `execute_feature_engineering`, `execute_batch_scoring` | stage toggles (`true`/`false`) |
+# MAGIC | `model_name`, `mlflow_experiment`, `lakehouse_root` | where the model, the runs and the tables are |
+# MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
+# MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
+
+# COMMAND ----------
+
+# DBTITLE 1,Parameters
+dbutils.widgets.text("wheel_base_path", "/Volumes/main/taxi_fares/wheels", "Wheel folder")
+dbutils.widgets.text("wheel_version", "0.1.0", "Wheel version")
+dbutils.widgets.text("start_date", "2016-01-01", "First day of the data range (YYYY-MM-DD)")
+dbutils.widgets.text("end_date", "2016-03-01", "Day after the last day of the range (YYYY-MM-DD)")
+dbutils.widgets.dropdown("execute_feature_engineering", "true", ["true", "false"], "Run feature engineering")
+dbutils.widgets.dropdown("execute_batch_scoring", "true", ["true", "false"], "Run batch scoring")
+dbutils.widgets.text("model_name", "taxi_fares", "Registered model name")
+dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experiment path")
+dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
+dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
+dbutils.widgets.dropdown("model_alias", "champion", ["champion", "challenger"], "Model alias to score with")
+dbutils.widgets.text("model_version", "", "Model version (overrides the alias when set)")
+
+# COMMAND ----------
+
+# DBTITLE 1,Wheels to install
+wheel_dir = f"{dbutils.widgets.get('wheel_base_path').rstrip('/')}/{dbutils.widgets.get('wheel_version')}"
+ml_wheel = f"{wheel_dir}/taxi_fares-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"
+mlops_wheel = f"{wheel_dir}/taxi_fares_mlops-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"
+
+# COMMAND ----------
+
+# MAGIC %pip install $ml_wheel $mlops_wheel
+
+# COMMAND ----------
+
+dbutils.library.restartPython()
+
+# COMMAND ----------
+
+# DBTITLE 1,Run the job
+import json
+import logging
+
+from taxi_fares_mlops.config import ScoringConfig
+from taxi_fares_mlops.jobs import run_job
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+summary = run_job(ScoringConfig.from_widgets(dbutils))
+
+# COMMAND ----------
+
+dbutils.notebook.exit(json.dumps(summary))

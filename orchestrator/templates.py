@@ -1,0 +1,149 @@
+"""Render the job templates for a deployment target, and validate the result with the SDK's own types.
+
+Templates are JSON with ``${name}`` placeholders. A string that is exactly one placeholder takes the variable's
+value with its type (a list, a dict, a number); a placeholder inside a longer string is replaced by text.
+Rendering fails with every missing or unknown variable named. ``validate`` round-trips the settings through
+``databricks.sdk.service.jobs.JobSettings``, which silently drops keys it does not know: any difference is an
+error.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
+
+JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
+TARGETS_FILE = TEMPLATES_DIR / "targets.yml"
+VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "model_name",
+             "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails")
+# Target settings that configure the tool, not the templates.
+TARGET_SETTINGS = ("host",)
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def placeholders(node: Any) -> set[str]:
+    """Every placeholder name in a template."""
+    if isinstance(node, dict):
+        return set().union(*(placeholders(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(placeholders(v) for v in node)) if node else set()
+    if isinstance(node, str):
+        return set(_PLACEHOLDER.findall(node))
+    return set()
+
+
+def render(template: Any, variables: Mapping[str, Any]) -> Any:
+    unknown = sorted(set(variables) - set(VARIABLES))
+    missing = sorted(placeholders(template) - set(variables))
+    problems = [f"unknown variable '{name}'" for name in unknown]
+    problems += [f"missing variable '{name}'" for name in missing]
+    if problems:
+        raise TemplateError("cannot render template: " + "; ".join(problems))
+    return _substitute(copy.deepcopy(template), variables)
+
+
+def _substitute(node: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, variables) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, variables) for v in node]
+    if isinstance(node, str):
+        whole = _PLACEHOLDER.fullmatch(node)
+        if whole:
+            return copy.deepcopy(variables[whole.group(1)])
+        return _PLACEHOLDER.sub(lambda m: _as_text(m.group(1), variables[m.group(1)]), node)
+    return node
+
+
+def _as_text(name: str, value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise TemplateError(f"variable '{name}' is a {type(value).__name__} but is used inside a string")
+    return str(value)
+
+
+def load_template(job: str) -> dict:
+    if job not in JOBS:
+        raise TemplateError(f"unknown job '{job}' (jobs: {', '.join(JOBS)})")
+    return json.loads((TEMPLATES_DIR / JOBS[job]).read_text(encoding="utf-8"))
+
+
+def load_targets(path: Path = TARGETS_FILE) -> dict[str, dict]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    defaults = data.get("defaults", {})
+    return {name: {**defaults, **(values or {})} for name, values in data["targets"].items()}
+
+
+def target_variables(target: str, version: str | None = None, lakehouse: str | None = None) -> dict[str, Any]:
+    """The template variables of ``target`` (``{repo}`` and ``{lakehouse}`` filled in for the local target)."""
+    targets = load_targets()
+    if target not in targets:
+        raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")
+    settings = {k: v for k, v in targets[target].items() if k not in TARGET_SETTINGS}
+    fill = {"repo": str(REPO_ROOT), "lakehouse": lakehouse or ""}
+    variables = {k: v.format(**fill) if isinstance(v, str) else v for k, v in settings.items()}
+    variables["wheel_version"] = version or project_version()
+    return variables
+
+
+def render_job(job: str, variables: Mapping[str, Any]) -> dict:
+    """The job's settings for these variables, without empty lists or objects (the Jobs API omits those)."""
+    return _prune_empty(render(load_template(job), variables))
+
+
+def _prune_empty(node: Any) -> Any:
+    if isinstance(node, dict):
+        pruned = {k: _prune_empty(v) for k, v in node.items()}
+        return {k: v for k, v in pruned.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        return [_prune_empty(v) for v in node]
+    return node
+
+
+def validate(settings: dict):
+    """The settings as ``JobSettings``; a TemplateError if the SDK's round trip loses or changes anything."""
+    from databricks.sdk.service.jobs import JobSettings
+
+    parsed = JobSettings.from_dict(settings)
+    round_trip = parsed.as_dict()
+    if round_trip != settings:
+        raise TemplateError(f"job settings do not round-trip through JobSettings: {_diff(settings, round_trip)}")
+    return parsed
+
+
+def _diff(expected: Any, actual: Any, path: str = "") -> str:
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in sorted(set(expected) | set(actual)):
+            if key not in actual:
+                return f"'{path}{key}' was dropped"
+            if key not in expected:
+                return f"'{path}{key}' was added"
+            if expected[key] != actual[key]:
+                return _diff(expected[key], actual[key], f"{path}{key}.")
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for i, (a, b) in enumerate(zip(expected, actual)):
+            if a != b:
+                return _diff(a, b, f"{path}{i}.")
+    return f"'{path.rstrip('.')}' changed from {expected!r} to {actual!r}"
+
+
+def notebook_task(settings: dict) -> dict:
+    tasks = [t for t in settings.get("tasks", []) if "notebook_task" in t]
+    if len(tasks) != 1:
+        raise TemplateError(f"job '{settings.get('name')}' must have exactly one notebook task")
+    return tasks[0]["notebook_task"]
+
+
+def job_parameters(settings: dict) -> dict[str, str]:
+    """Job-level parameters with their defaults (what the notebook's widgets receive)."""
+    return {p["name"]: p["default"] for p in settings.get("parameters", [])}
