@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Set before the Spark JVM starts, so the Python workers that load models (spark_udf) inherit it too.
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +50,19 @@ def make_trips(spark):
         return spark.createDataFrame(parsed, RAW_TRIP_SCHEMA)
 
     return build
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A real, empty sqlite MLflow store for one test; fails the test if it leaves a run open."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    active = mlflow.active_run()
+    if active is not None:
+        mlflow.end_run("KILLED")
+    assert active is None, "a run was left open"

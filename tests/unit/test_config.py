@@ -1,0 +1,113 @@
+"""Job configs: every malformed parameter gets a specific message, all problems are reported together."""
+import datetime as dt
+
+import pytest
+
+from taxi_fares_mlops.config import (SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig, TrainingConfig)
+from taxi_fares_mlops.errors import ConfigError
+
+TRAINING_DEFAULTS = {p.name: p.default for p in TRAINING_PARAMETERS}
+SCORING_DEFAULTS = {p.name: p.default for p in SCORING_PARAMETERS}
+
+
+def training(**changes):
+    return {**TRAINING_DEFAULTS, **changes}
+
+
+def scoring(**changes):
+    return {**SCORING_DEFAULTS, **changes}
+
+
+def test_defaults_build_typed_configs():
+    config = TrainingConfig.from_mapping(TRAINING_DEFAULTS)
+    assert config.start_date == dt.date(2016, 1, 1)
+    assert config.execute_training is True and config.force_promote is False
+    assert config.model_params.max_iter == 200 and config.model_params.learning_rate == 0.1
+    assert config.stage_enabled("feature_engineering")
+    scoring_config = ScoringConfig.from_mapping(scoring(model_version="3", execute_feature_engineering="false"))
+    assert scoring_config.model_version == 3 and scoring_config.model_reference == "version 3"
+    assert not scoring_config.stage_enabled("feature_engineering")
+
+
+def test_configs_are_frozen():
+    config = TrainingConfig.from_mapping(TRAINING_DEFAULTS)
+    with pytest.raises(Exception):
+        config.max_training_rows = 5
+
+
+def test_params_round_trip_as_given():
+    given = training(learning_rate="0.05", max_iter="17", force_promote="true", start_date="2016-01-04")
+    assert TrainingConfig.from_mapping(given).as_params() == given
+
+
+@pytest.mark.parametrize("config_class, values, expected", [
+    (TrainingConfig, training(start_date="2016-02-30"), "start_date: '2016-02-30' is not a date (expected YYYY-MM-DD)"),
+    (TrainingConfig, training(end_date="01/03/2016"), "end_date: '01/03/2016' is not a date (expected YYYY-MM-DD)"),
+    (TrainingConfig, training(start_date="2016-03-01", end_date="2016-01-01"),
+     "end_date: 2016-01-01 must be after start_date 2016-03-01"),
+    (TrainingConfig, training(end_date="2016-01-01"), "end_date: 2016-01-01 must be after start_date 2016-01-01"),
+    (TrainingConfig, training(execute_training="ture"), "execute_training: 'ture' is not 'true' or 'false'"),
+    (TrainingConfig, training(execute_promotion="yes"), "execute_promotion: 'yes' is not 'true' or 'false'"),
+    (TrainingConfig, training(force_promote="1"), "force_promote: '1' is not 'true' or 'false'"),
+    (TrainingConfig, training(learning_rate="-0.1"), "learning_rate: -0.1 is outside (0.0, 1.0]"),
+    (TrainingConfig, training(learning_rate="fast"), "learning_rate: 'fast' is not a number"),
+    (TrainingConfig, training(max_iter="-5"), "max_iter: -5 is below the minimum 1"),
+    (TrainingConfig, training(max_iter="2.5"), "max_iter: '2.5' is not a whole number"),
+    (TrainingConfig, training(max_leaf_nodes="1"), "max_leaf_nodes: 1 is below the minimum 2"),
+    (TrainingConfig, training(l2_regularization="-1"), "l2_regularization: -1.0 is outside [0.0, inf]"),
+    (TrainingConfig, training(holdout_fraction="1"), "holdout_fraction: 1.0 is outside (0.0, 1.0)"),
+    (TrainingConfig, training(max_training_rows="0"), "max_training_rows: 0 is below the minimum 1"),
+    (TrainingConfig, training(promotion_margin="nan"), "promotion_margin: nan is outside [0.0, 1.0)"),
+    (TrainingConfig, training(validation_mode="ignore"), "validation_mode: 'ignore' is not one of fail, quarantine"),
+    (TrainingConfig, training(model_name="  "), "model_name: must not be empty"),
+    (ScoringConfig, scoring(model_alias="production"), "model_alias: 'production' is not one of champion, challenger"),
+    (ScoringConfig, scoring(model_version="0"), "model_version: 0 is below the minimum 1"),
+    (ScoringConfig, scoring(model_version="v3"), "model_version: 'v3' is not a whole number"),
+    (ScoringConfig, scoring(execute_batch_scoring="True!"), "execute_batch_scoring: 'True!' is not 'true' or 'false'"),
+])
+def test_each_malformed_parameter_has_a_specific_message(config_class, values, expected):
+    with pytest.raises(ConfigError) as excinfo:
+        config_class.from_mapping(values)
+    assert excinfo.value.problems == [expected]
+
+
+def test_missing_parameters_are_named():
+    values = dict(SCORING_DEFAULTS)
+    del values["model_alias"], values["start_date"]
+    with pytest.raises(ConfigError) as excinfo:
+        ScoringConfig.from_mapping(values)
+    assert excinfo.value.problems == ["start_date: missing", "model_alias: missing"]
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(ConfigError) as excinfo:
+        TrainingConfig.from_mapping(training(start_date="2016-13-01", execute_training="ture", max_iter="-1",
+                                             learning_rate="2"))
+    message = str(excinfo.value)
+    assert len(excinfo.value.problems) == 4
+    for name in ("start_date", "execute_training", "max_iter", "learning_rate"):
+        assert f"  - {name}: " in message
+
+
+class FakeWidgets:
+    """Databricks' widgets.get raises for an undeclared widget; this mimics only that contract."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def get(self, name):
+        if name not in self.values:
+            raise ValueError(f"InputWidgetNotDefined: {name}")
+        return self.values[name]
+
+
+class FakeDbutils:
+    def __init__(self, values):
+        self.widgets = FakeWidgets(values)
+
+
+def test_from_widgets_reads_every_widget_once():
+    config = ScoringConfig.from_widgets(FakeDbutils(scoring(start_date="2016-01-02")))
+    assert config.start_date == dt.date(2016, 1, 2)
+    with pytest.raises(ConfigError, match="model_version: missing"):
+        ScoringConfig.from_widgets(FakeDbutils({k: v for k, v in SCORING_DEFAULTS.items() if k != "model_version"}))

@@ -1,0 +1,88 @@
+"""Job templates: every template renders for every target with no placeholder left, points at a notebook that
+exists, round-trips through JobSettings, and agrees with the notebook's widgets and the typed config."""
+import json
+import re
+
+import pytest
+
+from orchestrator.local import notebook as nb
+from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR
+from orchestrator.templates import (JOBS, TemplateError, job_parameters, load_targets, load_template,
+                                    notebook_task, placeholders, render, render_job, target_variables, validate)
+from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
+
+TARGETS = sorted(load_targets())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_template_renders_fully_and_round_trips(job, target):
+    settings = render_job(job, target_variables(target, version="9.9.9", lakehouse="/tmp/lakehouse"))
+    text = json.dumps(settings)
+    assert "${" not in text and "{repo}" not in text and "{lakehouse}" not in text
+    assert validate(settings).as_dict() == settings
+    assert settings["max_concurrent_runs"] == 1
+    assert settings["queue"] == {"enabled": True}
+    assert settings["schedule"]["pause_status"] == "PAUSED"
+    assert settings["timeout_seconds"] > 0
+    assert job_parameters(settings)["wheel_version"] == "9.9.9"
+    path = notebook_task(settings)["notebook_path"]
+    workspace_root = target_variables(target)["workspace_root"]
+    relative = path[len(workspace_root):].lstrip("/")
+    assert (REPO_ROOT / f"{relative}.py").exists(), f"{path} has no notebook in the repository"
+
+
+def test_schedules_are_weekly_for_training_and_daily_for_scoring():
+    assert load_template("training")["schedule"]["quartz_cron_expression"].endswith("? * SUN")
+    assert load_template("batch_scoring")["schedule"]["quartz_cron_expression"] == "0 0 5 * * ?"
+
+
+def test_missing_and_unknown_variables_fail_loudly():
+    with pytest.raises(TemplateError) as excinfo:
+        render({"a": "${workspace_root}/x", "b": "${new_cluster}"}, {"workspace_root": "/w", "colour": "red"})
+    assert "unknown variable 'colour'" in str(excinfo.value)
+    assert "missing variable 'new_cluster'" in str(excinfo.value)
+
+
+def test_whole_string_placeholders_keep_their_type():
+    rendered = render({"emails": "${notification_emails}", "path": "${workspace_root}/nb"},
+                      {"notification_emails": ["a@example.com"], "workspace_root": "/w"})
+    assert rendered == {"emails": ["a@example.com"], "path": "/w/nb"}
+    with pytest.raises(TemplateError, match="used inside a string"):
+        render({"x": "cluster ${new_cluster}"}, {"new_cluster": {"num_workers": 1}})
+
+
+def test_a_key_the_sdk_does_not_know_is_caught():
+    settings = render_job("training", target_variables("dev"))
+    settings["tasks"][0]["notebok_task"] = settings["tasks"][0].pop("notebook_task")
+    with pytest.raises(TemplateError, match="notebok_task"):
+        validate(settings)
+
+
+def test_unknown_target_is_named():
+    with pytest.raises(TemplateError, match="unknown target 'qa'"):
+        target_variables("qa")
+
+
+def _widgets(job):
+    """name -> default of the widgets a notebook declares."""
+    path = notebook_task(load_template(job))["notebook_path"].replace("${workspace_root}/", "")
+    cells = nb.load(REPO_ROOT / f"{path}.py")
+    source = "\n".join(c.source for c in cells if c.magic is None)
+    return dict(re.findall(r'dbutils\.widgets\.(?:text|dropdown)\("([^"]+)", "([^"]*)"', source))
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_template_parameters_notebook_widgets_and_config_agree(job):
+    template_params = job_parameters(load_template(job))
+    widgets = _widgets(job)
+    config_params = {p.name: p.default for p in CONFIGS[job].parameters()}
+    assert set(template_params) == set(WHEEL_PARAMETERS) | set(config_params)
+    assert list(widgets) == list(template_params)
+    for name, default in template_params.items():
+        if not placeholders(default):
+            assert widgets[name] == default == config_params[name], name
+
+
+def test_templates_folder_holds_only_known_files():
+    assert sorted(p.name for p in TEMPLATES_DIR.glob("*.json")) == sorted(JOBS.values())
