@@ -100,6 +100,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status == "SUCCESS" else 1
 
 
+def cmd_test_notebooks(args: argparse.Namespace) -> int:
+    from orchestrator.local.notebook_tests import run_notebook_tests
+
+    if not args.local:
+        raise SystemExit("mlops test-notebooks: only --local is available here; on a workspace use `nutter run`")
+    outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
+    for outcome in outcomes:
+        for result in outcome.results.results:
+            status = "PASSED" if result.passed else "FAILED"
+            print(f"{status}  {outcome.notebook.name}::{result.test_name} ({result.execution_time:.1f}s)")
+            if not result.passed:
+                print(f"        {result.exception}")
+    print(f"JUnit report: {args.junit}")
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.local.runner import tracking_uri
 
@@ -139,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a job parameter (repeatable)")
     run.add_argument("--json", action="store_true", help="print only the notebook's exit summary as JSON")
     run.set_defaults(handler=cmd_run)
+
+    notebook_tests = commands.add_parser("test-notebooks", help="run the Nutter notebook tests")
+    notebook_tests.add_argument("--local", action="store_true", help="run them with the local runner")
+    notebook_tests.add_argument("--pattern", default="test_*", help="notebook name pattern (default test_*)")
+    notebook_tests.add_argument("--junit", type=Path, default=REPO_ROOT / "test-results" / "notebook-tests.xml",
+                                help="JUnit XML report path")
+    notebook_tests.set_defaults(handler=cmd_test_notebooks)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on the local tracking store")
     ui.add_argument("--host", default="127.0.0.1")

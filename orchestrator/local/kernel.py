@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Mapping, Optional
@@ -36,6 +37,27 @@ MAX_ERROR_LINES = 40  # a config error lists every problem; a JVM stack trace ne
 
 class PipError(RuntimeError):
     pass
+
+
+class NotebookRunFailed(RuntimeError):
+    """``dbutils.notebook.run`` of a notebook that failed (Databricks raises a WorkflowException)."""
+
+
+class LazySpark:
+    """The notebook's ``spark`` global. Databricks provides a session; locally it is the MLOps wheel's session
+    factory, created on first use, so it is available once the notebook has installed the wheels."""
+
+    _session = None
+
+    def __getattr__(self, name):
+        if LazySpark._session is None:
+            try:
+                from taxi_fares_mlops.spark import get_spark
+            except ImportError:
+                raise NameError("spark is available locally once the notebook has %pip-installed the "
+                                "taxi_fares_mlops wheel") from None
+            LazySpark._session = get_spark("notebook")
+        return getattr(LazySpark._session, name)
 
 
 def expand(text: str, namespace: Mapping[str, object]) -> str:
@@ -77,22 +99,36 @@ class Kernel:
         return None
 
     def _run_child(self, parent: Path, relative: str, arguments: Mapping[str, str]) -> str:
+        """``dbutils.notebook.run``: the child runs in a process of its own, as on Databricks, so its
+        ``restartPython`` and its state do not touch the caller. Its failure raises here."""
         child = (parent.parent / relative).resolve()
         if child.suffix != ".py":
             child = child.with_suffix(".py")
         if not child.exists():
             raise FileNotFoundError(f"dbutils.notebook.run: no notebook at {child}")
         logger.info("running notebook %s", child)
-        value = self.run(child, arguments)
-        return "" if value is None else value
+        with tempfile.TemporaryDirectory(prefix="mlops-child-") as tmp:
+            params, result = Path(tmp) / "params.json", Path(tmp) / "result.json"
+            params.write_text(json.dumps(dict(arguments)))
+            command = [sys.executable, "-m", "orchestrator.local.kernel", "--notebook", str(child),
+                       "--params", str(params), "--result", str(result)]
+            if self.secrets_file:
+                command += ["--secrets-file", str(self.secrets_file)]
+            subprocess.run(command, stdout=sys.stderr, stdin=subprocess.DEVNULL)
+            outcome = json.loads(result.read_text()) if result.exists() else {"status": "FAILED",
+                                                                              "error": "the kernel died"}
+        if outcome["status"] != "SUCCESS":
+            raise NotebookRunFailed(f"notebook {child.name} failed: {outcome.get('error')}")
+        return outcome.get("exit_value") or ""
 
     @staticmethod
     def _namespace(dbutils: LocalDbutils) -> dict:
-        return {"__name__": "__main__", "dbutils": dbutils, "display": print}
+        return {"__name__": "__main__", "dbutils": dbutils, "display": print, "spark": LazySpark()}
 
     def _restart(self, dbutils: LocalDbutils) -> dict:
         for name in set(sys.modules) - self.baseline_modules:
             del sys.modules[name]
+        LazySpark._session = None
         importlib.invalidate_caches()
         logger.info("Python restarted: notebook state cleared")
         return self._namespace(dbutils)

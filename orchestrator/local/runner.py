@@ -119,29 +119,44 @@ class RunResult:
         return json.loads(self.exit_value) if self.exit_value else None
 
 
-def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResult:
-    started = time.monotonic()
+def prepare(lakehouse: str, home: Optional[str] = None) -> tuple[dict, JobEnvironment]:
+    """Wheels built and staged, the local target's variables, and the job environment for this version.
+
+    The job environment lives under ``home`` (default: the lakehouse), shared by every run of the version.
+    """
     version = project_version()
     if build.is_stale(DIST_DIR):
         progress("building the wheels (sources changed)")
     wheels = build.ensure_built(DIST_DIR)
-
     variables = templates.target_variables("local", version=version, lakehouse=lakehouse)
+    stage_wheels(wheels, variables["wheel_base_path"], version)
+    env = JobEnvironment(Path(home or lakehouse) / "envs" / version).ensure(wheels)
+    return variables, env
+
+
+def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResult:
+    """Run ``job`` from its template, for the local target, with parameter overrides."""
+    started = time.monotonic()
+    variables, env = prepare(lakehouse)
     settings = templates.render_job(job, variables)
     templates.validate(settings)
     params = merge_parameters(templates.job_parameters(settings), overrides)
     notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
+    progress(f"running job {settings['name']} locally")
+    return run_notebook(notebook, params, lakehouse, env, started)
+
+
+def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env: JobEnvironment,
+                 started: Optional[float] = None) -> RunResult:
+    """Run one notebook with the kernel in the job environment; its output goes to stderr."""
+    started = time.monotonic() if started is None else started
     if not notebook.exists():
-        raise RunError(f"the job's notebook {notebook} does not exist")
-
-    stage_wheels(wheels, variables["wheel_base_path"], version)
-    env = JobEnvironment(Path(lakehouse) / "envs" / version).ensure(wheels)
+        raise RunError(f"notebook {notebook} does not exist")
     Path(lakehouse).mkdir(parents=True, exist_ok=True)
-
-    progress(f"running job {settings['name']} locally: notebook {notebook.relative_to(REPO_ROOT)}")
+    progress(f"notebook {notebook.relative_to(REPO_ROOT)}")
     with tempfile.TemporaryDirectory(prefix="mlops-run-") as tmp:
         params_file, result_file = Path(tmp) / "params.json", Path(tmp) / "result.json"
-        params_file.write_text(json.dumps(params))
+        params_file.write_text(json.dumps(dict(params)))
         command = [str(env.python), "-m", "orchestrator.local.kernel", "--notebook", str(notebook),
                    "--params", str(params_file), "--result", str(result_file), "--secrets-file", str(SECRETS_FILE)]
         # The notebook's own output goes to stderr: stdout is kept for the summary (--json).

@@ -1,0 +1,36 @@
+"""The Nutter notebook tests, run the way CI runs them locally: `mlops test-notebooks --local`."""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_notebook_tests_pass_and_write_a_junit_report(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+    env["MLOPS_HOME"] = str(tmp_path / "home")
+    report = tmp_path / "notebook-tests.xml"
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "test-notebooks", "--local", "--junit",
+                           str(report)], capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    suites = ET.parse(report).getroot()
+    cases = {(c.get("classname"), c.get("name")) for c in suites.iter("testcase")}
+    assert cases == {
+        ("tests/notebooks/test_train.py", "a_first_training"),
+        ("tests/notebooks/test_train.py", "b_retraining_without_feature_engineering"),
+        ("tests/notebooks/test_batch_score.py", "a_scoring"),
+        ("tests/notebooks/test_batch_score.py", "b_rescoring_without_feature_engineering"),
+    }
+    assert suites.get("failures") == "0" and suites.get("errors") == "0"
+    assert "PASSED  test_train.py::a_first_training" in done.stdout
+
+
+def test_no_matching_notebook_is_an_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "test-notebooks", "--local", "--pattern",
+                           "test_nothing_*"], capture_output=True, text=True,
+                          env={**os.environ, "MLOPS_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert "no notebook tests match" in done.stderr
