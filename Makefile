@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint unit dist clean
+.PHONY: install demo test lint dist bench clean
 
 $(STAMP): requirements/runtime.txt requirements/dev.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: lint
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install
 	$(VENV)/bin/mlops build --dist $(DIST)
+
+# Batch-scoring throughput and driver memory at 1M and 4M rows (prints figures; asserts nothing).
+bench: install
+	$(PY) benchmarks/bench_batch_scoring.py
 
 clean:
 	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

@@ -105,7 +105,11 @@ def cmd_test_notebooks(args: argparse.Namespace) -> int:
 
     if not args.local:
         raise SystemExit("mlops test-notebooks: only --local is available here; on a workspace use `nutter run`")
-    outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
+    try:
+        outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
+    except FileNotFoundError as exc:
+        print(f"mlops test-notebooks: {exc}", file=sys.stderr)
+        return 2
     for outcome in outcomes:
         for result in outcome.results.results:
             status = "PASSED" if result.passed else "FAILED"

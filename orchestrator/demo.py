@@ -1,59 +1,61 @@
-"""``mlops demo``: the ML logic end to end on generated data, printing what it measured.
+"""``mlops demo`` (what ``make demo`` runs): the jobs end to end on the embedded default.
 
-Generate trips, validate them, compute feature tables, build the point-in-time training set, train on a
-bounded sample, and evaluate on a hash-split holdout in Spark against the mean-fare baseline.
+1. Generate synthetic trips into the local lakehouse.
+2. Run the training job on January: the first model becomes champion (there is none yet).
+3. Run the training job again on January and February with other hyperparameters: the promotion gate
+   compares the new challenger with the champion on the same holdout and decides.
+4. Run the batch-scoring job on February with the champion.
+
+Every job runs exactly as on Databricks: rendered from its template, its notebook installing the wheels.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-from taxi_fares.features import LABEL, dropoff_features, join_features, model_input_columns, pickup_features
-from taxi_fares.model import (ModelParams, bounded_sample, predict_spark, spark_regression_metrics,
-                              split_holdout, train_model)
-from taxi_fares.schema import validate_trips
-from taxi_fares.synthetic import generate_trips
-from taxi_fares_mlops.spark import get_spark
-from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, RAW_TRIPS, Lakehouse
+from orchestrator.local import runner
 
-START, END = "2016-01-01", "2016-03-01"
+DATA_START, DATA_END = "2016-01-01", "2016-03-01"
 
 
-def _step(message: str, started: float) -> None:
-    print(f"[demo] {message} ({time.monotonic() - started:.1f}s)", file=sys.stderr, flush=True)
+def _banner(text: str) -> None:
+    print(f"\n=== {text}", file=sys.stderr, flush=True)
+
+
+def _run(job: str, lakehouse: str, **params: str) -> dict:
+    result = runner.run_local(job, params, lakehouse)
+    print(runner.describe(result, job, lakehouse), flush=True)
+    if result.status != "SUCCESS":
+        raise SystemExit(f"demo stopped: the {job} job failed")
+    return result.summary
 
 
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
-    t0 = time.monotonic()
-    lakehouse = Lakehouse(root)
+    from taxi_fares.synthetic import generate_trips
+    from taxi_fares_mlops.spark import get_spark
+    from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
+
+    started = time.monotonic()
+    _banner(f"1/4 generating {rows:,} synthetic trips ({DATA_START} to {DATA_END}, seed {seed})")
     spark = get_spark("mlops-demo")
-    _step("spark ready", t0)
+    Lakehouse(root).write(generate_trips(spark, rows, DATA_START, DATA_END, seed=seed), RAW_TRIPS)
+    spark.stop()  # each job below starts its own Spark, as a job cluster would
 
-    lakehouse.write(generate_trips(spark, rows, START, END, seed=seed), RAW_TRIPS)
-    trips = lakehouse.read(spark, RAW_TRIPS)
-    _step(f"generated {rows:,} trips into {lakehouse.table_path(RAW_TRIPS)}", t0)
+    _banner("2/4 training job on January (no champion yet: the first model is promoted)")
+    _run("training", root, start_date="2016-01-01", end_date="2016-02-01", max_iter="60")
 
-    valid = validate_trips(trips).valid
-    lakehouse.write(pickup_features(valid, START, END), PICKUP_FEATURES)
-    lakehouse.write(dropoff_features(valid, START, END), DROPOFF_FEATURES)
-    _step("validated trips and wrote the pickup and dropoff feature tables", t0)
+    _banner("3/4 training job on January and February, more boosting iterations: the promotion gate decides")
+    second = _run("training", root, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
+    promotion = second["stages"]["promotion"]
+    print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
+          f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
 
-    joined = join_features(valid, lakehouse.read(spark, PICKUP_FEATURES), lakehouse.read(spark, DROPOFF_FEATURES))
-    training_set = joined.select(*model_input_columns(), LABEL)
-    train, holdout = split_holdout(training_set, holdout_fraction=0.2, seed=seed)
-    params = ModelParams()
-    sample = bounded_sample(train, max_rows=500_000, seed=seed).toPandas()  # bounded, not the whole set
-    model = train_model(sample, params)
-    _step(f"trained on {len(sample):,} rows with {params.as_dict()}", t0)
+    _banner("4/4 batch scoring job on February with the champion, reusing the feature tables")
+    _run("batch_scoring", root, start_date="2016-02-01", end_date="2016-03-01",
+         execute_feature_engineering="false")
 
-    metrics = spark_regression_metrics(predict_spark(holdout, model), LABEL, "prediction",
-                                       baseline=float(sample[LABEL].mean()))
-    _step("evaluated on the holdout", t0)
-    improvement = 1 - metrics["rmse"] / metrics["baseline_rmse"]
-    print(f"holdout rows      {int(metrics['rows']):,}")
-    print(f"model    rmse {metrics['rmse']:.3f}  mae {metrics['mae']:.3f}  r2 {metrics['r2']:.3f}")
-    print(f"baseline rmse {metrics['baseline_rmse']:.3f}  mae {metrics['baseline_mae']:.3f}  "
-          f"r2 {metrics['baseline_r2']:.3f}  (predicts the mean training fare)")
-    print(f"rmse improvement over baseline: {improvement:.1%}")
-    print(f"tables under {lakehouse.path('tables')}")
+    print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
+    print(f"  lakehouse tables   {root}/tables/")
+    print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
+    print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
     return 0
