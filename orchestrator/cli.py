@@ -78,12 +78,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.local == bool(args.target):
+        raise SystemExit("mlops run: give either --local or --target T")
+    if args.target:
+        return _remote(_run_remote, args)
+    return _run_local(args)
+
+
+def _run_local(args: argparse.Namespace) -> int:
     import json
 
     from orchestrator.local import runner
 
-    if not args.local:
-        raise SystemExit("mlops run: only --local runs are available (workspace runs come with --target)")
     try:
         overrides = runner.parse_overrides(args.param)
         result = runner.run_local(args.job, overrides, lakehouse_root())
@@ -98,6 +104,143 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(runner.describe(result, args.job, lakehouse_root()))
     return 0 if result.status == "SUCCESS" else 1
+
+
+def _remote(action, args: argparse.Namespace) -> int:
+    """Run a workspace action, turning deploy errors into one clear line and exit code 2."""
+    from orchestrator.deploy.client import DeployError
+    from orchestrator.templates import TemplateError
+
+    try:
+        return action(args)
+    except (DeployError, TemplateError) as exc:
+        print(f"mlops {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _target_client(target_name: str):
+    from orchestrator.deploy.client import workspace_client, workspace_host
+    from orchestrator.templates import target_settings
+
+    target = target_settings(target_name)
+    return workspace_client(target), workspace_host(target)
+
+
+def _job_name(job: str) -> str:
+    from orchestrator.templates import load_template
+
+    return load_template(job)["name"]
+
+
+def _print_outputs(w, run, host: str, as_json: bool) -> None:
+    from orchestrator.deploy import runs
+
+    for task_key, result, error in runs.outputs(w, run, host):
+        if as_json:
+            if result:
+                print(result)
+            continue
+        if result:
+            print(f"task {task_key} exit summary:")
+            print(_pretty(result))
+        if error:
+            print(f"task {task_key} error: {error}")
+
+
+def _pretty(text: str) -> str:
+    import json
+
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    from orchestrator.deploy import runs
+    from orchestrator.local.runner import parse_overrides
+
+    params = parse_overrides(args.param)
+    w, host = _target_client(args.target)
+    job_id = runs.find_job(w, _job_name(args.job), host)
+    runs.check_parameters(w, job_id, params, host)
+    run_id = runs.trigger(w, job_id, params, host)
+    _progress(f"started run {run_id} of job {job_id}: {host}/jobs/{job_id}/runs/{run_id}")
+    if args.no_wait:
+        print(run_id)
+        return 0
+    return _finish(w, run_id, host, args.json)
+
+
+def _finish(w, run_id: int, host: str, as_json: bool) -> int:
+    from orchestrator.deploy import runs
+
+    run, state = runs.wait(w, run_id, host, _progress)
+    if run.run_page_url:
+        _progress(f"run page: {run.run_page_url}")
+    _print_outputs(w, run, host, as_json)
+    if not state.succeeded:
+        print(f"run {run_id} did not succeed: {state}", file=sys.stderr)
+        return 1
+    _progress(f"run {run_id} succeeded")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    def action(args):
+        from orchestrator.deploy import runs
+
+        w, host = _target_client(args.target)
+        job_id = runs.find_job(w, _job_name(args.job), host)
+        print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
+        for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
+            when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
+            took = f"{duration:.0f}s" if duration is not None else "-"
+            print(f"{run_id:>12}  {lifecycle:<12} {result:<10} {when:<20} {took:>9}")
+        return 0
+    return _remote(action, args)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    def action(args):
+        from orchestrator.deploy import runs
+        from orchestrator.local.runner import parse_overrides
+
+        w, host = _target_client(args.target)
+        runs.repair(w, args.run_id, parse_overrides(args.param), host)
+        _progress(f"repairing run {args.run_id}: rerunning its failed tasks")
+        return _finish(w, args.run_id, host, args.json)
+    return _remote(action, args)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    def action(args):
+        from orchestrator.deploy import runs
+
+        w, host = _target_client(args.target)
+        name = _job_name(args.job)
+        job_id = runs.find_job(w, name, host)
+        status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
+        print(f"job {name} ({job_id}): schedule {status}")
+        return 0
+    return _remote(action, args)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    def action(args):
+        import json
+
+        from orchestrator.deploy import deployer
+        from orchestrator.deploy.client import workspace_client
+
+        plan = deployer.plan(args.target, args.version, args.dist)
+        if args.dry_run:
+            print(json.dumps(plan.describe(), indent=2))
+            return 0
+        _progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
+        deployer.apply(plan, workspace_client(plan.target), _progress)
+        return 0
+    return _remote(action, args)
 
 
 def cmd_test_notebooks(args: argparse.Namespace) -> int:
@@ -152,13 +295,44 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="output folder (emptied first)")
     build.set_defaults(handler=cmd_build)
 
-    run = commands.add_parser("run", help="run a job (training, batch_scoring)")
-    run.add_argument("job", choices=["training", "batch_scoring"])
+    jobs = ["training", "batch_scoring"]
+    run = commands.add_parser("run", help="run a job locally or on a deployment target")
+    run.add_argument("job", choices=jobs)
     run.add_argument("--local", action="store_true", help="run on this machine (the embedded default)")
+    run.add_argument("--target", help="run the deployed job on this target (dev, staging, prod)")
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a job parameter (repeatable)")
     run.add_argument("--json", action="store_true", help="print only the notebook's exit summary as JSON")
+    run.add_argument("--no-wait", action="store_true", help="(--target) print the run id and return")
     run.set_defaults(handler=cmd_run)
+
+    deploy = commands.add_parser("deploy", help="upload wheels and notebooks, create or reset the jobs")
+    deploy.add_argument("--target", required=True)
+    deploy.add_argument("--version", help="wheel version to deploy (default: the VERSION file)")
+    deploy.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="where the wheels are")
+    deploy.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
+    deploy.set_defaults(handler=cmd_deploy)
+
+    runs = commands.add_parser("runs", help="list a deployed job's recent runs")
+    runs.add_argument("job", choices=jobs)
+    runs.add_argument("--target", required=True)
+    runs.add_argument("--limit", type=_positive_int, default=10)
+    runs.set_defaults(handler=cmd_runs)
+
+    repair = commands.add_parser("repair", help="rerun the failed tasks of a run")
+    repair.add_argument("run_id", type=_positive_int)
+    repair.add_argument("--target", required=True)
+    repair.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    repair.add_argument("--json", action="store_true")
+    repair.set_defaults(handler=cmd_repair)
+
+    schedule = commands.add_parser("schedule", help="pause or unpause a deployed job's schedule")
+    schedule.add_argument("job", choices=jobs)
+    schedule.add_argument("--target", required=True)
+    toggle = schedule.add_mutually_exclusive_group(required=True)
+    toggle.add_argument("--pause", action="store_true")
+    toggle.add_argument("--unpause", action="store_true")
+    schedule.set_defaults(handler=cmd_schedule)
 
     notebook_tests = commands.add_parser("test-notebooks", help="run the Nutter notebook tests")
     notebook_tests.add_argument("--local", action="store_true", help="run them with the local runner")

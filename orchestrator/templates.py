@@ -20,10 +20,10 @@ from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
 TARGETS_FILE = TEMPLATES_DIR / "targets.yml"
-VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "model_name",
-             "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails")
+VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
+             "model_name", "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails")
 # Target settings that configure the tool, not the templates.
-TARGET_SETTINGS = ("host",)
+TARGET_SETTINGS = ("host", "existing_cluster_id", "secret_scope")
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -96,9 +96,26 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     return variables
 
 
-def render_job(job: str, variables: Mapping[str, Any]) -> dict:
-    """The job's settings for these variables, without empty lists or objects (the Jobs API omits those)."""
-    return _prune_empty(render(load_template(job), variables))
+def render_job(job: str, variables: Mapping[str, Any], existing_cluster_id: str | None = None) -> dict:
+    """The job's settings for these variables, without empty lists or objects (the Jobs API omits those).
+
+    With ``existing_cluster_id`` the tasks run on that cluster instead of the template's job cluster.
+    """
+    settings = _prune_empty(render(load_template(job), variables))
+    if existing_cluster_id:
+        settings.pop("job_clusters", None)
+        for task in settings["tasks"]:
+            task.pop("job_cluster_key", None)
+            task["existing_cluster_id"] = existing_cluster_id
+    return settings
+
+
+def target_settings(target: str) -> dict[str, Any]:
+    """The target's tool settings (host, existing_cluster_id, secret_scope), with its name."""
+    targets = load_targets()
+    if target not in targets:
+        raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")
+    return {"name": target, **{k: v for k, v in targets[target].items() if k in TARGET_SETTINGS}}
 
 
 def _prune_empty(node: Any) -> Any:

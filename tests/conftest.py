@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Spark session (Delta enabled) for the whole run, and a lakehouse per test.
+"""Shared fixtures: one local Spark session (Delta enabled) for the whole run, a lakehouse and a real sqlite
+MLflow store per test, and job configs over generated trips.
 
 There is deliberately no tests/__init__.py: nutter installs a top-level ``tests`` package that it would shadow.
 """
@@ -66,3 +67,40 @@ def mlflow_store(tmp_path, monkeypatch):
     if active is not None:
         mlflow.end_run("KILLED")
     assert active is None, "a run was left open"
+
+
+# Jobs run in-process over two weeks of generated trips.
+JOB_START, JOB_END = "2016-01-04", "2016-01-18"
+
+
+@pytest.fixture
+def trips_lakehouse(spark, lakehouse):
+    from taxi_fares.synthetic import generate_trips
+    from taxi_fares_mlops.storage import RAW_TRIPS
+
+    lakehouse.write(generate_trips(spark, 20_000, JOB_START, JOB_END, seed=5), RAW_TRIPS)
+    return lakehouse
+
+
+def _config_builder(config_class, parameters, lakehouse, **fixed):
+    def build(**changes):
+        values = {p.name: p.default for p in parameters}
+        values.update(start_date=JOB_START, end_date=JOB_END, lakehouse_root=lakehouse.root, mlflow_experiment="tests",
+                      **fixed)
+        values.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in changes.items()})
+        return config_class.from_mapping(values)
+    return build
+
+
+@pytest.fixture
+def training_config(lakehouse):
+    from taxi_fares_mlops.config import TRAINING_PARAMETERS, TrainingConfig
+
+    return _config_builder(TrainingConfig, TRAINING_PARAMETERS, lakehouse, max_iter="40")
+
+
+@pytest.fixture
+def scoring_config(lakehouse):
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
+
+    return _config_builder(ScoringConfig, SCORING_PARAMETERS, lakehouse)

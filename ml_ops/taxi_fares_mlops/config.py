@@ -118,6 +118,7 @@ COMMON = (
     _toggle("execute_feature_engineering", "Run feature engineering"),
     Parameter("model_name", _non_empty, "taxi_fares", "Registered model name"),
     Parameter("mlflow_experiment", _non_empty, "/Shared/taxi_fares", "MLflow experiment path"),
+    Parameter("mlflow_registry_uri", _text, "", "MLflow registry URI (empty: the workspace's; databricks-uc)"),
     Parameter("lakehouse_root", _text, "", "Lakehouse root (empty: the runtime default)"),
     Parameter("validation_mode", _choice(FAIL, QUARANTINE), QUARANTINE, "What to do with invalid trips",
               (FAIL, QUARANTINE)),
@@ -187,6 +188,7 @@ class JobConfig:
     execute_feature_engineering: bool
     model_name: str
     mlflow_experiment: str
+    mlflow_registry_uri: str
     lakehouse_root: str
     validation_mode: str
 

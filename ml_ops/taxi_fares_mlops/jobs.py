@@ -36,6 +36,8 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None) -> dict
     """Run the job described by ``config``; return its summary. Raises ``StageError`` if a stage fails."""
     spark = spark or get_spark(f"taxi_fares.{config.job}")
     lakehouse = Lakehouse(config.lakehouse_root or None)
+    if config.mlflow_registry_uri:
+        mlflow.set_registry_uri(config.mlflow_registry_uri)
     experiment_id = setup_experiment(config.mlflow_experiment)
     run_name = f"{config.job} {config.start_date}..{config.end_date}"
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)

@@ -9,7 +9,8 @@
 # MAGIC | `wheel_base_path`, `wheel_version` | where the wheels are: `<wheel_base_path>/<wheel_version>/*.whl` |
 # MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
 # MAGIC | `execute_feature_engineering`, `execute_batch_scoring` | stage toggles (`true`/`false`) |
-# MAGIC | `model_name`, `mlflow_experiment`, `lakehouse_root` | where the model, the runs and the tables are |
+# MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
+# MAGIC | `lakehouse_root` | where the tables are |
 # MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
 # MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
 
@@ -24,6 +25,7 @@ dbutils.widgets.dropdown("execute_feature_engineering", "true", ["true", "false"
 dbutils.widgets.dropdown("execute_batch_scoring", "true", ["true", "false"], "Run batch scoring")
 dbutils.widgets.text("model_name", "taxi_fares", "Registered model name")
 dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experiment path")
+dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
 dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
 dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
 dbutils.widgets.dropdown("model_alias", "champion", ["champion", "challenger"], "Model alias to score with")

@@ -9,7 +9,8 @@
 # MAGIC | `wheel_base_path`, `wheel_version` | where the wheels are: `<wheel_base_path>/<wheel_version>/*.whl` |
 # MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
 # MAGIC | `execute_feature_engineering`, `execute_training`, `execute_promotion` | stage toggles (`true`/`false`) |
-# MAGIC | `model_name`, `mlflow_experiment`, `lakehouse_root` | where the model, the runs and the tables go |
+# MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
+# MAGIC | `lakehouse_root` | where the tables go |
 # MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
 # MAGIC | `holdout_fraction`, `max_training_rows` | holdout share; training sample bound (driver memory) |
 # MAGIC | `promotion_margin`, `force_promote` | relative rmse gain needed to replace the champion; operator override |
@@ -28,6 +29,7 @@ dbutils.widgets.dropdown("execute_training", "true", ["true", "false"], "Run tra
 dbutils.widgets.dropdown("execute_promotion", "true", ["true", "false"], "Run promotion")
 dbutils.widgets.text("model_name", "taxi_fares", "Registered model name")
 dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experiment path")
+dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
 dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
 dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
 dbutils.widgets.text("holdout_fraction", "0.2", "Holdout fraction")

@@ -1,13 +1,19 @@
 """Feature functions against hand-computed frames: window edges, sliding overlap, weekend flag, range ends,
 and a point-in-time join that must never attach a future feature row."""
+import datetime as dt
+
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
-from conftest import ts
 from taxi_fares.features import (DROPOFF_LOOKUP_TS, PICKUP_LOOKUP_TS, add_lookup_keys, dropoff_features,
                                  join_features, pickup_features, point_in_time_join)
+
+
+def ts(text):
+    return dt.datetime.fromisoformat(text)
+
 
 PICKUP_SCHEMA = T.StructType([
     T.StructField("zip", T.IntegerType()),

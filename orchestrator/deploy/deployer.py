@@ -1,0 +1,136 @@
+"""``mlops deploy --target T``: wheels, notebooks, experiment and jobs, idempotently.
+
+The plan is computed without touching the workspace (that is all ``--dry-run`` prints). Applying it uploads the
+wheels into ``<wheel_base_path>/<version>/`` and imports the notebooks unless the workspace already holds the same
+bytes, creates the MLflow experiment if it is missing, and creates or resets each job by name so that exactly
+one job per name remains.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import NotFound, ResourceDoesNotExist
+from databricks.sdk.service.jobs import JobSettings
+
+from orchestrator import build, templates
+from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
+from orchestrator.deploy.client import DeployError, translate_errors, workspace_host
+from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+
+logger = logging.getLogger(__name__)
+
+NOTEBOOK_SOURCES = ("orchestrator/notebooks", "tests/notebooks")
+
+
+@dataclass
+class Plan:
+    target: dict
+    host: str
+    version: str
+    wheels: list[Path]
+    wheel_sums: bytes
+    wheel_uploads: list[Upload]
+    notebooks: list[Upload]
+    experiment: str
+    jobs: dict[str, dict] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """The plan as JSON-ready data (what --dry-run prints)."""
+        return {
+            "target": self.target["name"],
+            "host": self.host,
+            "version": self.version,
+            "uploads": [{"source": str(u.source.relative_to(REPO_ROOT)) if u.source.is_relative_to(REPO_ROOT)
+                         else str(u.source), "destination": u.destination}
+                        for u in self.wheel_uploads + self.notebooks],
+            "experiment": self.experiment,
+            "jobs": self.jobs,
+        }
+
+
+def _wheels(version: str, dist: Path) -> list[Path]:
+    if version == project_version():
+        return build.ensure_built(dist)
+    wheels = [dist / name for name in build.wheel_names(version)]
+    missing = [w.name for w in wheels if not w.exists()]
+    if missing:
+        raise DeployError(f"version {version} is not the source's ({project_version()}) and {dist} lacks "
+                          f"{', '.join(missing)}: build it first or give --dist")
+    return wheels
+
+
+def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR) -> Plan:
+    target = templates.target_settings(target_name)
+    if target_name == "local":
+        raise DeployError("the local target is run with `mlops run --local`, not deployed")
+    version = version or project_version()
+    variables = templates.target_variables(target_name, version=version)
+    wheels = _wheels(version, dist)
+    sums = "".join(f"{build.sha256(w)}  {w.name}\n" for w in wheels).encode()
+    root = variables["workspace_root"].rstrip("/")
+    notebooks = [Upload(src, f"{root}/{folder}/{src.stem}")
+                 for folder in NOTEBOOK_SOURCES for src in sorted((REPO_ROOT / folder).glob("*.py"))]
+    jobs = {}
+    for job in templates.JOBS:
+        settings = templates.render_job(job, variables, target.get("existing_cluster_id"))
+        templates.validate(settings)
+        jobs[settings["name"]] = settings
+    return Plan(target, workspace_host(target), version, wheels, sums,
+                wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
+                variables["mlflow_experiment"], jobs)
+
+
+def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None]) -> dict[str, int]:
+    """Apply ``plan``; returns job name -> job id."""
+    host = plan.host
+    base = plan.wheel_uploads[0].destination.rsplit("/", 2)[0]
+    with translate_errors(host, f"upload the wheels to {base}/{plan.version}"):
+        sent = upload_wheels(w, plan.wheels, plan.wheel_sums, base, plan.version)
+    uploaded = f"uploaded {len(sent)} file(s) to {base}/{plan.version}/" if sent else "unchanged, nothing uploaded"
+    say(f"wheels {plan.version}: {uploaded}")
+    imported = 0
+    for notebook in plan.notebooks:
+        with translate_errors(host, f"import notebook {notebook.destination}"):
+            imported += import_notebook(w, notebook.source, notebook.destination)
+    say(f"notebooks: {imported} imported, {len(plan.notebooks) - imported} unchanged")
+
+    with translate_errors(host, f"find or create the MLflow experiment {plan.experiment}"):
+        try:
+            experiment_id = w.experiments.get_by_name(plan.experiment).experiment.experiment_id
+            say(f"experiment {plan.experiment}: exists ({experiment_id})")
+        except (NotFound, ResourceDoesNotExist):
+            experiment_id = w.experiments.create_experiment(plan.experiment).experiment_id
+            say(f"experiment {plan.experiment}: created ({experiment_id})")
+
+    job_ids = {}
+    for name, settings in plan.jobs.items():
+        with translate_errors(host, f"create or reset job {name}"):
+            existing = [j.job_id for j in w.jobs.list(name=name)]
+            if existing:
+                job_id = existing[0]
+                w.jobs.reset(job_id, new_settings=JobSettings.from_dict(settings))
+                for extra in existing[1:]:
+                    w.jobs.delete(extra)
+                    say(f"job {name}: deleted duplicate {extra}")
+                action = "reset"
+            else:
+                job_id = w.jobs.create(**_create_arguments(w, settings)).job_id
+                action = "created"
+        job_ids[name] = job_id
+        say(f"job {name}: {action} {job_id}  {host}/jobs/{job_id}")
+    return job_ids
+
+
+def _create_arguments(w: WorkspaceClient, settings: dict) -> dict:
+    """``jobs.create`` takes the settings as keyword arguments of the SDK's own types."""
+    typed = JobSettings.from_dict(settings)
+    accepted = inspect.signature(w.jobs.create).parameters
+    unknown = [k for k in settings if k not in accepted]
+    if unknown:
+        raise DeployError(f"jobs.create does not take {', '.join(unknown)}")
+    return {k: getattr(typed, k) for k in settings}

@@ -1,0 +1,135 @@
+"""Operating deployed jobs: run (with progress and the notebook's summary), list runs, repair, schedule.
+
+``run_now`` returns when the run ends whatever its outcome, so the result state is always checked here: only
+SUCCESS is a success.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.service.jobs import JobSettings, PauseStatus, Run
+
+from orchestrator.deploy.client import DeployError, translate_errors
+
+TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
+POLL_SECONDS_ENV = "MLOPS_POLL_SECONDS"
+
+
+def find_job(w: WorkspaceClient, name: str, host: str) -> int:
+    with translate_errors(host, f"find job {name}"):
+        ids = [j.job_id for j in w.jobs.list(name=name)]
+    if not ids:
+        raise DeployError(f"no job named '{name}' at {host}: deploy it first (mlops deploy --target ...)")
+    if len(ids) > 1:
+        raise DeployError(f"{len(ids)} jobs are named '{name}' at {host} ({ids}): redeploy to keep one")
+    return ids[0]
+
+
+def check_parameters(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str) -> None:
+    with translate_errors(host, f"read job {job_id}"):
+        settings = w.jobs.get(job_id).settings
+    known = [p.name for p in (settings.parameters or [])]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise DeployError(f"unknown parameter(s) {', '.join(unknown)}; job {settings.name} takes: {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class RunState:
+    lifecycle: str
+    result: Optional[str]
+    message: str
+
+    @property
+    def done(self) -> bool:
+        return self.lifecycle in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result == "SUCCESS"
+
+    def __str__(self) -> str:
+        text = self.lifecycle + (f" {self.result}" if self.result else "")
+        return text + (f": {self.message}" if self.message else "")
+
+
+def run_state(run: Run) -> RunState:
+    """The run's state from ``status`` (current API), falling back to the deprecated ``state``."""
+    if run.status and run.status.state:
+        details = run.status.termination_details
+        code = details.code.value if details and details.code else None
+        return RunState(run.status.state.value, code, (details.message or "") if details else "")
+    state = run.state
+    return RunState(state.life_cycle_state.value if state and state.life_cycle_state else "UNKNOWN",
+                    state.result_state.value if state and state.result_state else None,
+                    (state.state_message or "") if state else "")
+
+
+def wait(w: WorkspaceClient, run_id: int, host: str, say: Callable[[str], None],
+         timeout_s: float = 24 * 3600) -> tuple[Run, RunState]:
+    """Poll the run until it ends, saying each state change with the elapsed time."""
+    poll = float(os.environ.get(POLL_SECONDS_ENV, "10"))
+    started, last = time.monotonic(), None
+    while True:
+        with translate_errors(host, f"get run {run_id}"):
+            run = w.jobs.get_run(run_id)
+        state = run_state(run)
+        if str(state) != last:
+            say(f"[{time.monotonic() - started:6.0f}s] run {run_id}: {state}")
+            last = str(state)
+        if state.done:
+            return run, state
+        if time.monotonic() - started > timeout_s:
+            raise DeployError(f"run {run_id} did not finish within {timeout_s:.0f}s (it is still {state})")
+        time.sleep(poll)
+
+
+def outputs(w: WorkspaceClient, run: Run, host: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """(task key, notebook exit value, error) for each task of the run."""
+    found = []
+    for task in run.tasks or []:
+        with translate_errors(host, f"get the output of run {task.run_id}"):
+            output = w.jobs.get_run_output(task.run_id)
+        result = output.notebook_output.result if output.notebook_output else None
+        found.append((task.task_key, result, output.error))
+    return found
+
+
+def trigger(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str) -> int:
+    with translate_errors(host, f"start job {job_id}"):
+        waiter = w.jobs.run_now(job_id=job_id, job_parameters=dict(params) or None)
+    return waiter.response.run_id
+
+
+def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str) -> None:
+    with translate_errors(host, f"repair run {run_id}"):
+        w.jobs.repair_run(run_id=run_id, rerun_all_failed_tasks=True, job_parameters=dict(params) or None)
+
+
+def list_runs(w: WorkspaceClient, job_id: int, limit: int, host: str) -> list[tuple]:
+    with translate_errors(host, f"list the runs of job {job_id}"):
+        runs = list(w.jobs.list_runs(job_id=job_id, limit=limit))[:limit]
+    rows = []
+    for run in runs:
+        state = run_state(run)
+        started = dt.datetime.fromtimestamp(run.start_time / 1000, dt.timezone.utc) if run.start_time else None
+        duration = ((run.end_time - run.start_time) / 1000) if run.end_time and run.start_time else None
+        rows.append((run.run_id, state.lifecycle, state.result or "", started, duration))
+    return rows
+
+
+def set_schedule(w: WorkspaceClient, job_id: int, paused: bool, host: str) -> str:
+    with translate_errors(host, f"read job {job_id}"):
+        settings = w.jobs.get(job_id).settings
+    if not settings.schedule:
+        raise DeployError(f"job {settings.name} has no schedule")
+    schedule = settings.schedule
+    schedule.pause_status = PauseStatus.PAUSED if paused else PauseStatus.UNPAUSED
+    with translate_errors(host, f"update the schedule of job {job_id}"):
+        w.jobs.update(job_id, new_settings=JobSettings(schedule=schedule))
+    return schedule.pause_status.value
