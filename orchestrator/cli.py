@@ -360,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "urllib3", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # the SDK's fallbacks (host metadata, download URLs) are not the operator's concern
+        logging.getLogger("databricks.sdk").setLevel(logging.ERROR)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +20,7 @@ import yaml
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
-TARGETS_FILE = TEMPLATES_DIR / "targets.yml"
+TARGETS_FILE_ENV = "MLOPS_TARGETS_FILE"  # another targets file (tests, forks); default job_templates/targets.yml
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
              "model_name", "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails")
 # Target settings that configure the tool, not the templates.
@@ -78,8 +79,12 @@ def load_template(job: str) -> dict:
     return json.loads((TEMPLATES_DIR / JOBS[job]).read_text(encoding="utf-8"))
 
 
-def load_targets(path: Path = TARGETS_FILE) -> dict[str, dict]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+def targets_file() -> Path:
+    return Path(os.environ.get(TARGETS_FILE_ENV) or TEMPLATES_DIR / "targets.yml")
+
+
+def load_targets(path: Path | None = None) -> dict[str, dict]:
+    data = yaml.safe_load((path or targets_file()).read_text(encoding="utf-8"))
     defaults = data.get("defaults", {})
     return {name: {**defaults, **(values or {})} for name, values in data["targets"].items()}
 

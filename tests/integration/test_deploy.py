@@ -1,0 +1,279 @@
+"""mlops deploy / run / runs / repair / schedule against a real local HTTP server playing the workspace.
+
+The tests assert on the exact requests the tool sends (paths and bodies), not only on exit codes.
+"""
+import base64
+import json
+import shutil
+
+import pytest
+from databricks.sdk.service.jobs import JobSettings
+
+from fakes.databricks_workspace import FakeWorkspace
+from orchestrator import build
+from orchestrator.cli import main
+from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+
+TOKEN = "dapi-very-secret-token-0123456789"
+VERSION = project_version()
+WHEELS = f"/Volumes/staging/taxi_fares/wheels/{VERSION}"
+ROOT = "/Workspace/Shared/taxi_fares/staging"
+
+
+@pytest.fixture
+def workspace(monkeypatch):
+    fake = FakeWorkspace().start()
+    for name in ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_ID",
+                 "ARM_CLIENT_SECRET", "ARM_TENANT_ID", "DATABRICKS_AUTH_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_HOST", fake.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    monkeypatch.setenv("MLOPS_POLL_SECONDS", "0.01")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def mlops(capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr), and keep everything it printed."""
+    printed = []
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        printed.append(out + err)
+        return code, out, err
+
+    run.printed = printed
+    return run
+
+
+def dry_run_jobs(mlops):
+    code, out, _ = mlops("deploy", "--target", "staging", "--dry-run")
+    assert code == 0
+    return json.loads(out)["jobs"]
+
+
+def test_dry_run_calls_nothing_and_round_trips_through_jobsettings(workspace, mlops):
+    code, out, _ = mlops("deploy", "--target", "staging", "--dry-run")
+    assert code == 0
+    plan = json.loads(out)
+    assert workspace.requests == []
+    assert set(plan["jobs"]) == {"taxi_fares_training", "taxi_fares_batch_scoring"}
+    for settings in plan["jobs"].values():
+        assert JobSettings.from_dict(settings).as_dict() == settings
+    assert [u["destination"] for u in plan["uploads"]][:2] == [
+        f"{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl", f"{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl"]
+
+
+def test_first_deploy_uploads_imports_creates(workspace, mlops):
+    expected_jobs = dry_run_jobs(mlops)
+    code, out, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    puts = [r.path for r in workspace.calls("PUT", "/api/2.0/fs/files/")]
+    assert puts == [f"/api/2.0/fs/files{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl",
+                    f"/api/2.0/fs/files{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl",
+                    f"/api/2.0/fs/files{WHEELS}/SHA256SUMS"]
+    wheel = DIST_DIR / f"taxi_fares-{VERSION}-py3-none-any.whl"
+    assert workspace.files[f"{WHEELS}/{wheel.name}"] == wheel.read_bytes()
+    assert workspace.files[f"{WHEELS}/SHA256SUMS"].decode().split()[0] == build.sha256(wheel)
+
+    imports = [r.json() for r in workspace.calls("POST", "/api/2.0/workspace/import")]
+    assert sorted(i["path"] for i in imports) == [
+        f"{ROOT}/orchestrator/notebooks/batch_score", f"{ROOT}/orchestrator/notebooks/train",
+        f"{ROOT}/tests/notebooks/test_batch_score", f"{ROOT}/tests/notebooks/test_train"]
+    for body in imports:
+        assert (body["format"], body["language"], body["overwrite"]) == ("SOURCE", "PYTHON", True)
+    train = next(i for i in imports if i["path"].endswith("/train"))
+    assert base64.b64decode(train["content"]) == (REPO_ROOT / "orchestrator/notebooks/train.py").read_bytes()
+
+    assert [r.json() for r in workspace.calls("POST", "/api/2.0/mlflow/experiments/create")] == [
+        {"name": "/Shared/taxi_fares/staging"}]
+    created = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/create")]
+    assert {c["name"]: c for c in created} == expected_jobs
+    for job_id, settings in workspace.jobs.items():
+        assert f"job {settings['name']}: created {job_id}  {workspace.url}/jobs/{job_id}" in err
+
+
+def test_redeploy_of_the_same_version_uploads_nothing_and_keeps_one_job_per_name(workspace, mlops):
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    jobs_before = dict(workspace.jobs)
+    workspace.requests.clear()
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0
+    assert workspace.uploads() == []
+    assert "wheels " + VERSION + ": unchanged, nothing uploaded" in err
+    assert "notebooks: 0 imported, 4 unchanged" in err
+    assert workspace.calls("POST", "/api/2.2/jobs/create") == []
+    resets = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/reset")]
+    assert sorted(r["job_id"] for r in resets) == sorted(jobs_before)
+    assert workspace.jobs == jobs_before
+    assert sorted(s["name"] for s in workspace.jobs.values()) == ["taxi_fares_batch_scoring", "taxi_fares_training"]
+
+
+def test_version_bump_uploads_to_a_new_folder_and_resets_the_jobs(workspace, mlops, tmp_path):
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    for name in build.wheel_names("9.9.9"):
+        shutil.copy(DIST_DIR / name.replace("9.9.9", VERSION), dist / name)
+    workspace.requests.clear()
+    code, _, err = mlops("deploy", "--target", "staging", "--version", "9.9.9", "--dist", str(dist))
+    assert code == 0, err
+    puts = [r.path for r in workspace.calls("PUT", "/api/2.0/fs/files/")]
+    assert puts == [f"/api/2.0/fs/files/Volumes/staging/taxi_fares/wheels/9.9.9/{n}"
+                    for n in (*build.wheel_names("9.9.9"), "SHA256SUMS")]
+    assert workspace.calls("POST", "/api/2.0/workspace/import") == []
+    for reset in workspace.calls("POST", "/api/2.2/jobs/reset"):
+        params = {p["name"]: p["default"] for p in reset.json()["new_settings"]["parameters"]}
+        assert params["wheel_version"] == "9.9.9"
+
+
+def test_a_version_without_wheels_is_refused(workspace, mlops, tmp_path):
+    code, _, err = mlops("deploy", "--target", "staging", "--version", "7.0.0", "--dist", str(tmp_path))
+    assert code == 2
+    assert "lacks taxi_fares-7.0.0-py3-none-any.whl" in err
+    assert workspace.requests == []
+
+
+def test_legacy_dbfs_wheels(workspace, mlops, tmp_path, monkeypatch):
+    targets = (REPO_ROOT / "job_templates/targets.yml").read_text().replace(
+        "/Volumes/staging/taxi_fares/wheels", "dbfs:/FileStore/taxi_fares/wheels")
+    (tmp_path / "targets.yml").write_text(targets)
+    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    closed = [r.json()["handle"] for r in workspace.calls("POST", "/api/2.0/dbfs/close")]
+    assert len(closed) == 3
+    assert f"/FileStore/taxi_fares/wheels/{VERSION}/SHA256SUMS" in workspace.files
+    workspace.requests.clear()
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    assert workspace.uploads() == []
+
+
+def deployed(workspace, mlops):
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    return {s["name"]: job_id for job_id, s in workspace.jobs.items()}
+
+
+def test_a_run_that_succeeds_passes_parameters_and_prints_the_summary(workspace, mlops):
+    jobs = deployed(workspace, mlops)
+    workspace.next_run_output = json.dumps({"job": "training", "status": "SUCCESS", "mlflow_run_id": "abc"})
+    code, out, err = mlops("run", "training", "--target", "staging", "--param", "max_iter=5",
+                           "--param", "execute_feature_engineering=false")
+    assert code == 0, err
+    run_now = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/run-now")]
+    assert run_now == [{"job_id": jobs["taxi_fares_training"],
+                        "job_parameters": {"max_iter": "5", "execute_feature_engineering": "false"}}]
+    assert "PENDING" in err and "RUNNING" in err and "TERMINATED SUCCESS" in err
+    assert f"/jobs/{jobs['taxi_fares_training']}/runs/" in err
+    assert '"mlflow_run_id": "abc"' in out
+
+
+def test_json_output_is_only_the_summary(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_output = json.dumps({"status": "SUCCESS", "rows": 3})
+    code, out, _ = mlops("run", "batch_scoring", "--target", "staging", "--json")
+    assert code == 0
+    assert json.loads(out) == {"status": "SUCCESS", "rows": 3}
+
+
+def test_a_run_that_fails_exits_non_zero_with_the_message(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_script = ["PENDING", "RUNNING", "TERMINATED:FAILED"]
+    workspace.next_run_error = "StageError: stage 'batch_scoring' failed: model 'taxi_fares' has no alias 'champion'"
+    code, out, err = mlops("run", "batch_scoring", "--target", "staging")
+    assert code == 1
+    assert "TERMINATED RUN_EXECUTION_ERROR" in err
+    assert "stage 'batch_scoring' failed: model 'taxi_fares' has no alias 'champion'" in out + err
+    assert "did not succeed" in err
+
+
+def test_repair_reruns_failed_tasks_with_new_parameters(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_script = ["RUNNING", "TERMINATED:FAILED"]
+    assert mlops("run", "batch_scoring", "--target", "staging")[0] == 1
+    run_id = next(iter(workspace.runs))
+    workspace.next_run_script = ["RUNNING", "TERMINATED:SUCCESS"]
+    workspace.next_run_error = None
+    code, _, err = mlops("repair", str(run_id), "--target", "staging", "--param", "model_version=3")
+    assert code == 0, err
+    assert [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/runs/repair")] == [
+        {"run_id": run_id, "rerun_all_failed_tasks": True, "job_parameters": {"model_version": "3"}}]
+    assert f"run {run_id} succeeded" in err
+
+
+def test_runs_lists_recent_runs(workspace, mlops):
+    deployed(workspace, mlops)
+    mlops("run", "training", "--target", "staging")
+    code, out, _ = mlops("runs", "training", "--target", "staging")
+    assert code == 0
+    run_id = next(iter(workspace.runs))
+    assert any(line.split()[:3] == [str(run_id), "TERMINATED", "SUCCESS"] for line in out.splitlines())
+
+
+def test_schedule_pause_and_unpause(workspace, mlops):
+    jobs = deployed(workspace, mlops)
+    code, out, _ = mlops("schedule", "training", "--target", "staging", "--unpause")
+    assert code == 0 and "schedule UNPAUSED" in out
+    update = workspace.calls("POST", "/api/2.2/jobs/update")[0].json()
+    assert update["job_id"] == jobs["taxi_fares_training"]
+    assert update["new_settings"]["schedule"] == {"quartz_cron_expression": "0 0 3 ? * SUN", "timezone_id": "UTC",
+                                                  "pause_status": "UNPAUSED"}
+    assert workspace.jobs[jobs["taxi_fares_training"]]["schedule"]["pause_status"] == "UNPAUSED"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_and_unavailability_are_retried(workspace, mlops, status):
+    workspace.fail("GET", "/api/2.2/jobs/list", status, times=1, retry_after=1)
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    assert len(workspace.calls("GET", "/api/2.2/jobs/list")) == 3  # one refused, then one per job
+    assert len(workspace.jobs) == 2
+
+
+def test_401_names_authentication(workspace, mlops):
+    workspace.fail("GET", "/api/2.0/fs/files/", 401, times=5, message="Invalid access token.")
+    workspace.fail("POST", "/api/2.0/fs/create-download-url", 401, times=5, message="Invalid access token.")
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 2
+    assert f"authentication failed at {workspace.url}" in err and "DATABRICKS_TOKEN" in err
+
+
+def test_403_names_the_permission_and_the_operation(workspace, mlops):
+    workspace.fail("POST", "/api/2.2/jobs/create", 403, message="User is not allowed to create jobs")
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 2
+    assert "permission denied" in err and "create or reset job taxi_fares_training (403)" in err
+    assert "User is not allowed to create jobs" in err
+
+
+def test_unknown_target_and_undeployed_job(workspace, mlops, capsys):
+    code, _, err = mlops("deploy", "--target", "qa")
+    assert code == 2 and "unknown target 'qa' (targets: local, dev, staging, prod)" in err
+    code, _, err = mlops("run", "training", "--target", "staging")
+    assert code == 2 and "no job named 'taxi_fares_training'" in err and "deploy it first" in err
+    with pytest.raises(SystemExit):
+        main(["run", "scoring", "--target", "staging"])
+    assert "invalid choice: 'scoring'" in capsys.readouterr().err
+
+
+def test_unknown_run_parameter_is_refused_before_starting(workspace, mlops):
+    deployed(workspace, mlops)
+    code, _, err = mlops("run", "training", "--target", "staging", "--param", "colour=red")
+    assert code == 2 and "unknown parameter(s) colour" in err
+    assert workspace.calls("POST", "/api/2.2/jobs/run-now") == []
+
+
+def test_the_token_never_appears_in_output_or_request_bodies(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_script = ["RUNNING", "TERMINATED:FAILED"]
+    mlops("run", "training", "--target", "staging")
+    workspace.fail("GET", "/api/2.2/jobs/list", 401, times=3)
+    mlops("run", "training", "--target", "staging")
+    assert all(TOKEN not in text for text in mlops.printed)
+    for request in workspace.requests:
+        body = request.body if isinstance(request.body, bytes) else json.dumps(request.body or {}).encode()
+        assert TOKEN.encode() not in body, request.path
+        assert TOKEN not in request.path and TOKEN not in json.dumps(request.query)
+    # The token travels only where it belongs: the Authorization header of API calls.
+    assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in workspace.calls(path_prefix="/api/"))
