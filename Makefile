@@ -25,8 +25,9 @@ demo: install
 lint: install
 	$(PY) -m flake8
 
+# PYTEST_ARGS lets CI add report options (JUnit, coverage) to the very same command.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install

@@ -233,7 +233,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         from orchestrator.deploy import deployer
         from orchestrator.deploy.client import workspace_client
 
-        plan = deployer.plan(args.target, args.version, args.dist)
+        plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build)
         if args.dry_run:
             print(json.dumps(plan.describe(), indent=2))
             return 0
@@ -246,8 +246,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_test_notebooks(args: argparse.Namespace) -> int:
     from orchestrator.local.notebook_tests import run_notebook_tests
 
-    if not args.local:
-        raise SystemExit("mlops test-notebooks: only --local is available here; on a workspace use `nutter run`")
+    if args.local == bool(args.target):
+        raise SystemExit("mlops test-notebooks: give either --local or --target T")
+    if args.target:
+        return _remote(_nutter, args)
     try:
         outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
     except FileNotFoundError as exc:
@@ -261,6 +263,27 @@ def cmd_test_notebooks(args: argparse.Namespace) -> int:
                 print(f"        {result.exception}")
     print(f"JUnit report: {args.junit}")
     return 0 if all(o.passed for o in outcomes) else 1
+
+
+def _nutter(args: argparse.Namespace) -> int:
+    """The deployed notebook tests on a workspace, with nutter (it reads DATABRICKS_HOST and DATABRICKS_TOKEN)."""
+    import json
+    import shlex
+
+    from orchestrator.local.notebook_tests import workspace_test_parameters
+    from orchestrator.templates import target_variables
+
+    variables = target_variables(args.target)
+    if not args.cluster_id:
+        raise SystemExit("mlops test-notebooks --target: give --cluster-id (nutter runs on an existing cluster)")
+    command = ["nutter", "run", f"{variables['workspace_root'].rstrip('/')}/tests/notebooks/{args.pattern}",
+               args.cluster_id, "--recursive", "--junit_report", "--timeout", str(args.timeout),
+               "--notebook_params", json.dumps(workspace_test_parameters(variables))]
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    args.junit.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.call(command, cwd=args.junit.parent)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -310,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--target", required=True)
     deploy.add_argument("--version", help="wheel version to deploy (default: the VERSION file)")
     deploy.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="where the wheels are")
+    deploy.add_argument("--no-build", action="store_true", help="deploy the wheels in --dist as they are")
     deploy.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
     deploy.set_defaults(handler=cmd_deploy)
 
@@ -336,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     notebook_tests = commands.add_parser("test-notebooks", help="run the Nutter notebook tests")
     notebook_tests.add_argument("--local", action="store_true", help="run them with the local runner")
+    notebook_tests.add_argument("--target", help="run the deployed ones on this target with nutter")
+    notebook_tests.add_argument("--cluster-id", help="(--target) the existing cluster nutter runs them on")
+    notebook_tests.add_argument("--timeout", type=_positive_int, default=3600, help="(--target) seconds per notebook")
+    notebook_tests.add_argument("--dry-run", action="store_true", help="(--target) print the nutter command")
     notebook_tests.add_argument("--pattern", default="test_*", help="notebook name pattern (default test_*)")
     notebook_tests.add_argument("--junit", type=Path, default=REPO_ROOT / "test-results" / "notebook-tests.xml",
                                 help="JUnit XML report path")

@@ -53,24 +53,25 @@ class Plan:
         }
 
 
-def _wheels(version: str, dist: Path) -> list[Path]:
-    if version == project_version():
+def _wheels(version: str, dist: Path, allow_build: bool) -> list[Path]:
+    if version == project_version() and allow_build:
         return build.ensure_built(dist)
     wheels = [dist / name for name in build.wheel_names(version)]
     missing = [w.name for w in wheels if not w.exists()]
     if missing:
-        raise DeployError(f"version {version} is not the source's ({project_version()}) and {dist} lacks "
-                          f"{', '.join(missing)}: build it first or give --dist")
+        raise DeployError(f"{dist} lacks {', '.join(missing)}: build version {version} first or give --dist")
     return wheels
 
 
-def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR) -> Plan:
+def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR, allow_build: bool = True) -> Plan:
+    """What deploying ``version`` to ``target_name`` means. Without ``allow_build`` the wheels must already be
+    in ``dist`` (CD deploys exactly the wheels CI built)."""
     target = templates.target_settings(target_name)
     if target_name == "local":
         raise DeployError("the local target is run with `mlops run --local`, not deployed")
     version = version or project_version()
     variables = templates.target_variables(target_name, version=version)
-    wheels = _wheels(version, dist)
+    wheels = _wheels(version, dist, allow_build)
     sums = "".join(f"{build.sha256(w)}  {w.name}\n" for w in wheels).encode()
     root = variables["workspace_root"].rstrip("/")
     notebooks = [Upload(src, f"{root}/{folder}/{src.stem}")

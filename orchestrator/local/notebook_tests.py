@@ -30,6 +30,7 @@ class NotebookTestOutcome:
 
 
 def notebook_test_parameters(lakehouse: Path, variables: dict) -> dict[str, str]:
+    """Local runs: the orchestrator notebooks of this repository, a fresh lakehouse per test notebook."""
     return {
         "orchestrator_path": str(NOTEBOOKS_DIR),
         "wheel_base_path": variables["wheel_base_path"],
@@ -37,6 +38,19 @@ def notebook_test_parameters(lakehouse: Path, variables: dict) -> dict[str, str]
         "lakehouse_root": str(lakehouse),
         "mlflow_experiment": "notebook_tests",
         "model_name": "taxi_fares_notebook_tests",
+    }
+
+
+def workspace_test_parameters(variables: dict) -> dict[str, str]:
+    """Runs on a workspace (nutter): the deployed notebooks and wheels, a lakehouse apart from the jobs' own."""
+    model = variables["model_name"]
+    return {
+        "orchestrator_path": f"{variables['workspace_root'].rstrip('/')}/orchestrator/notebooks",
+        "wheel_base_path": variables["wheel_base_path"],
+        "wheel_version": variables["wheel_version"],
+        "lakehouse_root": f"{variables['lakehouse_root'].rstrip('/')}/notebook_tests",
+        "mlflow_experiment": f"{variables['mlflow_experiment']}_notebook_tests",
+        "model_name": f"{model}_notebook_tests",
     }
 
 
