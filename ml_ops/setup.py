@@ -23,6 +23,10 @@ setup(
         "mlflow>=3.1,<4",
         "pandas>=2.0,<3",
         "matplotlib>=3.7",
+        # Not part of a Databricks runtime: telemetry (OpenTelemetry -> Azure Monitor) and Blob output.
+        "opentelemetry-sdk>=1.30",
+        "azure-monitor-opentelemetry-exporter>=1.0.0b30",
+        "azure-storage-blob>=12.19",
     ],
     extras_require={
         # Provided by the Databricks runtime; installed locally by requirements/runtime.txt.

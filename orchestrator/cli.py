@@ -286,6 +286,19 @@ def _nutter(args: argparse.Namespace) -> int:
     return subprocess.call(command, cwd=args.junit.parent)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from taxi_fares_mlops.storage import Lakehouse
+    from taxi_fares_mlops.telemetry import format_tree, read_local
+
+    path = Path(Lakehouse(lakehouse_root()).path("runs", args.run_id, "telemetry.jsonl"))
+    if not path.exists():
+        print(f"mlops trace: no local telemetry for MLflow run {args.run_id} ({path}); runs with a connection "
+              f"string send theirs to Azure Monitor instead", file=sys.stderr)
+        return 2
+    print(format_tree(read_local(path)))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.local.runner import tracking_uri
 
@@ -368,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     notebook_tests.add_argument("--junit", type=Path, default=REPO_ROOT / "test-results" / "notebook-tests.xml",
                                 help="JUnit XML report path")
     notebook_tests.set_defaults(handler=cmd_test_notebooks)
+
+    trace = commands.add_parser("trace", help="print a local run's telemetry as a tree with durations")
+    trace.add_argument("run_id", help="the MLflow run id")
+    trace.set_defaults(handler=cmd_trace)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on the local tracking store")
     ui.add_argument("--host", default="127.0.0.1")

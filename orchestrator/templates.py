@@ -22,9 +22,10 @@ from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
 TARGETS_FILE_ENV = "MLOPS_TARGETS_FILE"  # another targets file (tests, forks); default job_templates/targets.yml
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
-             "model_name", "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails")
+             "model_name", "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails",
+             "secret_scope")
 # Target settings that configure the tool, not the templates.
-TARGET_SETTINGS = ("host", "existing_cluster_id", "secret_scope")
+TARGET_SETTINGS = ("host", "existing_cluster_id")
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -116,7 +117,7 @@ def render_job(job: str, variables: Mapping[str, Any], existing_cluster_id: str 
 
 
 def target_settings(target: str) -> dict[str, Any]:
-    """The target's tool settings (host, existing_cluster_id, secret_scope), with its name."""
+    """The target's tool settings (host, existing_cluster_id), with its name."""
     targets = load_targets()
     if target not in targets:
         raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")

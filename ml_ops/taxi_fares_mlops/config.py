@@ -91,6 +91,12 @@ def _non_empty(text: str) -> str:
     return text.strip()
 
 
+def _run_context(text: str) -> str:
+    """A Databricks dynamic value reference (``{{job.id}}``) that was not substituted means: unknown."""
+    text = text.strip()
+    return "" if text.startswith("{{") else text
+
+
 def _optional_version(text: str) -> Optional[int]:
     if not text.strip():
         return None
@@ -122,6 +128,9 @@ COMMON = (
     Parameter("lakehouse_root", _text, "", "Lakehouse root (empty: the runtime default)"),
     Parameter("validation_mode", _choice(FAIL, QUARANTINE), QUARANTINE, "What to do with invalid trips",
               (FAIL, QUARANTINE)),
+    Parameter("secret_scope", _text, "taxi-fares", "Secret scope with the telemetry and storage credentials"),
+    Parameter("databricks_job_id", _run_context, "", "Databricks job id (the job passes {{job.id}})"),
+    Parameter("databricks_run_id", _run_context, "", "Databricks run id (the job passes {{job.run_id}})"),
 )
 
 HYPERPARAMETERS = (
@@ -191,6 +200,9 @@ class JobConfig:
     mlflow_registry_uri: str
     lakehouse_root: str
     validation_mode: str
+    secret_scope: str
+    databricks_job_id: str
+    databricks_run_id: str
 
     job: str = field(init=False, default="")
 

@@ -7,13 +7,16 @@ exception propagates so the Databricks task fails and its notifications fire).
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, SCORING_STAGE, TRAINING_STAGE,
                                      ScoringConfig, TrainingConfig)
+from taxi_fares_mlops import telemetry
+from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
 from taxi_fares_mlops.stage import SUCCESS, StageContext, skip
 from taxi_fares_mlops.stages import batch_scoring, feature_engineering, promotion, training
@@ -32,10 +35,14 @@ STAGE_FUNCTIONS = {
 JobConfigType = Union[TrainingConfig, ScoringConfig]
 
 
-def run_job(config: JobConfigType, spark: Optional[SparkSession] = None) -> dict:
-    """Run the job described by ``config``; return its summary. Raises ``StageError`` if a stage fails."""
+def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets: Any = None) -> dict:
+    """Run the job described by ``config``; return its summary. Raises ``StageError`` if a stage fails.
+
+    ``secrets`` is ``dbutils.secrets`` (or anything with ``get(scope, key)``): where credentials come from.
+    """
     spark = spark or get_spark(f"taxi_fares.{config.job}")
     lakehouse = Lakehouse(config.lakehouse_root or None)
+    credentials = Credentials(secrets, config.secret_scope)
     if config.mlflow_registry_uri:
         mlflow.set_registry_uri(config.mlflow_registry_uri)
     experiment_id = setup_experiment(config.mlflow_experiment)
@@ -43,14 +50,33 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None) -> dict
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
     with mlflow.start_run(run_name=run_name, tags={"job": config.job}) as run:
         mlflow.log_params(config.as_params())
-        context = StageContext(lakehouse, run.info.run_id, experiment_id)
-        for name in config.STAGES:
-            if config.stage_enabled(name):
-                STAGE_FUNCTIONS[name](spark, config, context)
-            else:
-                skip(context, name, f"execute_{name}=false")
+        context = StageContext(lakehouse, run.info.run_id, experiment_id, credentials=credentials)
+        observed = _start_telemetry(config, context)
+        try:
+            with telemetry.span(f"job {config.job}", kind="SERVER", record_exception=False, job=config.job):
+                for name in config.STAGES:
+                    if config.stage_enabled(name):
+                        STAGE_FUNCTIONS[name](spark, config, context)
+                    else:
+                        skip(context, name, f"execute_{name}=false")
+        finally:
+            if observed is not None:
+                observed.shutdown()
     logger.info("job %s finished; MLflow run %s", config.job, context.mlflow_run_id)
     return summarize(config, context)
+
+
+def _start_telemetry(config: JobConfigType, context: StageContext) -> Optional[telemetry.Telemetry]:
+    attributes = {"mlflow_run_id": context.mlflow_run_id, "mlflow_experiment_id": context.mlflow_experiment_id,
+                  "databricks_job_id": config.databricks_job_id, "databricks_run_id": config.databricks_run_id}
+    connection = context.credentials.get(telemetry.CONNECTION_STRING_SECRET, telemetry.CONNECTION_STRING_ENV)
+    local_file = None
+    if not connection and context.lakehouse.is_local:
+        local_file = Path(context.lakehouse.path("runs", context.mlflow_run_id, "telemetry.jsonl"))
+    if not connection and local_file is None:
+        logger.info("telemetry is off: no connection string and the lakehouse is not a local folder")
+        return None
+    return telemetry.Telemetry.start(config.job, attributes, connection, local_file)
 
 
 def summarize(config: JobConfigType, context: StageContext) -> dict:

@@ -1,8 +1,9 @@
 """What every stage needs, once: the run context and the ``@stage`` wrapper.
 
-The wrapper logs the start and the end with the duration, sets the MLflow tag ``stage.<name>`` (RUNNING, then
-SUCCESS or FAILED) and the tag ``stage.<name>.duration_s``, records the stage's outputs in the context, and turns
-any failure into one ``StageError`` that names the stage. The run itself is ended by ``run_job``.
+The wrapper opens the stage's telemetry span, logs the start and the end with the duration, sets the MLflow tag
+``stage.<name>`` (RUNNING, then SUCCESS or FAILED) and the tag ``stage.<name>.duration_s``, records the stage's
+outputs in the context, and turns any failure into one ``StageError`` that names the stage (the exception is
+recorded on the stage's span). The run itself is ended by ``run_job``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any, Callable
 import mlflow
 from pyspark.sql import SparkSession
 
+from taxi_fares_mlops import telemetry
+from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.storage import Lakehouse
 
@@ -32,6 +35,7 @@ class StageContext:
     mlflow_experiment_id: str
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     tables_written: list[str] = field(default_factory=list)
+    credentials: Credentials = field(default_factory=lambda: Credentials(None, ""))
 
     def wrote(self, table: str) -> None:
         if table not in self.tables_written:
@@ -51,7 +55,9 @@ def stage(name: str) -> Callable[[StageFunction], StageFunction]:
             mlflow.set_tag(f"stage.{name}", RUNNING)
             started = time.monotonic()
             try:
-                outputs = fn(spark, config, context) or {}
+                with telemetry.span(f"stage {name}", stage=name) as span:
+                    outputs = fn(spark, config, context) or {}
+                    span.set_attributes({k: v for k, v in outputs.items() if isinstance(v, (int, float, str))})
             except Exception as exc:
                 duration = time.monotonic() - started
                 _finish(context, name, FAILED, duration, {"error": str(exc)})

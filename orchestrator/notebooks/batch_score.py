@@ -12,6 +12,8 @@
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
 # MAGIC | `lakehouse_root` | where the tables are |
 # MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
+# MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
+# MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
 
 # COMMAND ----------
@@ -28,6 +30,9 @@ dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experime
 dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
 dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
 dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
+dbutils.widgets.text("secret_scope", "taxi-fares", "Secret scope with the telemetry and storage credentials")
+dbutils.widgets.text("databricks_job_id", "", "Databricks job id (the job passes {{job.id}})")
+dbutils.widgets.text("databricks_run_id", "", "Databricks run id (the job passes {{job.run_id}})")
 dbutils.widgets.dropdown("model_alias", "champion", ["champion", "challenger"], "Model alias to score with")
 dbutils.widgets.text("model_version", "", "Model version (overrides the alias when set)")
 
@@ -56,7 +61,7 @@ from taxi_fares_mlops.config import ScoringConfig
 from taxi_fares_mlops.jobs import run_job
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-summary = run_job(ScoringConfig.from_widgets(dbutils))
+summary = run_job(ScoringConfig.from_widgets(dbutils), secrets=dbutils.secrets)
 
 # COMMAND ----------
 

@@ -12,6 +12,8 @@
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
 # MAGIC | `lakehouse_root` | where the tables go |
 # MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
+# MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
+# MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `holdout_fraction`, `max_training_rows` | holdout share; training sample bound (driver memory) |
 # MAGIC | `promotion_margin`, `force_promote` | relative rmse gain needed to replace the champion; operator override |
 # MAGIC | `learning_rate`, `max_iter`, `max_depth`, `max_leaf_nodes` | hyperparameters |
@@ -32,6 +34,9 @@ dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experime
 dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
 dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
 dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
+dbutils.widgets.text("secret_scope", "taxi-fares", "Secret scope with the telemetry and storage credentials")
+dbutils.widgets.text("databricks_job_id", "", "Databricks job id (the job passes {{job.id}})")
+dbutils.widgets.text("databricks_run_id", "", "Databricks run id (the job passes {{job.run_id}})")
 dbutils.widgets.text("holdout_fraction", "0.2", "Holdout fraction")
 dbutils.widgets.text("max_training_rows", "1000000", "Rows sampled for training (bounds driver memory)")
 dbutils.widgets.text("promotion_margin", "0.0", "Relative rmse gain the challenger needs over the champion")
@@ -69,7 +74,7 @@ from taxi_fares_mlops.config import TrainingConfig
 from taxi_fares_mlops.jobs import run_job
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-summary = run_job(TrainingConfig.from_widgets(dbutils))
+summary = run_job(TrainingConfig.from_widgets(dbutils), secrets=dbutils.secrets)
 
 # COMMAND ----------
 

@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares.schema import PICKUP_TS
+from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import SCORING_STAGE, ScoringConfig
 from taxi_fares_mlops.datasets import trips_with_features
 from taxi_fares_mlops.stage import StageContext, stage
@@ -34,6 +35,8 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
     )
     start = dt.datetime.combine(config.start_date, dt.time())
     end = dt.datetime.combine(config.end_date, dt.time())
-    rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
+    with telemetry.span("score and write predictions", table=PREDICTIONS, model_version=model.version) as step:
+        rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
+        step.set_attribute("rows", rows)
     context.wrote(PREDICTIONS)
     return {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}

@@ -12,6 +12,7 @@ from pyspark.sql import SparkSession
 
 from taxi_fares.features import LABEL
 from taxi_fares.model import spark_regression_metrics
+from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import RegistryError
@@ -74,4 +75,5 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
 
 
 def _rmse(spark, holdout, model) -> float:
-    return spark_regression_metrics(score(spark, holdout, model), LABEL, "prediction")["rmse"]
+    with telemetry.span("score holdout", model_version=model.version):
+        return spark_regression_metrics(score(spark, holdout, model), LABEL, "prediction")["rmse"]

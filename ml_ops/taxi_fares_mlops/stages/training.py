@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 
 from taxi_fares.features import LABEL, MODEL_FEATURES
 from taxi_fares.model import bounded_sample, predict_spark, spark_regression_metrics, train_model
-from taxi_fares_mlops import reports
+from taxi_fares_mlops import reports, telemetry
 from taxi_fares_mlops.config import CHALLENGER, TRAINING_STAGE, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import DataError
@@ -28,16 +28,21 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     train, holdout = training_and_holdout(spark, context.lakehouse, config)
     seed = config.model_params.random_state
     # The bounded sample is the only data brought to the driver; its size is set by max_training_rows.
-    sample = bounded_sample(train, config.max_training_rows, seed=seed).toPandas()
+    with telemetry.span("build training sample") as step:
+        sample = bounded_sample(train, config.max_training_rows, seed=seed).toPandas()
+        step.set_attribute("rows", len(sample))
     if sample.empty:
         raise DataError(f"no training rows for {config.start_date}..{config.end_date}")
     logger.info("training on %d rows with %s", len(sample), config.model_params.as_dict())
-    model = train_model(sample, config.model_params)
+    with telemetry.span("fit model", rows=len(sample)):
+        model = train_model(sample, config.model_params)
 
     baseline = float(sample[LABEL].mean())
     scored = predict_spark(holdout, model)
-    metrics = spark_regression_metrics(scored, LABEL, "prediction", baseline=baseline)
-    holdout_rows = int(metrics.pop("rows"))
+    with telemetry.span("evaluate on holdout") as step:
+        metrics = spark_regression_metrics(scored, LABEL, "prediction", baseline=baseline)
+        holdout_rows = int(metrics.pop("rows"))
+        step.set_attribute("rows", holdout_rows)
     metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
     mlflow.log_metrics(metrics)
 
@@ -46,7 +51,9 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         for path in reports.training_reports(sample, plot_rows, Path(tmp)):
             mlflow.log_artifact(str(path), artifact_path="reports")
 
-    version = log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
+    with telemetry.span("log and register model") as step:
+        version = log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
+        step.set_attribute("model_version", version)
     Registry(config.model_name).set_alias(CHALLENGER, version)
     return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
             "metrics": {k: round(v, 4) for k, v in metrics.items()}}
