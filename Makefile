@@ -9,12 +9,14 @@ export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: install demo test lint dist bench clean
 
-$(STAMP): requirements/runtime.txt requirements/dev.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION
+$(STAMP): requirements/runtime.txt requirements/dev.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
+		package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	$(PY) -m pip install --quiet -e ml_source -e ml_ops -e .
 	$(PY) -m pip check
+	npm ci --no-audit --no-fund --loglevel=error   # Azurite, the local Azure Blob endpoint
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,16 +4,19 @@
 2. Run the training job on January: the first model becomes champion (there is none yet).
 3. Run the training job again on January and February with other hyperparameters: the promotion gate
    compares the new challenger with the champion on the same holdout and decides.
-4. Run the batch-scoring job on February with the champion.
+4. Run the batch-scoring job on February with the champion, publishing to a local Azurite Blob endpoint.
 
 Every job runs exactly as on Databricks: rendered from its template, its notebook installing the wheels.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 from orchestrator.local import runner
+from orchestrator.local.azurite import Azurite
 
 DATA_START, DATA_END = "2016-01-01", "2016-03-01"
 
@@ -50,12 +53,22 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
           f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
 
-    _banner("4/4 batch scoring job on February with the champion, reusing the feature tables")
-    _run("batch_scoring", root, start_date="2016-02-01", end_date="2016-03-01",
-         execute_feature_engineering="false")
+    _banner("4/4 batch scoring job on February with the champion, publishing to Azurite (local Blob storage)")
+    with Azurite(Path(root) / "azurite") as azurite:
+        os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
+        try:
+            scored = _run("batch_scoring", root, start_date="2016-02-01", end_date="2016-03-01",
+                          execute_feature_engineering="false")
+        finally:
+            os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
+    published = scored["stages"]["batch_scoring"].get("blob", {})
+    print(f"published {published.get('rows')} rows in {published.get('files')} Parquet part(s): container "
+          f"{published.get('container')}, {published.get('manifest')}")
 
     print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
     print(f"  lakehouse tables   {root}/tables/")
     print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
+    print(f"  telemetry          .venv/bin/mlops trace {scored['mlflow_run_id']}")
+    print(f"  blob output        {root}/azurite (Azurite's data folder)")
     print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
     return 0

@@ -7,6 +7,7 @@ every problem, before any work starts. Stages receive the config object and neve
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -97,6 +98,13 @@ def _run_context(text: str) -> str:
     return "" if text.startswith("{{") else text
 
 
+def _container(text: str) -> str:
+    text = text.strip()
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", text):
+        raise _Invalid(f"'{text}' is not a blob container name (3-63 lower-case letters, digits, single hyphens)")
+    return text
+
+
 def _optional_version(text: str) -> Optional[int]:
     if not text.strip():
         return None
@@ -157,6 +165,10 @@ SCORING_PARAMETERS = COMMON + (
     _toggle("execute_batch_scoring", "Run batch scoring"),
     Parameter("model_alias", _choice(*ALIASES), CHAMPION, "Model alias to score with", ALIASES),
     Parameter("model_version", _optional_version, "", "Model version (overrides the alias when set)"),
+    Parameter("publish_predictions", _choice("auto", "true", "false"), "auto",
+              "Publish to Blob storage (auto: when a storage connection is configured)", ("auto", "true", "false")),
+    Parameter("blob_container", _container, "taxi-fares-predictions", "Blob container for published predictions"),
+    Parameter("blob_rows_per_part", _int(1), "1000000", "Rows per published Parquet part"),
 )
 
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
@@ -290,6 +302,9 @@ class ScoringConfig(JobConfig):
     execute_batch_scoring: bool = True
     model_alias: str = CHAMPION
     model_version: Optional[int] = None
+    publish_predictions: str = "auto"
+    blob_container: str = "taxi-fares-predictions"
+    blob_rows_per_part: int = 1_000_000
 
     job: str = field(init=False, default=BATCH_SCORING)
     STAGES = (FEATURE_ENGINEERING, SCORING_STAGE)

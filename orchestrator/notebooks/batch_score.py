@@ -15,6 +15,7 @@
 # MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
+# MAGIC | `publish_predictions`, `blob_container`, `blob_rows_per_part` | Blob output (`auto`: when storage is set up) |
 
 # COMMAND ----------
 
@@ -35,6 +36,9 @@ dbutils.widgets.text("databricks_job_id", "", "Databricks job id (the job passes
 dbutils.widgets.text("databricks_run_id", "", "Databricks run id (the job passes {{job.run_id}})")
 dbutils.widgets.dropdown("model_alias", "champion", ["champion", "challenger"], "Model alias to score with")
 dbutils.widgets.text("model_version", "", "Model version (overrides the alias when set)")
+dbutils.widgets.dropdown("publish_predictions", "auto", ["auto", "true", "false"], "Publish to Blob storage")
+dbutils.widgets.text("blob_container", "taxi-fares-predictions", "Blob container for published predictions")
+dbutils.widgets.text("blob_rows_per_part", "1000000", "Rows per published Parquet part")
 
 # COMMAND ----------
 

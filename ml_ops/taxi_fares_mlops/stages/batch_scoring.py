@@ -1,27 +1,34 @@
-"""Batch scoring: trips of the range + features -> predictions of the chosen model version -> Delta.
+"""Batch scoring: trips of the range + features -> predictions of the chosen model version -> Delta (+ Blob).
 
 The range's rows in the predictions table are replaced in one commit: a rerun never duplicates, and a failure
-leaves the table as it was.
+leaves the table as it was. When a storage connection is configured (or ``publish_predictions=true``) the run's
+rows are then published to Blob storage as Parquet parts and a manifest (``taxi_fares_mlops.blob``).
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from taxi_fares.features import in_range
 from taxi_fares.schema import PICKUP_TS
-from taxi_fares_mlops import telemetry
+from taxi_fares_mlops import blob, telemetry
 from taxi_fares_mlops.config import SCORING_STAGE, ScoringConfig
 from taxi_fares_mlops.datasets import trips_with_features
+from taxi_fares_mlops.errors import StorageError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import PREDICTIONS, RAW_TRIPS
 from taxi_fares_mlops.tracking import Registry, score
+
+logger = logging.getLogger(__name__)
 
 
 @stage(SCORING_STAGE)
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
     model = Registry(config.model_name).resolve(config.model_alias, config.model_version)
+    target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
     trips = trips_with_features(spark, context.lakehouse, config)
     raw_columns = context.lakehouse.read(spark, RAW_TRIPS).columns
     predictions = score(spark, trips, model).select(
@@ -39,4 +46,31 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
         rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
         step.set_attribute("rows", rows)
     context.wrote(PREDICTIONS)
-    return {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}
+    outputs = {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}
+    if target is not None:
+        # The Delta table is the system of record: publish this run's rows of the range from it.
+        written = (context.lakehouse.read(spark, PREDICTIONS)
+                   .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("mlflow_run_id") == context.mlflow_run_id)))
+        folder = blob.prefix(model.name, config.start_date, config.end_date, context.mlflow_run_id)
+        with telemetry.span("publish predictions to blob", container=target.container) as step:
+            manifest = blob.publish(written, target, folder, {
+                "model_name": model.name, "model_version": model.version, "mlflow_run_id": context.mlflow_run_id,
+                "start_date": str(config.start_date), "end_date": str(config.end_date)},
+                rows_per_part=config.blob_rows_per_part)
+            step.set_attributes({"rows": manifest["rows"], "files": len(manifest["files"])})
+        outputs["blob"] = {"container": target.container, "manifest": f"{folder}/{blob.MANIFEST}",
+                           "files": len(manifest["files"]), "rows": manifest["rows"]}
+    return outputs
+
+
+def _blob_target(config: ScoringConfig, context: StageContext):
+    if config.publish_predictions == "false":
+        return None
+    connection = context.credentials.get(blob.STORAGE_SECRET, blob.STORAGE_ENV)
+    if connection is None:
+        if config.publish_predictions == "true":
+            raise StorageError(f"publish_predictions=true but no storage connection: add the secret "
+                               f"'{blob.STORAGE_SECRET}' to scope '{config.secret_scope}' or set {blob.STORAGE_ENV}")
+        logger.info("no storage connection configured: predictions stay in the Delta table only")
+        return None
+    return blob.BlobTarget(connection, config.blob_container)

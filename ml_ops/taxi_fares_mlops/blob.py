@@ -1,0 +1,162 @@
+"""Publishing predictions to Azure Blob storage: Parquet part files plus a manifest, written last.
+
+Each Spark partition writes and uploads its own part on the executor (nothing is collected to the driver but one
+small row per part: its path, row count, SHA-256 and size). Only when every part is confirmed does the driver
+write ``_manifest.json``, so a reader that sees a manifest can trust it and a failed publish leaves none.
+
+Credentials (a connection string, or one holding a SAS) come from the secret scope (``storage-connection-string``)
+or ``AZURE_STORAGE_CONNECTION_STRING``. Transient errors are retried with backoff by the SDK; a permanent error
+raises a ``StorageError`` naming the account, container and path, never the secret.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from pyspark.sql import DataFrame
+
+from taxi_fares_mlops.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+STORAGE_SECRET = "storage-connection-string"
+STORAGE_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+MANIFEST = "_manifest.json"
+PART_SCHEMA = "path string, rows long, sha256 string, bytes long"
+_ERROR_MARK = "BLOB_PUBLISH_ERROR:"
+# Retries: 3 with exponential backoff from 0.5 s; short connection timeout so a dead endpoint fails fast.
+CLIENT_OPTIONS = {"retry_total": 3, "initial_backoff": 0.5, "increment_base": 2, "connection_timeout": 5,
+                  "read_timeout": 60}
+
+
+@dataclass(frozen=True)
+class BlobTarget:
+    connection_string: str = field(repr=False)
+    container: str
+
+    @property
+    def account(self) -> str:
+        found = re.search(r"AccountName=([^;]+)", self.connection_string)
+        if found:
+            return found.group(1)
+        endpoint = re.search(r"BlobEndpoint=https?://([^/;]+)", self.connection_string)
+        return endpoint.group(1) if endpoint else "<unknown account>"
+
+    def where(self, path: str = "") -> str:
+        return f"account '{self.account}', container '{self.container}'" + (f", path '{path}'" if path else "")
+
+
+def scrub(text: str, connection_string: str) -> str:
+    """Text with the connection string's secrets (account key, SAS signature, query strings) removed."""
+    for secret in re.findall(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", connection_string):
+        text = text.replace(secret, "***")
+    return re.sub(r"(https?://[^\s?'\"]+)\?[^\s'\"]*", r"\1?***", text)
+
+
+def _service(connection_string: str):
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    options = dict(CLIENT_OPTIONS)
+    retry = ExponentialRetry(initial_backoff=options.pop("initial_backoff"),
+                             increment_base=options.pop("increment_base"), retry_total=options.pop("retry_total"))
+    return BlobServiceClient.from_connection_string(connection_string, retry_policy=retry, **options)
+
+
+def prefix(model: str, start: dt.date, end: dt.date, run_id: str) -> str:
+    return f"predictions/{model}/{start}_{end}/run={run_id}"
+
+
+def _partition_uploader(connection_string: str, container: str, folder: str):
+    """The function each partition runs on its executor: Arrow batches -> one Parquet blob -> one summary row."""
+
+    def upload(batches: Iterator) -> Iterator:
+        import hashlib
+        import io
+        import uuid
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        batches = list(batches)
+        if not batches or sum(b.num_rows for b in batches) == 0:
+            return
+        table = pa.Table.from_batches(batches)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+        name = f"{folder}/part-{TaskContext.get().partitionId():05d}-{uuid.uuid4().hex[:8]}.parquet"
+        try:
+            _service(connection_string).get_blob_client(container, name).upload_blob(data, overwrite=True)
+        except Exception as exc:  # report one clean line to the driver, without the secret
+            detail = scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", connection_string)
+            raise RuntimeError(f"{_ERROR_MARK} uploading {name} failed: {detail}") from None
+        yield pa.RecordBatch.from_pydict({"path": [name], "rows": [table.num_rows],
+                                          "sha256": [hashlib.sha256(data).hexdigest()], "bytes": [len(data)]})
+
+    return upload
+
+
+def ensure_container(target: BlobTarget) -> None:
+    from azure.core.exceptions import ResourceExistsError
+
+    try:
+        _service(target.connection_string).create_container(target.container)
+        logger.info("created blob container %s", target.container)
+    except ResourceExistsError:
+        pass
+    except Exception as exc:
+        raise StorageError(f"could not create or open {target.where()}: "
+                           f"{scrub(_first_line(exc), target.connection_string)}") from None
+
+
+def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000) -> dict:
+    """Upload ``df`` as Parquet parts of about ``rows_per_part`` rows under ``folder``, then the manifest.
+
+    Returns the manifest. Costs one count of ``df`` (to size the parts) and one pass to write them.
+    """
+    ensure_container(target)
+    df = df.repartition(max(1, -(-df.count() // rows_per_part)))
+    uploader = _partition_uploader(target.connection_string, target.container, folder)
+    try:
+        parts = [row.asDict() for row in df.mapInArrow(uploader, PART_SCHEMA).collect()]
+    except Exception as exc:
+        raise StorageError(f"could not publish predictions to {target.where(folder + '/')}: "
+                           f"{_upload_error(exc, target)}") from None
+    parts.sort(key=lambda p: p["path"])
+    manifest = {
+        **metadata,
+        "container": target.container,
+        "prefix": folder,
+        "rows": sum(p["rows"] for p in parts),
+        "files": parts,
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    path = f"{folder}/{MANIFEST}"
+    try:
+        _service(target.connection_string).get_blob_client(target.container, path).upload_blob(
+            json.dumps(manifest, indent=2).encode(), overwrite=True)
+    except Exception as exc:
+        raise StorageError(f"could not write the manifest to {target.where(path)}: "
+                           f"{scrub(_first_line(exc), target.connection_string)}") from None
+    logger.info("published %d rows in %d part(s) to %s", manifest["rows"], len(parts), target.where(folder + "/"))
+    return manifest
+
+
+def _upload_error(exc: Exception, target: BlobTarget) -> str:
+    text = str(exc)
+    found = re.search(re.escape(_ERROR_MARK) + r"\s*(.+)", text)
+    return scrub(found.group(1).strip() if found else _first_line(exc), target.connection_string)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def resolve_target(connection_string: Optional[str], container: str) -> Optional[BlobTarget]:
+    return BlobTarget(connection_string, container) if connection_string else None

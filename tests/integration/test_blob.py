@@ -1,0 +1,151 @@
+"""Batch scoring publishes its predictions to a real Azurite: parts and a manifest that can be trusted, nothing
+half-published when the endpoint dies mid-publish, and no storage key anywhere."""
+import hashlib
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from azure.storage.blob import BlobServiceClient
+from pyspark.sql import functions as F
+
+from fakes.tcp_proxy import CuttingProxy
+from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
+from taxi_fares_mlops.blob import MANIFEST, scrub
+from taxi_fares_mlops.errors import StageError
+from taxi_fares_mlops.jobs import run_job
+from taxi_fares_mlops.storage import PREDICTIONS
+
+CONTAINER = "predictions-test"
+
+
+@pytest.fixture
+def azurite(tmp_path):
+    server = Azurite(tmp_path / "azurite").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def champion(spark, trips_lakehouse, mlflow_store, training_config):
+    run_job(training_config(max_iter=5), spark)
+    return trips_lakehouse
+
+
+def _container(connection_string):
+    return BlobServiceClient.from_connection_string(connection_string).get_container_client(CONTAINER)
+
+
+def _check_manifest(container, manifest_path):
+    manifest = json.loads(container.download_blob(manifest_path).readall())
+    total = 0
+    for part in manifest["files"]:
+        data = container.download_blob(part["path"]).readall()
+        assert hashlib.sha256(data).hexdigest() == part["sha256"]
+        assert len(data) == part["bytes"]
+        table = pq.read_table(io.BytesIO(data))
+        assert table.num_rows == part["rows"]
+        assert {"trip_id", "prediction", "model_version", "mlflow_run_id"} <= set(table.column_names)
+        total += table.num_rows
+    assert total == manifest["rows"]
+    return manifest
+
+
+def test_scoring_publishes_parts_and_a_manifest_that_match_the_table(
+        spark, champion, scoring_config, azurite, monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    summary = run_job(scoring_config(execute_feature_engineering=False, blob_container=CONTAINER,
+                                     blob_rows_per_part=3000), spark)
+    published = summary["stages"]["batch_scoring"]["blob"]
+    run_id = summary["mlflow_run_id"]
+    assert published["manifest"] == f"predictions/taxi_fares/2016-01-04_2016-01-18/run={run_id}/{MANIFEST}"
+    manifest = _check_manifest(_container(azurite.connection_string), published["manifest"])
+    table_rows = champion.read(spark, PREDICTIONS).filter(F.col("mlflow_run_id") == run_id).count()
+    assert manifest["rows"] == table_rows == published["rows"]
+    assert len(manifest["files"]) == published["files"] >= 6
+    assert (manifest["model_version"], manifest["mlflow_run_id"]) == ("1", run_id)
+
+
+def test_publishing_is_off_without_a_connection_and_required_when_asked(
+        spark, champion, scoring_config, monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    summary = run_job(scoring_config(execute_feature_engineering=False), spark)
+    assert "blob" not in summary["stages"]["batch_scoring"]
+    before = champion.read(spark, PREDICTIONS).collect()
+    with pytest.raises(StageError, match="publish_predictions=true but no storage connection"):
+        run_job(scoring_config(execute_feature_engineering=False, publish_predictions="true"), spark)
+    assert sorted(champion.read(spark, PREDICTIONS).collect()) == sorted(before)
+
+
+@pytest.mark.slow
+def test_azurite_dying_mid_publish_leaves_no_manifest_and_a_rerun_publishes_all(
+        spark, champion, scoring_config, azurite, monkeypatch, caplog):
+    proxy = CuttingProxy(azurite.port, rb"PUT /devstoreaccount1/" + CONTAINER.encode() + rb"/predictions/[^ ]*part-",
+                         after=2, on_cut=azurite.stop)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/"))
+    config = scoring_config(execute_feature_engineering=False, blob_container=CONTAINER, blob_rows_per_part=2000)
+    with pytest.raises(StageError) as excinfo:
+        run_job(config, spark)
+    message = str(excinfo.value)
+    assert proxy.cut.is_set()
+    assert "stage 'batch_scoring' failed: could not publish predictions to account 'devstoreaccount1', " \
+           f"container '{CONTAINER}', path 'predictions/taxi_fares/2016-01-04_2016-01-18/run=" in message
+    assert ACCOUNT_KEY not in message
+
+    azurite.start()  # same port, same folder: what was uploaded before the cut is still there
+    container = _container(azurite.connection_string)
+    names = [b.name for b in container.list_blobs(name_starts_with="predictions/")]
+    assert names, "some parts were uploaded before the cut"
+    assert not [n for n in names if n.endswith(MANIFEST)]
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    summary = run_job(config, spark)
+    manifest = _check_manifest(container, summary["stages"]["batch_scoring"]["blob"]["manifest"])
+    assert len(manifest["files"]) == 10 and manifest["rows"] == summary["stages"]["batch_scoring"]["rows"]
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert ACCOUNT_KEY not in logs
+
+
+def test_scrub_removes_keys_and_sas_signatures():
+    connection = "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc%2Bdef"
+    text = ("failed: https://acct.blob.core.windows.net/c/b.parquet?sv=2024&sig=abc%2Bdef "
+            "with sv=2024&sig=abc%2Bdef")
+    cleaned = scrub(text, connection)
+    assert "sig=abc" not in cleaned and "https://acct.blob.core.windows.net/c/b.parquet?***" in cleaned
+    assert scrub(f"key {ACCOUNT_KEY}", f"AccountKey={ACCOUNT_KEY};") == "key ***"
+
+
+@pytest.mark.slow
+def test_no_storage_or_instrumentation_key_in_logs_traces_envelopes_or_mlflow(
+        spark, champion, scoring_config, azurite, monkeypatch, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
+
+    caplog.set_level("DEBUG")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    capture = IngestionCapture()
+    try:
+        monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", capture.connection_string)
+        to_azure_monitor = run_job(scoring_config(execute_feature_engineering=False, blob_container=CONTAINER), spark)
+    finally:
+        capture.stop()
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    to_file = run_job(scoring_config(execute_feature_engineering=False, blob_container=CONTAINER), spark)
+
+    trace_file = champion.path("runs", to_file["mlflow_run_id"], "telemetry.jsonl")
+    texts = {
+        "logs": "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records),
+        "trace file": open(trace_file).read(),
+        # every envelope field but iKey, which is the ingestion protocol's address field
+        "envelopes": json.dumps([{k: v for k, v in e.items() if k != "iKey"} for e in capture.envelopes]),
+    }
+    for summary in (to_azure_monitor, to_file):
+        run = MlflowClient().get_run(summary["mlflow_run_id"])
+        texts[f"mlflow {summary['mlflow_run_id']}"] = json.dumps([run.data.params, run.data.tags])
+        texts[f"summary {summary['mlflow_run_id']}"] = json.dumps(summary)
+    assert capture.envelopes and "stage batch_scoring" in texts["trace file"]
+    for where, text in texts.items():
+        assert ACCOUNT_KEY not in text, where
+        assert INSTRUMENTATION_KEY not in text, where
