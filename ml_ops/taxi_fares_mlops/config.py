@@ -93,9 +93,13 @@ def _non_empty(text: str) -> str:
 
 
 def _run_context(text: str) -> str:
-    """A Databricks dynamic value reference (``{{job.id}}``) that was not substituted means: unknown."""
-    text = text.strip()
-    return "" if text.startswith("{{") else text
+    """A job or run id as given; outside a Databricks job it stays the unsubstituted ``{{job.id}}``."""
+    return text.strip()
+
+
+def known(run_context: str) -> str:
+    """The id, or "" when Databricks did not substitute it (a local run)."""
+    return "" if run_context.startswith("{{") else run_context
 
 
 def _container(text: str) -> str:

@@ -14,7 +14,7 @@ import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, SCORING_STAGE, TRAINING_STAGE,
-                                     ScoringConfig, TrainingConfig)
+                                     ScoringConfig, TrainingConfig, known)
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
@@ -68,7 +68,8 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
 
 def _start_telemetry(config: JobConfigType, context: StageContext) -> Optional[telemetry.Telemetry]:
     attributes = {"mlflow_run_id": context.mlflow_run_id, "mlflow_experiment_id": context.mlflow_experiment_id,
-                  "databricks_job_id": config.databricks_job_id, "databricks_run_id": config.databricks_run_id}
+                  "databricks_job_id": known(config.databricks_job_id),
+                  "databricks_run_id": known(config.databricks_run_id)}
     connection = context.credentials.get(telemetry.CONNECTION_STRING_SECRET, telemetry.CONNECTION_STRING_ENV)
     local_file = None
     if not connection and context.lakehouse.is_local:

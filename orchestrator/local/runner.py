@@ -204,10 +204,13 @@ def describe(result: RunResult, job: str, lakehouse: str) -> str:
             detail += f", model version {stage['model_version']}"
         if "rows" in stage:
             detail += f", {stage['rows']} rows"
+        if "blob" in stage:
+            detail += f", published {stage['blob']['files']} part(s) + manifest to {stage['blob']['container']}"
         lines.append(f"  stage          {name}: {detail}")
     aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(summary["model"]["aliases"].items())) or "none"
     lines.append(f"  model          {summary['model']['name']}: {aliases}")
     for table, path in summary["tables"].items():
         lines.append(f"  table          {table}: {path}")
     lines.append(f"  MLflow UI      mlops ui   (store {tracking_uri(lakehouse)})")
+    lines.append(f"  telemetry      mlops trace {summary['mlflow_run_id']}")
     return "\n".join(lines)
