@@ -51,11 +51,11 @@ def stage(name: str) -> Callable[[StageFunction], StageFunction]:
     def decorate(fn: StageFunction) -> StageFunction:
         @functools.wraps(fn)
         def run(spark: SparkSession, config: Any, context: StageContext) -> dict:
-            logger.info("stage %s started", name)
             mlflow.set_tag(f"stage.{name}", RUNNING)
             started = time.monotonic()
             try:
                 with telemetry.span(f"stage {name}", stage=name) as span:
+                    logger.info("stage %s started", name)
                     outputs = fn(spark, config, context) or {}
                     span.set_attributes({k: v for k, v in outputs.items() if isinstance(v, (int, float, str))})
             except Exception as exc:
