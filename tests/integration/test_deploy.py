@@ -277,3 +277,21 @@ def test_the_token_never_appears_in_output_or_request_bodies(workspace, mlops):
         assert TOKEN not in request.path and TOKEN not in json.dumps(request.query)
     # The token travels only where it belongs: the Authorization header of API calls.
     assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in workspace.calls(path_prefix="/api/"))
+
+
+def test_notebook_tests_on_a_target_run_nutter_on_the_deployed_notebooks(mlops):
+    import shlex
+
+    code, out, _ = mlops("test-notebooks", "--target", "staging", "--cluster-id", "0101-abc", "--dry-run")
+    assert code == 0
+    command = shlex.split(out)
+    assert command[:4] == ["nutter", "run", f"{ROOT}/tests/notebooks/test_*", "0101-abc"]
+    assert {"--recursive", "--junit_report"} <= set(command)
+    params = json.loads(command[command.index("--notebook_params") + 1])
+    assert params == {
+        "orchestrator_path": f"{ROOT}/orchestrator/notebooks",
+        "wheel_base_path": "/Volumes/staging/taxi_fares/wheels", "wheel_version": VERSION,
+        "lakehouse_root": "/Volumes/staging/taxi_fares/lakehouse/notebook_tests",
+        "mlflow_experiment": "/Shared/taxi_fares/staging_notebook_tests",
+        "model_name": "staging.taxi_fares.taxi_fares_notebook_tests",
+    }
