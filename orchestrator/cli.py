@@ -11,13 +11,11 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 from orchestrator.paths import REPO_ROOT, project_version
-
-logger = logging.getLogger("mlops")
 
 
 def _date(value: str) -> dt.date:
