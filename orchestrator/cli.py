@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from orchestrator.console import progress
+from orchestrator.deploy.commands import (cmd_deploy, cmd_repair, cmd_runs, cmd_schedule, nutter, remote,
+                                          run_remote)
 from orchestrator.paths import REPO_ROOT, project_version
 
 
@@ -51,12 +54,12 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"mlops data generate: --end ({args.end}) must be after --start ({args.start})")
     lakehouse = Lakehouse(lakehouse_root())
     started = time.monotonic()
-    _progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
+    progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
     spark = get_spark("mlops-data-generate")
     trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed)
     lakehouse.write(trips, RAW_TRIPS)
-    _progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.table_path(RAW_TRIPS)} "
-              f"in {time.monotonic() - started:.1f}s")
+    progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.table_path(RAW_TRIPS)} "
+             f"in {time.monotonic() - started:.1f}s")
     return 0
 
 
@@ -79,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.local == bool(args.target):
         raise SystemExit("mlops run: give either --local or --target T")
     if args.target:
-        return _remote(_run_remote, args)
+        return remote(run_remote, args)
     return _run_local(args)
 
 
@@ -104,150 +107,13 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0 if result.status == "SUCCESS" else 1
 
 
-def _remote(action, args: argparse.Namespace) -> int:
-    """Run a workspace action, turning deploy errors into one clear line and exit code 2."""
-    from orchestrator.deploy.client import DeployError
-    from orchestrator.templates import TemplateError
-
-    try:
-        return action(args)
-    except (DeployError, TemplateError) as exc:
-        print(f"mlops {args.command}: {exc}", file=sys.stderr)
-        return 2
-
-
-def _target_client(target_name: str):
-    from orchestrator.deploy.client import workspace_client, workspace_host
-    from orchestrator.templates import target_settings
-
-    target = target_settings(target_name)
-    return workspace_client(target), workspace_host(target)
-
-
-def _job_name(job: str) -> str:
-    from orchestrator.templates import load_template
-
-    return load_template(job)["name"]
-
-
-def _print_outputs(w, run, host: str, as_json: bool) -> None:
-    from orchestrator.deploy import runs
-
-    for task_key, result, error in runs.outputs(w, run, host):
-        if as_json:
-            if result:
-                print(result)
-            continue
-        if result:
-            print(f"task {task_key} exit summary:")
-            print(_pretty(result))
-        if error:
-            print(f"task {task_key} error: {error}")
-
-
-def _pretty(text: str) -> str:
-    import json
-
-    try:
-        return json.dumps(json.loads(text), indent=2)
-    except ValueError:
-        return text
-
-
-def _run_remote(args: argparse.Namespace) -> int:
-    from orchestrator.deploy import runs
-    from orchestrator.local.runner import parse_overrides
-
-    params = parse_overrides(args.param)
-    w, host = _target_client(args.target)
-    job_id = runs.find_job(w, _job_name(args.job), host)
-    runs.check_parameters(w, job_id, params, host)
-    run_id = runs.trigger(w, job_id, params, host)
-    _progress(f"started run {run_id} of job {job_id}: {host}/jobs/{job_id}/runs/{run_id}")
-    if args.no_wait:
-        print(run_id)
-        return 0
-    return _finish(w, run_id, host, args.json)
-
-
-def _finish(w, run_id: int, host: str, as_json: bool) -> int:
-    from orchestrator.deploy import runs
-
-    run, state = runs.wait(w, run_id, host, _progress)
-    if run.run_page_url:
-        _progress(f"run page: {run.run_page_url}")
-    _print_outputs(w, run, host, as_json)
-    if not state.succeeded:
-        print(f"run {run_id} did not succeed: {state}", file=sys.stderr)
-        return 1
-    _progress(f"run {run_id} succeeded")
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
-
-        w, host = _target_client(args.target)
-        job_id = runs.find_job(w, _job_name(args.job), host)
-        print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
-        for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
-            when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
-            took = f"{duration:.0f}s" if duration is not None else "-"
-            print(f"{run_id:>12}  {lifecycle:<12} {result:<10} {when:<20} {took:>9}")
-        return 0
-    return _remote(action, args)
-
-
-def cmd_repair(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
-        from orchestrator.local.runner import parse_overrides
-
-        w, host = _target_client(args.target)
-        runs.repair(w, args.run_id, parse_overrides(args.param), host)
-        _progress(f"repairing run {args.run_id}: rerunning its failed tasks")
-        return _finish(w, args.run_id, host, args.json)
-    return _remote(action, args)
-
-
-def cmd_schedule(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
-
-        w, host = _target_client(args.target)
-        name = _job_name(args.job)
-        job_id = runs.find_job(w, name, host)
-        status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
-        print(f"job {name} ({job_id}): schedule {status}")
-        return 0
-    return _remote(action, args)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    def action(args):
-        import json
-
-        from orchestrator.deploy import deployer
-        from orchestrator.deploy.client import workspace_client
-
-        plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build)
-        if args.dry_run:
-            print(json.dumps(plan.describe(), indent=2))
-            return 0
-        _progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
-        deployer.apply(plan, workspace_client(plan.target), _progress)
-        return 0
-    return _remote(action, args)
-
-
 def cmd_test_notebooks(args: argparse.Namespace) -> int:
     from orchestrator.local.notebook_tests import run_notebook_tests
 
     if args.local == bool(args.target):
         raise SystemExit("mlops test-notebooks: give either --local or --target T")
     if args.target:
-        return _remote(_nutter, args)
+        return remote(nutter, args)
     try:
         outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
     except FileNotFoundError as exc:
@@ -261,27 +127,6 @@ def cmd_test_notebooks(args: argparse.Namespace) -> int:
                 print(f"        {result.exception}")
     print(f"JUnit report: {args.junit}")
     return 0 if all(o.passed for o in outcomes) else 1
-
-
-def _nutter(args: argparse.Namespace) -> int:
-    """The deployed notebook tests on a workspace, with nutter (it reads DATABRICKS_HOST and DATABRICKS_TOKEN)."""
-    import json
-    import shlex
-
-    from orchestrator.local.notebook_tests import workspace_test_parameters
-    from orchestrator.templates import target_variables
-
-    variables = target_variables(args.target)
-    if not args.cluster_id:
-        raise SystemExit("mlops test-notebooks --target: give --cluster-id (nutter runs on an existing cluster)")
-    command = ["nutter", "run", f"{variables['workspace_root'].rstrip('/')}/tests/notebooks/{args.pattern}",
-               args.cluster_id, "--recursive", "--junit_report", "--timeout", str(args.timeout),
-               "--notebook_params", json.dumps(workspace_test_parameters(variables))]
-    if args.dry_run:
-        print(shlex.join(command))
-        return 0
-    args.junit.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.call(command, cwd=args.junit.parent)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -301,13 +146,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.local.runner import tracking_uri
 
     uri = tracking_uri(lakehouse_root())
-    _progress(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    progress(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                             "--host", args.host, "--port", str(args.port)])
-
-
-def _progress(message: str) -> None:
-    print(f"[mlops] {message}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

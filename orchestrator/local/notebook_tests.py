@@ -13,7 +13,8 @@ from pathlib import Path
 from common.resultreports import JunitXMLReportWriter
 from common.testresult import TestResult, TestResults
 
-from orchestrator.local.runner import prepare, progress, run_notebook
+from orchestrator.console import progress
+from orchestrator.local.runner import prepare, run_notebook
 from orchestrator.paths import NOTEBOOKS_DIR, REPO_ROOT
 
 TESTS_DIR = REPO_ROOT / "tests" / "notebooks"

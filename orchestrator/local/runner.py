@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from orchestrator import build, templates
+from orchestrator.console import progress
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 
 PROJECT_DISTRIBUTIONS = ("taxi_fares", "taxi-fares", "__editable__")
@@ -33,10 +34,6 @@ SECRETS_FILE = REPO_ROOT / ".secrets.env"
 
 class RunError(RuntimeError):
     pass
-
-
-def progress(message: str) -> None:
-    print(f"[mlops] {message}", file=sys.stderr, flush=True)
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
