@@ -15,11 +15,11 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator
 
 from pyspark.sql import DataFrame
 
-from taxi_fares_mlops.errors import StorageError
+from taxi_fares_mlops.errors import StorageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def ensure_container(target: BlobTarget) -> None:
         pass
     except Exception as exc:
         raise StorageError(f"could not create or open {target.where()}: "
-                           f"{scrub(_first_line(exc), target.connection_string)}") from None
+                           f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
 
 
 def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000) -> dict:
@@ -142,7 +142,7 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
             json.dumps(manifest, indent=2).encode(), overwrite=True)
     except Exception as exc:
         raise StorageError(f"could not write the manifest to {target.where(path)}: "
-                           f"{scrub(_first_line(exc), target.connection_string)}") from None
+                           f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
     logger.info("published %d rows in %d part(s) to %s", manifest["rows"], len(parts), target.where(folder + "/"))
     return manifest
 
@@ -150,13 +150,4 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
 def _upload_error(exc: Exception, target: BlobTarget) -> str:
     text = str(exc)
     found = re.search(re.escape(_ERROR_MARK) + r"\s*(.+)", text)
-    return scrub(found.group(1).strip() if found else _first_line(exc), target.connection_string)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def resolve_target(connection_string: Optional[str], container: str) -> Optional[BlobTarget]:
-    return BlobTarget(connection_string, container) if connection_string else None
+    return scrub(found.group(1).strip() if found else first_line(exc, with_type=True), target.connection_string)

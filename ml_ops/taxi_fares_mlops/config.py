@@ -222,6 +222,11 @@ class JobConfig:
 
     job: str = field(init=False, default="")
 
+    @property
+    def time_range(self) -> tuple[dt.datetime, dt.datetime]:
+        """[start_date, end_date) as midnight datetimes, the form Spark filters take."""
+        return (dt.datetime.combine(self.start_date, dt.time()), dt.datetime.combine(self.end_date, dt.time()))
+
     def stage_enabled(self, stage: str) -> bool:
         return bool(getattr(self, f"execute_{stage}"))
 

@@ -22,17 +22,13 @@ from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, RAW_TRIP
 logger = logging.getLogger(__name__)
 
 
-def _start_end(config: JobConfig) -> tuple[dt.datetime, dt.datetime]:
-    return (dt.datetime.combine(config.start_date, dt.time()), dt.datetime.combine(config.end_date, dt.time()))
-
-
 def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, with_lookback: bool = False
                 ) -> DataFrame:
     """Raw trips of the config's range that pass validation (bad rows fail or are dropped, per the config).
 
     ``with_lookback`` also reads the trips the first feature windows of the range reach back to.
     """
-    start, end = _start_end(config)
+    start, end = config.time_range
     raw = lakehouse.read(spark, RAW_TRIPS)
     if with_lookback:
         rows = (in_range(F.col(PICKUP_TS), start - dt.timedelta(seconds=PICKUP_WINDOW_SECONDS), end)
@@ -50,7 +46,7 @@ def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, wi
 
 def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> tuple[DataFrame, DataFrame]:
     """The pickup and dropoff feature tables, or a DataError saying which stage to turn on."""
-    start, end = _start_end(config)
+    start, end = config.time_range
     tables = []
     for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
         if not lakehouse.exists(spark, table):

@@ -1,6 +1,14 @@
 """The exception tree of the MLOps wheel. Catch ``MlopsError`` for anything this package raises on purpose."""
 
 
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (JVM errors run to hundreds of lines), optionally typed."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
+
+
 class MlopsError(Exception):
     """Base class of every error raised on purpose by taxi_fares_mlops."""
 

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from taxi_fares_mlops.errors import StorageError
+from taxi_fares_mlops.errors import StorageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Lakehouse:
             raise
         except Exception as exc:  # one wrap at the IO boundary, with the table named
             raise StorageError(f"could not {action} table '{table}' at {self.table_path(table)}: "
-                               f"{_first_line(exc)}") from exc
+                               f"{first_line(exc)}") from exc
 
     def exists(self, spark: SparkSession, table: str) -> bool:
         from delta.tables import DeltaTable
@@ -139,8 +139,3 @@ class Lakehouse:
         with self._wrapped("read the history of", table):
             row = DeltaTable.forPath(spark, self.table_path(table)).history(1).select("operationMetrics").first()
         return int((row["operationMetrics"] or {}).get(name, 0))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -74,10 +74,6 @@ def upload_wheels(w: WorkspaceClient, wheels: list[Path], sums: bytes, base: str
     return sent + [sums_path]
 
 
-def notebook_uploads(notebooks: list[tuple[Path, str]]) -> list[Upload]:
-    return [Upload(src, dest) for src, dest in notebooks]
-
-
 def import_notebook(w: WorkspaceClient, source: Path, destination: str) -> bool:
     """Import a source-format Python notebook unless the workspace copy is identical. True if imported."""
     content = source.read_bytes()

@@ -6,7 +6,6 @@ rows are then published to Blob storage as Parquet parts and a manifest (``taxi_
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from pyspark.sql import SparkSession
@@ -40,8 +39,7 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
         F.lit(context.mlflow_run_id).alias("mlflow_run_id"),
         F.current_timestamp().alias("scored_at"),
     )
-    start = dt.datetime.combine(config.start_date, dt.time())
-    end = dt.datetime.combine(config.end_date, dt.time())
+    start, end = config.time_range
     with telemetry.span("score and write predictions", table=PREDICTIONS, model_version=model.version) as step:
         rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
         step.set_attribute("rows", rows)
