@@ -24,9 +24,6 @@ from taxi_fares_mlops.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
-# skops refuses unknown types on load; this is every type our pipeline holds beyond skops' defaults.
-SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
-
 
 def setup_experiment(name: str) -> str:
     """Use the experiment ``name``, creating it if missing. Returns its id."""
@@ -47,8 +44,9 @@ def setup_experiment(name: str) -> str:
 def log_model(model, input_example: pd.DataFrame, registered_name: str) -> str:
     """Log a fitted scikit-learn model with its signature and input example, and register it.
 
-    Saved with skops (MLflow's safe default) and the trusted types above. Requirements are given explicitly
-    rather than inferred, which would import the model in a subprocess. Returns the new version.
+    Saved with cloudpickle: MLflow 3.8 (Databricks Runtime 18 LTS ML) offers pickle and cloudpickle only; the
+    skops format came in later MLflow releases. Requirements are given explicitly rather than inferred, which
+    would import the model in a subprocess. Returns the new version.
     """
     signature = infer_signature(input_example, model.predict(input_example))
     info = mlflow.sklearn.log_model(
@@ -56,10 +54,9 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str) -> str:
         name="model",
         signature=signature,
         input_example=input_example,
-        serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        serialization_format="cloudpickle",
         pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}",
-                          f"skops=={installed_version('skops')}"],
+                          f"cloudpickle=={installed_version('cloudpickle')}"],
         registered_model_name=registered_name,
     )
     return str(info.registered_model_version)

@@ -79,3 +79,50 @@ def test_each_wheel_installs_into_an_empty_environment(dist, tmp_path):
     # pyspark is the runtime's (an extra), so only import what needs no Spark.
     check = "import taxi_fares, taxi_fares_mlops.errors; assert taxi_fares.__version__ == taxi_fares_mlops.__version__"
     subprocess.run([str(ops_python), "-c", check], check=True)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if "==" in spec:
+            name, version = spec.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_the_development_environment_is_the_runtime_the_templates_name():
+    """requirements/runtime.txt names the runtime; every target's job cluster runs it; .venv holds its pins."""
+    import importlib.metadata as md
+
+    import yaml
+
+    header = (REPO_ROOT / "requirements/runtime.txt").read_text().splitlines()[0]
+    targets = yaml.safe_load((REPO_ROOT / "job_templates/targets.yml").read_text())
+    versions = {targets["defaults"]["new_cluster"]["spark_version"]} | {
+        t["new_cluster"]["spark_version"] for name, t in targets["targets"].items()
+        if name != "local" and "new_cluster" in (t or {})}
+    assert versions == {"18.0.x-cpu-ml-scala2.13"}
+    assert "Databricks Runtime 18 LTS for Machine Learning" in header and "18.0.x-cpu-ml-scala2.13" in header
+    pins = _pins(REPO_ROOT / "requirements/runtime.txt")
+    assert {"pyspark", "mlflow", "pandas", "numpy", "scikit-learn", "pyarrow", "matplotlib", "delta-spark"} <= set(pins)
+    assert (pins["pyspark"], pins["mlflow"]) == ("4.1.0", "3.8.1")  # the 18 LTS release notes
+    for name, version in pins.items():
+        assert md.version(name) == version, f"{name} in .venv is {md.version(name)}, runtime.txt pins {version}"
+
+
+def test_installing_the_wheels_changes_no_runtime_package(dist):
+    """What `%pip install` of the two wheels does on the cluster: pip resolves them against the runtime's
+    packages. The dry run's report must install nothing but the two wheels (the development environment has
+    them as editable installs), and above all upgrade or downgrade none of the runtime's packages."""
+    import json
+
+    wheels = sorted(str(p) for p in dist.glob("*.whl"))
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links",
+                             str(dist), "--report", "-", "--quiet", *wheels], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    installed = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+                 for item in json.loads(result.stdout)["install"]}
+    runtime = _pins(REPO_ROOT / "requirements/runtime.txt")
+    assert not set(installed) & set(runtime), f"the wheels would change runtime packages: {installed}"
+    assert set(installed) <= {"taxi-fares", "taxi-fares-mlops"}, installed
