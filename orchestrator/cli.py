@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="where the wheels are")
     deploy.add_argument("--no-build", action="store_true", help="deploy the wheels in --dist as they are")
     deploy.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
+    deploy.add_argument("--reset-schedule", action="store_true",
+                        help="apply the template's schedule pause status (default: keep the deployed job's)")
     deploy.set_defaults(handler=cmd_deploy)
 
     runs = commands.add_parser("runs", help="list a deployed job's recent runs")

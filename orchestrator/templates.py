@@ -102,11 +102,19 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     return variables
 
 
+def cluster_readable(path: str) -> str:
+    """Where a cluster's pip reads ``path``: DBFS only through its FUSE mount (``dbfs:/x`` -> ``/dbfs/x``);
+    pip does not read ``dbfs:/`` URLs. Volume and workspace paths are read as they are."""
+    return "/dbfs/" + path[len("dbfs:"):].lstrip("/") if path.startswith("dbfs:") else path
+
+
 def render_job(job: str, variables: Mapping[str, Any], existing_cluster_id: str | None = None) -> dict:
     """The job's settings for these variables, without empty lists or objects (the Jobs API omits those).
 
-    With ``existing_cluster_id`` the tasks run on that cluster instead of the template's job cluster.
+    With ``existing_cluster_id`` the tasks run on that cluster instead of the template's job cluster. The jobs'
+    ``wheel_base_path`` is where a cluster's ``%pip`` reads the wheels (``/dbfs/...`` for a ``dbfs:/`` upload).
     """
+    variables = {**variables, "wheel_base_path": cluster_readable(variables["wheel_base_path"])}
     settings = _prune_empty(render(load_template(job), variables))
     if existing_cluster_id:
         settings.pop("job_clusters", None)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.errors import NotFound, ResourceDoesNotExist
+from databricks.sdk.errors import NotFound
 from databricks.sdk.service.workspace import ExportFormat, ImportFormat, Language
+
+from orchestrator.deploy.client import is_missing
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ class FileStore:
                 status = self.w.dbfs.get_status(_dbfs(path))
                 return base64.b64decode(self.w.dbfs.read(_dbfs(path), length=status.file_size).data or "")
             return self.w.files.download(path).contents.read()
-        except (NotFound, ResourceDoesNotExist):
-            return None
+        except NotFound as exc:
+            if is_missing(exc):
+                return None
+            raise
 
     def write(self, path: str, data: bytes) -> None:
         import io
@@ -74,15 +78,37 @@ def upload_wheels(w: WorkspaceClient, wheels: list[Path], sums: bytes, base: str
     return sent + [sums_path]
 
 
+NOTEBOOK_HEADER = "# Databricks notebook source"
+CELL_SEPARATOR = "# COMMAND ----------"
+
+
+def notebook_cells(text: str) -> list[str]:
+    """A source-format notebook's cells without the blank lines around them: what survives a workspace's
+    import and export, which rewrites the header and the space around separators in its own canonical form."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[0].strip() == NOTEBOOK_HEADER:
+        lines = lines[1:]
+    cells, current = [], []
+    for line in lines:
+        if line.strip() == CELL_SEPARATOR:
+            cells.append(current)
+            current = []
+        else:
+            current.append(line.rstrip())
+    return ["\n".join(cell).strip("\n") for cell in cells + [current]]
+
+
 def import_notebook(w: WorkspaceClient, source: Path, destination: str) -> bool:
-    """Import a source-format Python notebook unless the workspace copy is identical. True if imported."""
+    """Import a source-format Python notebook unless the workspace copy has the same cells. True if imported."""
     content = source.read_bytes()
     try:
         current = w.workspace.export(destination, format=ExportFormat.SOURCE)
-        if current.content and base64.b64decode(current.content).strip() == content.strip():
+        exported = base64.b64decode(current.content or "").decode("utf-8")
+        if notebook_cells(exported) == notebook_cells(content.decode("utf-8")):
             return False
-    except (NotFound, ResourceDoesNotExist):
-        pass
+    except NotFound as exc:
+        if not is_missing(exc):
+            raise
     w.workspace.mkdirs(destination.rsplit("/", 1)[0])
     w.workspace.import_(destination, content=base64.b64encode(content).decode(), format=ImportFormat.SOURCE,
                         language=Language.PYTHON, overwrite=True)

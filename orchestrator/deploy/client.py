@@ -18,6 +18,15 @@ class DeployError(RuntimeError):
     """A workspace operation failed; the message says which and where."""
 
 
+# A path that is not an API answers 404 with this code: a wrong host or API version, not a missing object.
+ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
+
+
+def is_missing(exc: Exception) -> bool:
+    """True when ``exc`` says the object asked for does not exist (decided on the error code, not the text)."""
+    return isinstance(exc, NotFound) and getattr(exc, "error_code", None) != ENDPOINT_NOT_FOUND
+
+
 def workspace_host(target: dict) -> str:
     host = os.environ.get("DATABRICKS_HOST") or target.get("host")
     if not host:
@@ -41,6 +50,9 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
     except PermissionDenied as exc:
         raise DeployError(f"permission denied at {host} while trying to {operation} (403): {_message(exc)}") from exc
     except NotFound as exc:
+        if not is_missing(exc):
+            raise DeployError(f"{host} does not serve the API needed to {operation} ({ENDPOINT_NOT_FOUND}): check "
+                              f"that the target's host is the workspace URL") from exc
         raise DeployError(f"not found at {host} while trying to {operation}: {_message(exc)}") from exc
     except DatabricksError as exc:
         raise DeployError(f"{operation} failed at {host}: {_message(exc)}") from exc

@@ -141,7 +141,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(json.dumps(plan.describe(), indent=2))
             return 0
         progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
-        deployer.apply(plan, workspace_client(plan.target), progress)
+        deployer.apply(plan, workspace_client(plan.target), progress, reset_schedule=args.reset_schedule)
         return 0
     return remote(action, args)
 

@@ -1,9 +1,12 @@
 """``mlops deploy --target T``: wheels, notebooks, experiment and jobs, idempotently.
 
-The plan is computed without touching the workspace (that is all ``--dry-run`` prints). Applying it uploads the
-wheels into ``<wheel_base_path>/<version>/`` and imports the notebooks unless the workspace already holds the same
-bytes, creates the MLflow experiment if it is missing, and creates or resets each job by name so that exactly
-one job per name remains.
+The plan is computed without touching the workspace (that is all ``--dry-run`` prints), and refuses a targets
+file whose experiment path and ``workspace_root`` overlap (a workspace path holds one object: a folder of
+notebooks cannot also be an experiment). Applying it uploads the wheels into ``<wheel_base_path>/<version>/`` and
+imports the notebooks unless the workspace already holds the same cells, creates the MLflow experiment if it is
+missing (restoring it if it is in the trash), and creates or resets each job by name so that exactly one job per
+name remains. A reset keeps the schedule's pause status the workspace has (an operator may have unpaused it)
+unless ``reset_schedule`` is set.
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.errors import NotFound, ResourceDoesNotExist
+from databricks.sdk.errors import NotFound
 from databricks.sdk.service.jobs import JobSettings
 
 from orchestrator import build, templates
 from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
-from orchestrator.deploy.client import DeployError, translate_errors, workspace_host
+from orchestrator.deploy.client import DeployError, is_missing, translate_errors, workspace_host
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
         raise DeployError("the local target is run with `mlops run --local`, not deployed")
     version = version or project_version()
     variables = templates.target_variables(target_name, version=version)
+    check_workspace_paths(target_name, variables["workspace_root"], variables["mlflow_experiment"])
     wheels = _wheels(version, dist, allow_build)
     sums = "".join(f"{build.sha256(w)}  {w.name}\n" for w in wheels).encode()
     root = variables["workspace_root"].rstrip("/")
@@ -86,7 +90,58 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
                 variables["mlflow_experiment"], jobs)
 
 
-def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None]) -> dict[str, int]:
+def workspace_path(path: str) -> str:
+    """A workspace path in its short form: ``/Workspace/Shared/x`` and ``/Shared/x`` are the same object."""
+    if path == "/Workspace" or path.startswith("/Workspace/"):
+        path = path[len("/Workspace"):] or "/"
+    return path.rstrip("/") or "/"
+
+
+def check_workspace_paths(target_name: str, workspace_root: str, experiment: str) -> None:
+    """Refuse an experiment path that is, contains or lies inside the notebooks' folder."""
+    if not experiment.startswith("/"):
+        raise DeployError(f"target '{target_name}': mlflow_experiment '{experiment}' must be an absolute workspace "
+                          f"path such as /Shared/taxi_fares/experiments/{target_name}")
+    root, exp = workspace_path(workspace_root), workspace_path(experiment)
+    if root == exp or exp.startswith(root + "/") or root.startswith(exp + "/"):
+        raise DeployError(f"target '{target_name}': mlflow_experiment '{experiment}' and workspace_root "
+                          f"'{workspace_root}' overlap; a workspace path holds one object, so the experiment "
+                          f"cannot be (or sit inside, or contain) the notebooks' folder. Use a path outside it, "
+                          f"for example /Shared/taxi_fares/experiments/{target_name}")
+
+
+def ensure_experiment(w: WorkspaceClient, name: str, say: Callable[[str], None]) -> str:
+    """The experiment's id: found, restored from the trash, or created (with its parent folder)."""
+    try:
+        experiment = w.experiments.get_by_name(name).experiment
+    except NotFound as exc:
+        if not is_missing(exc):
+            raise
+        w.workspace.mkdirs(name.rsplit("/", 1)[0] or "/")
+        experiment_id = w.experiments.create_experiment(name).experiment_id
+        say(f"experiment {name}: created ({experiment_id})")
+        return experiment_id
+    if experiment.lifecycle_stage == "deleted":
+        w.experiments.restore_experiment(experiment.experiment_id)
+        say(f"experiment {name}: was in the trash, restored ({experiment.experiment_id})")
+    else:
+        say(f"experiment {name}: exists ({experiment.experiment_id})")
+    return experiment.experiment_id
+
+
+def _keep_pause_status(w: WorkspaceClient, job_id: int, settings: dict, say: Callable[[str], None]) -> dict:
+    """``settings`` with the schedule's pause status the deployed job has now."""
+    current = w.jobs.get(job_id).settings
+    deployed = current.schedule.pause_status.value if current.schedule and current.schedule.pause_status else None
+    wanted = (settings.get("schedule") or {}).get("pause_status")
+    if deployed is None or wanted is None or deployed == wanted:
+        return settings
+    say(f"job {settings['name']}: keeping its schedule {deployed} (the template says {wanted}; "
+        f"--reset-schedule applies the template's)")
+    return {**settings, "schedule": {**settings["schedule"], "pause_status": deployed}}
+
+
+def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_schedule: bool = False) -> dict[str, int]:
     """Apply ``plan``; returns job name -> job id."""
     host = plan.host
     base = plan.wheel_uploads[0].destination.rsplit("/", 2)[0]
@@ -101,12 +156,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None]) -> dict[st
     say(f"notebooks: {imported} imported, {len(plan.notebooks) - imported} unchanged")
 
     with translate_errors(host, f"find or create the MLflow experiment {plan.experiment}"):
-        try:
-            experiment_id = w.experiments.get_by_name(plan.experiment).experiment.experiment_id
-            say(f"experiment {plan.experiment}: exists ({experiment_id})")
-        except (NotFound, ResourceDoesNotExist):
-            experiment_id = w.experiments.create_experiment(plan.experiment).experiment_id
-            say(f"experiment {plan.experiment}: created ({experiment_id})")
+        ensure_experiment(w, plan.experiment, say)
 
     job_ids = {}
     for name, settings in plan.jobs.items():
@@ -114,6 +164,8 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None]) -> dict[st
             existing = [j.job_id for j in w.jobs.list(name=name)]
             if existing:
                 job_id = existing[0]
+                if not reset_schedule:
+                    settings = _keep_pause_status(w, job_id, settings, say)
                 w.jobs.reset(job_id, new_settings=JobSettings.from_dict(settings))
                 for extra in existing[1:]:
                     w.jobs.delete(extra)

@@ -6,6 +6,7 @@ SUCCESS is a success.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -107,13 +108,32 @@ def trigger(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: st
 
 
 def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str) -> None:
+    """Rerun the run's failed tasks. A run still in progress cannot be repaired, and after a first repair the
+    Jobs API needs the latest repair's id (from the run's repair history)."""
+    with translate_errors(host, f"read run {run_id}"):
+        run = w.jobs.get_run(run_id, include_history=True)
+    state = run_state(run)
+    if not state.done:
+        raise DeployError(f"run {run_id} is still {state.lifecycle}: wait for it to end (mlops runs ...) and "
+                          f"repair it then")
+    if state.succeeded:
+        raise DeployError(f"run {run_id} succeeded: it has no failed tasks to repair (start a new run instead)")
+    repairs = [item.id for item in run.repair_history or []
+               if item.type is not None and item.type.value == "REPAIR" and item.id is not None]
     with translate_errors(host, f"repair run {run_id}"):
-        w.jobs.repair_run(run_id=run_id, rerun_all_failed_tasks=True, job_parameters=dict(params) or None)
+        w.jobs.repair_run(run_id=run_id, rerun_all_failed_tasks=True, job_parameters=dict(params) or None,
+                          latest_repair_id=repairs[-1] if repairs else None)
+
+
+RUNS_PAGE_LIMIT = 25  # the Jobs API's maximum page size for runs/list
 
 
 def list_runs(w: WorkspaceClient, job_id: int, limit: int, host: str) -> list[tuple]:
+    """The job's ``limit`` most recent runs. The SDK's iterator follows every page of the history, so it is
+    cut here: at most ``ceil(limit / 25)`` pages are asked for."""
     with translate_errors(host, f"list the runs of job {job_id}"):
-        runs = list(w.jobs.list_runs(job_id=job_id, limit=limit))[:limit]
+        pages = w.jobs.list_runs(job_id=job_id, limit=min(limit, RUNS_PAGE_LIMIT))
+        runs = list(itertools.islice(pages, limit))
     rows = []
     for run in runs:
         state = run_state(run)

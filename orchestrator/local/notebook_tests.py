@@ -16,6 +16,7 @@ from common.testresult import TestResult, TestResults
 from orchestrator.console import progress
 from orchestrator.local.runner import prepare, run_notebook
 from orchestrator.paths import NOTEBOOKS_DIR, REPO_ROOT
+from orchestrator.templates import cluster_readable
 
 TESTS_DIR = REPO_ROOT / "tests" / "notebooks"
 
@@ -47,7 +48,7 @@ def workspace_test_parameters(variables: dict) -> dict[str, str]:
     model = variables["model_name"]
     return {
         "orchestrator_path": f"{variables['workspace_root'].rstrip('/')}/orchestrator/notebooks",
-        "wheel_base_path": variables["wheel_base_path"],
+        "wheel_base_path": cluster_readable(variables["wheel_base_path"]),
         "wheel_version": variables["wheel_version"],
         "lakehouse_root": f"{variables['lakehouse_root'].rstrip('/')}/notebook_tests",
         "mlflow_experiment": f"{variables['mlflow_experiment']}_notebook_tests",

@@ -1,15 +1,31 @@
-"""A small, real HTTP server that plays the part of a Databricks workspace for the deploy and run tests.
+"""A strict Databricks workspace emulator: a real local HTTP server that refuses what a workspace refuses.
 
-It implements the subset of the Workspace, Files, DBFS, Jobs (2.2) and MLflow experiment endpoints that the
-`mlops` tool calls, keeps state (files, notebooks, jobs by id, runs with scripted state changes), records every
-request, and can be told to answer the next matching requests with an error (429, 503, 401, 403...).
-Payload shapes follow the public REST API.
+It serves the Workspace, Files, DBFS, Jobs (2.2) and MLflow experiment endpoints that the ``mlops`` tool calls,
+following the public REST documentation and the databricks-sdk 0.156 sources:
+
+* every request needs ``Authorization: Bearer <token>`` (401 otherwise); a path that is not an API answers
+  ``ENDPOINT_NOT_FOUND``; bodies and queries are decoded against the SDK's own signatures and dataclasses
+  (``strict_decode``): unknown or misspelt fields, wrong JSON types, missing required fields and enum values
+  that do not exist are refused; errors are ``{"error_code", "message"}`` with the real HTTP status;
+* one namespace of workspace objects (folders, notebooks, files, MLflow experiments), where ``/Workspace/x``
+  and ``/x`` are the same path and a path holds one object; notebooks are stored and exported in the canonical
+  SOURCE form Databricks writes;
+* Files API only under ``/Volumes/<catalog>/<schema>/<volume>/`` of volumes that exist; DBFS with its 1 MB
+  read and block limits, and no ``/Volumes``;
+* Jobs: paging with ``limit`` bounds and ``next_page_token``; ``reset`` replaces, ``update`` merges arrays by
+  key and honours ``fields_to_remove``; runs go ``QUEUED -> PENDING -> RUNNING -> TERMINATED`` (or
+  ``INTERNAL_ERROR``) one step per ``runs/get``, honouring ``max_concurrent_runs`` and the queue; repair needs
+  ``latest_repair_id`` after the first repair and refuses a running run or nothing to rerun.
+
+Tests control it with ``fail(...)`` (answer the next matching requests with an error), ``next_run_script``,
+``next_run_output`` and ``next_run_error``, and read ``requests``.
 """
 from __future__ import annotations
 
 import base64
 import itertools
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,8 +33,42 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
+from databricks.sdk.service.files import DbfsAPI
+from databricks.sdk.service.jobs import JobSettings, JobsAPI
+from databricks.sdk.service.ml import ExperimentsAPI
+from databricks.sdk.service.workspace import WorkspaceAPI
+
+from fakes.strict_decode import RequestRefused, decode_body, decode_dataclass, decode_query, invalid
+
 ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-               404: "RESOURCE_DOES_NOT_EXIST", 429: "REQUEST_LIMIT_EXCEEDED", 503: "TEMPORARILY_UNAVAILABLE"}
+               404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURCE_ALREADY_EXISTS", 429: "REQUEST_LIMIT_EXCEEDED",
+               500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
+ONE_MB = 1 << 20
+NOTEBOOK_HEADER = "# Databricks notebook source"
+CELL_SEPARATOR = "# COMMAND ----------"
+TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+
+
+def refuse(status: int, message: str, error_code: Optional[str] = None) -> RequestRefused:
+    return RequestRefused(status, error_code or ERROR_CODES[status], message)
+
+
+def canonical_source(text: str) -> str:
+    """A Python notebook as Databricks exports it in SOURCE format: the header line, then the cells with
+    surrounding blank lines removed, separated by a blank line, the separator and a blank line."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[0].strip() == NOTEBOOK_HEADER:
+        lines = lines[1:]
+    cells, current = [], []
+    for line in lines:
+        if line.strip() == CELL_SEPARATOR:
+            cells.append(current)
+            current = []
+        else:
+            current.append(line.rstrip())
+    cells.append(current)
+    bodies = ["\n".join(cell).strip("\n") for cell in cells]
+    return NOTEBOOK_HEADER + "\n" + f"\n\n{CELL_SEPARATOR}\n\n".join(bodies) + "\n"
 
 
 @dataclass
@@ -41,49 +91,74 @@ class Fault:
     times: int
     message: str
     retry_after: Optional[int]
+    error_code: Optional[str]
 
 
 @dataclass
-class FakeRun:
+class WorkspaceObject:
+    object_type: str            # DIRECTORY, NOTEBOOK, FILE, MLFLOW_EXPERIMENT
+    object_id: int
+    content: bytes = b""
+    language: Optional[str] = None
+
+
+@dataclass
+class Experiment:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str = "active"
+
+
+@dataclass
+class EmulatedRun:
     run_id: int
     job_id: int
+    task_keys: list[str]
+    task_run_ids: list[int]
     script: list[str]           # e.g. ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
     output: Optional[str]
     error: Optional[str]
     parameters: dict[str, str]
+    queued: bool = False
     step: int = 0
     start_time: int = field(default_factory=lambda: int(time.time() * 1000))
     end_time: int = 0
-
-    def advance(self) -> None:
-        if self.step < len(self.script) - 1:
-            self.step += 1
-        if self.state[0] == "TERMINATED" and not self.end_time:
-            self.end_time = self.start_time + 60_000
+    repairs: list[int] = field(default_factory=list)
 
     @property
     def state(self) -> tuple[str, Optional[str]]:
+        if self.queued:
+            return "QUEUED", None
         lifecycle, _, result = self.script[self.step].partition(":")
         return lifecycle, result or None
 
+    @property
+    def active(self) -> bool:
+        return not self.queued and self.state[0] not in TERMINAL
 
-class FakeWorkspace:
-    def __init__(self) -> None:
+
+class WorkspaceEmulator:
+    def __init__(self, token: str = "dapi-emulator-token", volumes: tuple[str, ...] = ()) -> None:
+        self.token = token
+        self.volumes = {v.rstrip("/") for v in volumes}
         self.requests: list[Request] = []
-        self.files: dict[str, bytes] = {}
-        self.notebooks: dict[str, bytes] = {}
-        self.directories: set[str] = set()
-        self.experiments: dict[str, str] = {}
+        self.objects: dict[str, WorkspaceObject] = {}
+        self.experiments: dict[str, Experiment] = {}
+        self.files: dict[str, bytes] = {}          # Files API (volumes)
+        self.dbfs: dict[str, bytes] = {}
+        self.dbfs_dirs: set[str] = {"/"}
         self.jobs: dict[int, dict] = {}
-        self.runs: dict[int, FakeRun] = {}
+        self.runs: dict[int, EmulatedRun] = {}
         self.faults: list[Fault] = []
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
         self.next_run_error: Optional[str] = None
         self._ids = itertools.count(101)
-        self._handles = itertools.count(1)
         self._open_handles: dict[int, tuple[str, bytearray]] = {}
+        self._presigned: dict[str, str] = {}
         self._lock = threading.Lock()
+        for folder in ("/", "/Shared", "/Users", "/Repos"):
+            self.objects[folder] = WorkspaceObject("DIRECTORY", next(self._ids))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -92,7 +167,7 @@ class FakeWorkspace:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FakeWorkspace":
+    def start(self) -> "WorkspaceEmulator":
         self._thread.start()
         return self
 
@@ -101,8 +176,8 @@ class FakeWorkspace:
         self._server.server_close()
 
     def fail(self, method: str, path_prefix: str, status: int, times: int = 1, message: str = "injected",
-             retry_after: Optional[int] = None) -> None:
-        self.faults.append(Fault(method, path_prefix, status, times, message, retry_after))
+             retry_after: Optional[int] = None, error_code: Optional[str] = None) -> None:
+        self.faults.append(Fault(method, path_prefix, status, times, message, retry_after, error_code))
 
     def calls(self, method: Optional[str] = None, path_prefix: str = "") -> list[Request]:
         return [r for r in self.requests if (method is None or r.method == method) and r.path.startswith(path_prefix)]
@@ -113,9 +188,25 @@ class FakeWorkspace:
         return [r for r in self.requests if (r.method == "PUT" and r.path.startswith("/api/2.0/fs/files/"))
                 or (r.method == "POST" and r.path in content_posts)]
 
+    def notebook(self, path: str) -> bytes:
+        obj = self.objects[self._workspace_path(path)]
+        assert obj.object_type == "NOTEBOOK", f"{path} is a {obj.object_type}"
+        return obj.content
+
+    def experiment_named(self, name: str) -> Optional[Experiment]:
+        return next((e for e in self.experiments.values() if e.name == self._workspace_path(name)), None)
+
+    def finish_active_runs(self, result: str = "SUCCESS") -> None:
+        """End every active run (a test's way of letting time pass)."""
+        for run in self.runs.values():
+            if run.active:
+                run.script, run.step = [f"TERMINATED:{result}"], 0
+                run.end_time = run.start_time + 60_000
+        self._dequeue()
+
     # --- HTTP plumbing -------------------------------------------------------------------------------------
     def _handler(self):
-        workspace = self
+        emulator = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
@@ -127,19 +218,20 @@ class FakeWorkspace:
                 raw = self.rfile.read(length) if length else b""
                 body: Any = None
                 if raw:
+                    is_json = "json" in (self.headers.get("Content-Type") or "json")
                     try:
-                        body = json.loads(raw)
+                        body = json.loads(raw) if is_json else raw
                     except ValueError:
                         body = raw
                 request = Request(self.command, unquote(url.path),
                                   {k: v[0] for k, v in parse_qs(url.query).items()}, dict(self.headers), body)
-                with workspace._lock:
-                    workspace.requests.append(request)
-                    fault = workspace._take_fault(request)
-                    if fault:
-                        status, payload, headers = fault
-                    else:
-                        status, payload, headers = workspace._route(request)
+                with emulator._lock:
+                    emulator.requests.append(request)
+                    try:
+                        status, payload, headers = emulator._answer(request)
+                    except RequestRefused as exc:
+                        status, payload, headers = exc.status, {"error_code": exc.error_code,
+                                                                "message": exc.message}, {}
                 self.send_response(status)
                 data = b""
                 if isinstance(payload, bytes):
@@ -159,163 +251,608 @@ class FakeWorkspace:
 
         return Handler
 
+    def _answer(self, r: Request):
+        if r.path.startswith("/presigned/"):   # a storage URL: signed, no bearer token
+            return self._presigned_download(r)
+        if r.path.startswith("/api/"):
+            if r.headers.get("Authorization") != f"Bearer {self.token}":
+                raise refuse(401, "Invalid access token.", "UNAUTHENTICATED")
+        fault = self._take_fault(r)
+        if fault:
+            return fault
+        return self._route(r)
+
     def _take_fault(self, request: Request):
         for fault in self.faults:
             if fault.times > 0 and fault.method == request.method and request.path.startswith(fault.path_prefix):
                 fault.times -= 1
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-                return fault.status, {"error_code": ERROR_CODES.get(fault.status, "ERROR"),
-                                      "message": fault.message}, headers
+                code = fault.error_code or ERROR_CODES.get(fault.status, "UNKNOWN")
+                return fault.status, {"error_code": code, "message": fault.message}, headers
         return None
 
-    @staticmethod
-    def _error(status: int, message: str):
-        return status, {"error_code": ERROR_CODES[status], "message": message}, {}
-
-    # --- API -------------------------------------------------------------------------------------------------
+    # --- routing -------------------------------------------------------------------------------------------
     def _route(self, r: Request):
-        p, q, b = r.path, r.query, r.json()
-        ok = (200, {}, {})
+        p = r.path
         if p.startswith("/api/2.0/fs/files/"):
             return self._files(r, p[len("/api/2.0/fs/files"):])
         if p.startswith("/api/2.0/fs/directories/"):
-            self.directories.add(p[len("/api/2.0/fs/directories"):])
-            return ok
-        if p == "/api/2.0/workspace/mkdirs":
-            self.directories.add(b["path"])
-            return ok
-        if p == "/api/2.0/workspace/import":
-            if b["path"] in self.notebooks and not b.get("overwrite"):
-                return self._error(400, f"{b['path']} already exists")
-            self.notebooks[b["path"]] = base64.b64decode(b["content"])
-            return ok
-        if p == "/api/2.0/workspace/export":
-            if q["path"] not in self.notebooks:
-                return self._error(404, f"Path ({q['path']}) doesn't exist.")
-            return 200, {"content": base64.b64encode(self.notebooks[q["path"]]).decode(), "file_type": "py"}, {}
+            return self._directories(r, p[len("/api/2.0/fs/directories"):])
+        if p == "/api/2.0/fs/create-download-url" and r.method == "POST":
+            return self._create_download_url(r)
+        if p.startswith("/api/2.0/workspace/"):
+            return self._workspace(r, p[len("/api/2.0/workspace/"):])
         if p.startswith("/api/2.0/dbfs/"):
-            return self._dbfs(p.rsplit("/", 1)[1], q, b)
-        if p == "/api/2.0/mlflow/experiments/get-by-name":
-            name = q["experiment_name"]
-            if name not in self.experiments:
-                return self._error(404, f"Could not find experiment with name {name}")
-            return 200, {"experiment": {"experiment_id": self.experiments[name], "name": name}}, {}
-        if p == "/api/2.0/mlflow/experiments/create":
-            self.experiments[b["name"]] = str(next(self._ids))
-            return 200, {"experiment_id": self.experiments[b["name"]]}, {}
+            return self._dbfs(r, p[len("/api/2.0/dbfs/"):])
+        if p.startswith("/api/2.0/mlflow/experiments/"):
+            return self._experiments(r, p[len("/api/2.0/mlflow/experiments/"):])
         if p.startswith("/api/2.2/jobs/"):
-            return self._jobs(p[len("/api/2.2/jobs/"):], q, b)
-        return self._error(404, f"no such endpoint {r.method} {p}")
+            return self._jobs(r, p[len("/api/2.2/jobs/"):])
+        raise self._no_endpoint(r)
+
+    @staticmethod
+    def _no_endpoint(r: Request) -> RequestRefused:
+        return refuse(404, f"No API found for '{r.method} {r.path}'", "ENDPOINT_NOT_FOUND")
+
+    def _expect(self, r: Request, method: str) -> None:
+        if r.method != method:
+            raise self._no_endpoint(r)
+
+    # --- workspace objects -----------------------------------------------------------------------------------
+    @staticmethod
+    def _workspace_path(path: str) -> str:
+        if not path.startswith("/"):
+            raise invalid(f"Path ({path}) must be absolute")
+        if path == "/Workspace" or path.startswith("/Workspace/"):
+            path = path[len("/Workspace"):] or "/"
+        return path.rstrip("/") or "/"
+
+    def _parent_must_be_folder(self, path: str) -> None:
+        parent = path.rsplit("/", 1)[0] or "/"
+        obj = self.objects.get(parent)
+        if obj is None:
+            raise refuse(404, f"The parent folder ({parent}) does not exist.")
+        if obj.object_type != "DIRECTORY":
+            raise refuse(400, f"The parent path ({parent}) is not a directory: found '{obj.object_type}'",
+                         "RESOURCE_ALREADY_EXISTS")
+
+    def _workspace(self, r: Request, action: str):
+        if action == "mkdirs":
+            self._expect(r, "POST")
+            path = self._workspace_path(decode_body(WorkspaceAPI.mkdirs, r.body)["path"])
+            parts = path.strip("/").split("/")
+            for i in range(1, len(parts) + 1):
+                prefix = "/" + "/".join(parts[:i])
+                obj = self.objects.get(prefix)
+                if obj is None:
+                    self.objects[prefix] = WorkspaceObject("DIRECTORY", next(self._ids))
+                elif obj.object_type != "DIRECTORY":
+                    raise refuse(400, f"Cannot create directory {path}: {prefix} exists and is a "
+                                      f"{obj.object_type}", "RESOURCE_ALREADY_EXISTS")
+            return 200, {}, {}
+        if action == "import":
+            self._expect(r, "POST")
+            return self._import(decode_body(WorkspaceAPI.import_, r.body))
+        if action == "export":
+            self._expect(r, "GET")
+            q = decode_query(WorkspaceAPI.export, r.query)
+            path = self._workspace_path(q["path"])
+            obj = self.objects.get(path)
+            if obj is None:
+                raise refuse(404, f"Path ({q['path']}) doesn't exist.")
+            fmt = q.get("format", "SOURCE")
+            if obj.object_type == "DIRECTORY" and fmt != "DBC":
+                raise invalid(f"Path ({q['path']}) is a directory: only DBC export is supported")
+            if obj.object_type not in ("NOTEBOOK", "FILE", "DIRECTORY"):
+                raise invalid(f"Path ({q['path']}) is a {obj.object_type} and cannot be exported")
+            if fmt not in ("SOURCE", "AUTO", "RAW") or (obj.object_type == "DIRECTORY"):
+                raise invalid(f"Export format {fmt} is not supported by this emulator")
+            file_type = "py" if obj.object_type == "NOTEBOOK" else ""
+            return 200, {"content": base64.b64encode(obj.content).decode(), "file_type": file_type}, {}
+        if action == "get-status":
+            self._expect(r, "GET")
+            q = decode_query(WorkspaceAPI.get_status, r.query)
+            path = self._workspace_path(q["path"])
+            obj = self.objects.get(path)
+            if obj is None:
+                raise refuse(404, f"Path ({q['path']}) doesn't exist.")
+            info = {"path": path, "object_type": obj.object_type, "object_id": obj.object_id}
+            if obj.language:
+                info["language"] = obj.language
+            return 200, info, {}
+        if action == "delete":
+            self._expect(r, "POST")
+            b = decode_body(WorkspaceAPI.delete, r.body)
+            path = self._workspace_path(b["path"])
+            if path not in self.objects:
+                raise refuse(404, f"Path ({b['path']}) doesn't exist.")
+            children = [p for p in self.objects if p.startswith(path + "/")]
+            if children and not b.get("recursive"):
+                raise refuse(400, f"Folder ({b['path']}) is not empty", "DIRECTORY_NOT_EMPTY")
+            for p in [path, *children]:
+                del self.objects[p]
+            return 200, {}, {}
+        raise self._no_endpoint(r)
+
+    def _import(self, b: dict):
+        path = self._workspace_path(b["path"])
+        fmt = b.get("format", "SOURCE")
+        if fmt not in ("SOURCE", "AUTO"):
+            raise invalid(f"Import format {fmt} is not supported by this emulator")
+        language = b.get("language")
+        if fmt == "SOURCE" and not language:
+            raise invalid("The language field is required when the format is SOURCE")
+        try:
+            content = base64.b64decode(b.get("content") or "", validate=True)
+        except ValueError:
+            raise invalid("content must be base64-encoded") from None
+        self._parent_must_be_folder(path)
+        existing = self.objects.get(path)
+        if existing is not None:
+            if existing.object_type != "NOTEBOOK" or not b.get("overwrite"):
+                raise refuse(400, f"Path ({b['path']}) already exists.", "RESOURCE_ALREADY_EXISTS")
+        text = content.decode("utf-8")
+        self.objects[path] = WorkspaceObject("NOTEBOOK", existing.object_id if existing else next(self._ids),
+                                             canonical_source(text).encode(), language or "PYTHON")
+        return 200, {}, {}
+
+    # --- MLflow experiments ----------------------------------------------------------------------------------
+    def _experiment_json(self, e: Experiment) -> dict:
+        return {"experiment_id": e.experiment_id, "name": e.name, "lifecycle_stage": e.lifecycle_stage,
+                "artifact_location": f"dbfs:/databricks/mlflow-tracking/{e.experiment_id}"}
+
+    def _experiments(self, r: Request, action: str):
+        if action == "create":
+            self._expect(r, "POST")
+            b = decode_body(ExperimentsAPI.create_experiment, r.body)
+            path = self._workspace_path(b["name"])
+            if self.experiment_named(path) is not None:
+                raise refuse(400, f"Experiment '{b['name']}' already exists.", "RESOURCE_ALREADY_EXISTS")
+            if path in self.objects:
+                raise refuse(400, f"Node named '{path.rsplit('/', 1)[1]}' already exists at {path}: found "
+                                  f"'{self.objects[path].object_type}'", "RESOURCE_ALREADY_EXISTS")
+            self._parent_must_be_folder(path)
+            experiment = Experiment(str(next(self._ids)), path)
+            self.experiments[experiment.experiment_id] = experiment
+            self.objects[path] = WorkspaceObject("MLFLOW_EXPERIMENT", int(experiment.experiment_id))
+            return 200, {"experiment_id": experiment.experiment_id}, {}
+        if action == "get-by-name":
+            self._expect(r, "GET")
+            q = decode_query(ExperimentsAPI.get_by_name, r.query)
+            experiment = self.experiment_named(q["experiment_name"])
+            if experiment is None:
+                raise refuse(404, f"Could not find experiment with name {q['experiment_name']}")
+            return 200, {"experiment": self._experiment_json(experiment)}, {}
+        if action == "get":
+            self._expect(r, "GET")
+            q = decode_query(ExperimentsAPI.get_experiment, r.query)
+            return 200, {"experiment": self._experiment_json(self._experiment(q["experiment_id"]))}, {}
+        if action in ("delete", "restore"):
+            self._expect(r, "POST")
+            method = ExperimentsAPI.delete_experiment if action == "delete" else ExperimentsAPI.restore_experiment
+            experiment = self._experiment(decode_body(method, r.body)["experiment_id"])
+            experiment.lifecycle_stage = "deleted" if action == "delete" else "active"
+            return 200, {}, {}
+        raise self._no_endpoint(r)
+
+    def _experiment(self, experiment_id: str) -> Experiment:
+        if experiment_id not in self.experiments:
+            raise refuse(404, f"No Experiment with id={experiment_id} exists")
+        return self.experiments[experiment_id]
+
+    # --- Files API (Unity Catalog volumes) -------------------------------------------------------------------
+    def _volume_path(self, path: str) -> str:
+        parts = path.strip("/").split("/")
+        if len(parts) < 4 or parts[0] != "Volumes":
+            raise invalid(f"Invalid path {path}: the Files API accepts /Volumes/<catalog>/<schema>/<volume>/...")
+        volume = "/" + "/".join(parts[:4])
+        if volume not in self.volumes:
+            raise refuse(404, f"Volume {volume[len('/Volumes/'):].replace('/', '.')} does not exist.", "NOT_FOUND")
+        return "/" + "/".join(parts)
 
     def _files(self, r: Request, path: str):
+        path = self._volume_path(path)
         if r.method == "PUT":
-            if path in self.files and r.query.get("overwrite") != "true":
-                return self._error(400, f"{path} already exists")
-            self.files[path] = r.body if isinstance(r.body, bytes) else json.dumps(r.body).encode()
+            overwrite = r.query.get("overwrite", "false")
+            if overwrite not in ("true", "false"):
+                raise invalid(f"overwrite must be true or false, got '{overwrite}'")
+            if path in self.files and overwrite != "true":
+                raise refuse(409, f"The file being created already exists: {path}", "ALREADY_EXISTS")
+            if not isinstance(r.body, bytes):
+                raise invalid("the file contents must be sent as application/octet-stream")
+            self.files[path] = r.body
             return 204, None, {}
-        if path not in self.files:
-            return self._error(404, f"The file {path} does not exist")
-        headers = {"Last-Modified": "Mon, 23 Nov 2026 10:00:00 GMT", "Content-Type": "application/octet-stream"}
-        return 200, self.files[path], headers
+        if r.method in ("GET", "HEAD"):
+            if path not in self.files:
+                raise refuse(404, "The file being accessed is not found.", "NOT_FOUND")
+            headers = {"Last-Modified": "Mon, 23 Nov 2026 10:00:00 GMT", "Content-Type": "application/octet-stream"}
+            if r.method == "HEAD":
+                headers["Content-Length"] = str(len(self.files[path]))
+                return 200, None, headers
+            return 200, self.files[path], headers
+        if r.method == "DELETE":
+            if self.files.pop(path, None) is None:
+                raise refuse(404, "The file being accessed is not found.", "NOT_FOUND")
+            return 204, None, {}
+        raise self._no_endpoint(r)
 
-    def _dbfs(self, action: str, q: dict, b: dict):
-        if action == "get-status":
-            if q["path"] not in self.files:
-                return self._error(404, f"No file or directory exists on path {q['path']}.")
-            return 200, {"path": q["path"], "is_dir": False, "file_size": len(self.files[q["path"]])}, {}
-        if action == "read":
-            if q["path"] not in self.files:
-                return self._error(404, f"No file or directory exists on path {q['path']}.")
-            data = self.files[q["path"]][int(q.get("offset", 0)):][:int(q.get("length", 1 << 20))]
+    def _directories(self, r: Request, path: str):
+        path = self._volume_path(path if len(path.strip("/").split("/")) > 4 else path + "/.")
+        return 200 if r.method != "PUT" else 204, None, {}
+
+    def _create_download_url(self, r: Request):
+        path = self._volume_path(r.query.get("path", ""))
+        if "expire_time" not in r.query:
+            raise invalid("Missing required field: expire_time")
+        token = secrets.token_hex(8)
+        self._presigned[token] = path
+        return 200, {"url": f"{self.url}/presigned/{token}", "headers": []}, {}
+
+    def _presigned_download(self, r: Request):
+        path = self._presigned.get(r.path[len("/presigned/"):])
+        if path is None:
+            return 403, b"signature does not match", {}
+        if path not in self.files:
+            return 404, b"BlobNotFound", {}
+        return 200, self.files[path], {"Last-Modified": "Mon, 23 Nov 2026 10:00:00 GMT",
+                                       "Content-Type": "application/octet-stream"}
+
+    # --- DBFS -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _dbfs_path(path: str) -> str:
+        if path.startswith("dbfs:"):
+            path = path[len("dbfs:"):]
+        if not path.startswith("/"):
+            raise invalid(f"Path must be absolute: {path}")
+        if path == "/Volumes" or path.startswith("/Volumes/"):
+            raise invalid(f"The DBFS API does not support Unity Catalog volume paths ({path}): use the Files API")
+        return path.rstrip("/") or "/"
+
+    def _dbfs_parents(self, path: str) -> None:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            prefix = "/" + "/".join(parts[:i])
+            if prefix in self.dbfs:
+                raise refuse(400, f"A file exists at {prefix}, a parent of {path}", "RESOURCE_ALREADY_EXISTS")
+            self.dbfs_dirs.add(prefix)
+
+    def _dbfs(self, r: Request, action: str):
+        methods = {"get-status": ("GET", DbfsAPI.get_status), "read": ("GET", DbfsAPI.read),
+                   "mkdirs": ("POST", DbfsAPI.mkdirs), "create": ("POST", DbfsAPI.create),
+                   "add-block": ("POST", DbfsAPI.add_block), "close": ("POST", DbfsAPI.close),
+                   "put": ("POST", DbfsAPI.put), "delete": ("POST", DbfsAPI.delete)}
+        if action not in methods:
+            raise self._no_endpoint(r)
+        verb, method = methods[action]
+        self._expect(r, verb)
+        args = decode_query(method, r.query) if verb == "GET" else decode_body(method, r.body)
+        if action in ("get-status", "read"):
+            path = self._dbfs_path(args["path"])
+            if path in self.dbfs_dirs:
+                if action == "read":
+                    raise invalid(f"Cannot read {path}: it is a directory")
+                return 200, {"path": path, "is_dir": True, "file_size": 0}, {}
+            if path not in self.dbfs:
+                raise refuse(404, f"No file or directory exists on path {path}.")
+            if action == "get-status":
+                return 200, {"path": path, "is_dir": False, "file_size": len(self.dbfs[path]),
+                             "modification_time": 1}, {}
+            length, offset = args.get("length", 0x80000), args.get("offset", 0)
+            if length > ONE_MB:
+                raise refuse(400, f"Cannot read more than 1MB at once (asked for {length} bytes)",
+                             "MAX_READ_SIZE_EXCEEDED")
+            if length < 0 or offset < 0:
+                raise invalid("offset and length must not be negative")
+            data = self.dbfs[path][offset:offset + length]
             return 200, {"bytes_read": len(data), "data": base64.b64encode(data).decode()}, {}
         if action == "mkdirs":
-            self.directories.add(b["path"])
+            path = self._dbfs_path(args["path"])
+            if path in self.dbfs:
+                raise refuse(400, f"A file exists at {path}", "RESOURCE_ALREADY_EXISTS")
+            self._dbfs_parents(path + "/x")
             return 200, {}, {}
-        if action == "create":
-            handle = next(self._handles)
-            self._open_handles[handle] = (b["path"], bytearray())
+        if action in ("create", "put"):
+            path = self._dbfs_path(args["path"])
+            if path in self.dbfs_dirs:
+                raise refuse(400, f"{path} is a directory", "RESOURCE_ALREADY_EXISTS")
+            if path in self.dbfs and not args.get("overwrite"):
+                raise refuse(400, f"A file or directory already exists at the input path {path}.",
+                             "RESOURCE_ALREADY_EXISTS")
+            self._dbfs_parents(path)
+            if action == "put":
+                data = self._block(args.get("contents") or "")
+                self.dbfs[path] = data
+                return 200, {}, {}
+            handle = next(self._ids)
+            self._open_handles[handle] = (path, bytearray())
             return 200, {"handle": handle}, {}
         if action == "add-block":
-            self._open_handles[b["handle"]][1].extend(base64.b64decode(b["data"]))
+            if args["handle"] not in self._open_handles:
+                raise refuse(404, f"No open stream with handle {args['handle']}")
+            self._open_handles[args["handle"]][1].extend(self._block(args["data"]))
             return 200, {}, {}
         if action == "close":
-            path, data = self._open_handles.pop(b["handle"])
-            self.files[path] = bytes(data)
+            if args["handle"] not in self._open_handles:
+                raise refuse(404, f"No open stream with handle {args['handle']}")
+            path, data = self._open_handles.pop(args["handle"])
+            self.dbfs[path] = bytes(data)
             return 200, {}, {}
-        if action == "put":
-            self.files[b["path"]] = base64.b64decode(b.get("contents", ""))
-            return 200, {}, {}
-        return self._error(404, f"no such DBFS action {action}")
+        path = self._dbfs_path(args["path"])  # delete
+        self.dbfs.pop(path, None)
+        return 200, {}, {}
 
+    @staticmethod
+    def _block(data: str) -> bytes:
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise invalid("data must be base64-encoded") from None
+        if len(decoded) > ONE_MB:
+            raise refuse(400, f"The block of {len(decoded)} bytes exceeds the 1MB limit", "MAX_BLOCK_SIZE_EXCEEDED")
+        return decoded
+
+    # --- Jobs 2.2 ----------------------------------------------------------------------------------------------
     def _job(self, job_id: int) -> dict:
         return {"job_id": job_id, "settings": self.jobs[job_id], "created_time": 1}
 
-    def _run_json(self, run: FakeRun) -> dict:
+    def _job_or_refuse(self, job_id: int) -> dict:
+        if job_id not in self.jobs:
+            raise invalid(f"Job {job_id} does not exist.")
+        return self.jobs[job_id]
+
+    @staticmethod
+    def _check_settings(settings: dict) -> dict:
+        """What the service checks beyond the schema: compute references and unique keys."""
+        clusters = {c["job_cluster_key"] for c in settings.get("job_clusters", [])}
+        environments = {e["environment_key"] for e in settings.get("environments", [])}
+        keys = [t["task_key"] for t in settings.get("tasks", [])]
+        if len(keys) != len(set(keys)):
+            raise invalid(f"Task keys must be unique: {keys}")
+        names = [p["name"] for p in settings.get("parameters", [])]
+        if len(names) != len(set(names)):
+            raise invalid(f"Job parameter names must be unique: {names}")
+        for task in settings.get("tasks", []):
+            compute = [k for k in ("job_cluster_key", "existing_cluster_id", "new_cluster", "environment_key")
+                       if task.get(k)]
+            if len(compute) > 1:
+                raise invalid(f"Task {task['task_key']} names more than one compute: {', '.join(compute)}")
+            if task.get("job_cluster_key") and task["job_cluster_key"] not in clusters:
+                raise invalid(f"Task {task['task_key']} refers to job cluster {task['job_cluster_key']}, which "
+                              f"is not defined in job_clusters")
+            if task.get("environment_key") and task["environment_key"] not in environments:
+                raise invalid(f"Task {task['task_key']} refers to environment {task['environment_key']}, which "
+                              f"is not defined in environments")
+        return settings
+
+    @staticmethod
+    def _page(items: list, q: dict, default: int, maximum: int, what: str) -> tuple[list, dict]:
+        limit = q.get("limit", default)
+        if not 0 <= limit <= maximum:
+            raise invalid(f"The limit for {what} must be between 1 and {maximum}, got {limit}")
+        limit = limit or maximum
+        try:
+            start = int(q.get("page_token") or 0)
+        except ValueError:
+            raise invalid(f"Invalid page_token '{q['page_token']}'") from None
+        page = items[start:start + limit]
+        more = start + limit < len(items)
+        extra = {"has_more": more}
+        if more:
+            extra["next_page_token"] = str(start + limit)
+        if start:
+            extra["prev_page_token"] = str(max(0, start - limit))
+        return page, extra
+
+    def _jobs(self, r: Request, action: str):
+        if action == "list":
+            self._expect(r, "GET")
+            q = decode_query(JobsAPI.list, r.query)
+            jobs = [self._job(i) for i, s in sorted(self.jobs.items())
+                    if "name" not in q or s["name"].lower() == q["name"].lower()]
+            page, extra = self._page(jobs, q, 20, 100, "jobs")
+            return 200, ({"jobs": page} if page else {}) | extra, {}
+        if action == "create":
+            self._expect(r, "POST")
+            b = decode_body(JobsAPI.create, r.body)
+            job_id = next(self._ids)
+            self.jobs[job_id] = self._check_settings(b)
+            return 200, {"job_id": job_id}, {}
+        if action == "get":
+            self._expect(r, "GET")
+            q = decode_query(JobsAPI.get, r.query)
+            self._job_or_refuse(q["job_id"])
+            return 200, self._job(q["job_id"]), {}
+        if action == "reset":
+            self._expect(r, "POST")
+            b = decode_body(JobsAPI.reset, r.body)
+            self._job_or_refuse(b["job_id"])
+            self.jobs[b["job_id"]] = self._check_settings(b["new_settings"])
+            return 200, {}, {}
+        if action == "update":
+            self._expect(r, "POST")
+            b = decode_body(JobsAPI.update, r.body)
+            current = self._job_or_refuse(b["job_id"])
+            self.jobs[b["job_id"]] = self._check_settings(
+                self._merge(current, b.get("new_settings") or {}, b.get("fields_to_remove") or []))
+            return 200, {}, {}
+        if action == "delete":
+            self._expect(r, "POST")
+            b = decode_body(JobsAPI.delete, r.body)
+            self._job_or_refuse(b["job_id"])
+            del self.jobs[b["job_id"]]
+            return 200, {}, {}
+        if action == "run-now":
+            self._expect(r, "POST")
+            return self._run_now(decode_body(JobsAPI.run_now, r.body))
+        if action == "runs/get":
+            self._expect(r, "GET")
+            q = decode_query(JobsAPI.get_run, r.query)
+            run = self._run(q["run_id"])
+            payload = self._run_json(run, include_history=q.get("include_history", False))
+            self._advance(run)
+            return 200, payload, {}
+        if action == "runs/get-output":
+            self._expect(r, "GET")
+            return self._run_output(decode_query(JobsAPI.get_run_output, r.query)["run_id"])
+        if action == "runs/list":
+            self._expect(r, "GET")
+            q = decode_query(JobsAPI.list_runs, r.query)
+            runs = [self._run_json(run) for run in sorted(self.runs.values(), key=lambda x: -x.run_id)
+                    if "job_id" not in q or run.job_id == q["job_id"]]
+            page, extra = self._page(runs, q, 20, 25, "runs")
+            return 200, ({"runs": page} if page else {}) | extra, {}
+        if action == "runs/repair":
+            self._expect(r, "POST")
+            return self._repair(decode_body(JobsAPI.repair_run, r.body))
+        raise self._no_endpoint(r)
+
+    @staticmethod
+    def _merge(current: dict, new: dict, remove: list[str]) -> dict:
+        """``jobs/update``: top-level fields replaced, ``tasks`` and ``job_clusters`` merged by key."""
+        keyed = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
+        merged = json.loads(json.dumps(current))
+        decode_dataclass(JobSettings, new, "new_settings.")
+        for name, value in new.items():
+            if name in keyed:
+                by_key = {item[keyed[name]]: item for item in merged.get(name, [])}
+                by_key.update({item[keyed[name]]: item for item in value})
+                merged[name] = list(by_key.values())
+            else:
+                merged[name] = value
+        for spec in remove:
+            name, _, key = spec.partition("/")
+            if key and name in keyed:
+                kept = [i for i in merged.get(name, []) if i[keyed[name]] != key]
+                if len(kept) == len(merged.get(name, [])):
+                    raise invalid(f"fields_to_remove: {spec} does not exist")
+                merged[name] = kept
+            elif name in merged:
+                del merged[name]
+            else:
+                raise invalid(f"fields_to_remove: {spec} is not set")
+        return merged
+
+    def _run(self, run_id: int) -> EmulatedRun:
+        if run_id in self.runs:
+            return self.runs[run_id]
+        raise invalid(f"Run {run_id} does not exist.")
+
+    def _run_now(self, b: dict):
+        settings = self._job_or_refuse(b["job_id"])
+        defined = {p["name"] for p in settings.get("parameters", [])}
+        undefined = sorted(set(b.get("job_parameters") or {}) - defined)
+        if undefined:
+            raise invalid(f"Job parameters {', '.join(undefined)} are not defined in job {b['job_id']}")
+        active = [x for x in self.runs.values() if x.job_id == b["job_id"] and (x.active or x.queued)]
+        limit = settings.get("max_concurrent_runs", 1)
+        queue = (settings.get("queue") or {}).get("enabled", False)
+        run_id = next(self._ids)
+        tasks = settings.get("tasks") or [{"task_key": "main"}]
+        run = EmulatedRun(run_id, b["job_id"], [t["task_key"] for t in tasks],
+                          [next(self._ids) for _ in tasks], list(self.next_run_script), self.next_run_output,
+                          self.next_run_error, dict(b.get("job_parameters") or {}))
+        if len(active) >= limit:
+            if queue:
+                run.queued = True
+            else:
+                run.script, run.step = ["SKIPPED"], 0
+                run.error = f"Skipped: the job already has {len(active)} active run(s) (max_concurrent_runs)"
+        self.runs[run_id] = run
+        return 200, {"run_id": run_id, "number_in_job": run_id}, {}
+
+    def _advance(self, run: EmulatedRun) -> None:
+        if run.queued:
+            return
+        if run.step < len(run.script) - 1:
+            run.step += 1
+        if run.state[0] in TERMINAL and not run.end_time:
+            run.end_time = run.start_time + 60_000
+            self._dequeue()
+
+    def _dequeue(self) -> None:
+        for job_id, settings in self.jobs.items():
+            limit = settings.get("max_concurrent_runs", 1)
+            runs = sorted((x for x in self.runs.values() if x.job_id == job_id), key=lambda x: x.run_id)
+            for run in runs:
+                if run.queued and sum(x.active for x in runs) < limit:
+                    run.queued = False
+
+    def _status(self, run: EmulatedRun) -> tuple[dict, dict]:
         lifecycle, result = run.state
-        status = {"state": lifecycle}
-        if lifecycle == "TERMINATED":  # the current API reports a termination code; FAILED is a legacy result
+        state = {"life_cycle_state": lifecycle, "state_message": (run.error or "") if lifecycle in TERMINAL else ""}
+        status: dict = {"state": "TERMINATED" if lifecycle in TERMINAL else lifecycle}
+        if lifecycle == "INTERNAL_ERROR":
+            state["result_state"] = "FAILED"
+            status["termination_details"] = {"code": "INTERNAL_ERROR", "type": "INTERNAL_ERROR",
+                                             "message": run.error or "internal error"}
+        elif lifecycle == "SKIPPED":
+            state["result_state"] = "EXCLUDED"
+            status["termination_details"] = {"code": "SKIPPED", "type": "SUCCESS", "message": run.error or ""}
+        elif lifecycle == "TERMINATED":
             failed = result != "SUCCESS"
+            state["result_state"] = result
             status["termination_details"] = {"code": "RUN_EXECUTION_ERROR" if failed else "SUCCESS",
                                              "type": "CLIENT_ERROR" if failed else "SUCCESS",
                                              "message": (run.error or "Task failed") if failed else ""}
-        state = {"life_cycle_state": lifecycle, "state_message": ""}
-        if result:
-            state["result_state"] = result
-        return {"run_id": run.run_id, "job_id": run.job_id, "run_page_url": f"{self.url}/jobs/{run.job_id}/runs/"
-                f"{run.run_id}", "state": state, "status": status, "start_time": run.start_time,
-                "end_time": run.end_time, "tasks": [{"run_id": run.run_id * 10 + 1, "task_key": "main"}],
-                "job_parameters": [{"name": k, "value": v} for k, v in run.parameters.items()]}
+        if lifecycle == "QUEUED":
+            status["queue_details"] = {"code": "ACTIVE_RUNS_LIMIT_REACHED",
+                                       "message": "The job reached its maximum number of concurrent runs"}
+        return state, status
 
-    def _jobs(self, action: str, q: dict, b: dict):
-        if action == "list":
-            jobs = [self._job(i) for i, s in sorted(self.jobs.items())
-                    if "name" not in q or s["name"].lower() == q["name"].lower()]
-            return 200, {"jobs": jobs, "has_more": False}, {}
-        if action == "create":
-            job_id = next(self._ids)
-            self.jobs[job_id] = b
-            return 200, {"job_id": job_id}, {}
-        if action in ("get", "reset", "update", "delete", "run-now"):
-            job_id = int(q.get("job_id") or b.get("job_id"))
-            if job_id not in self.jobs:
-                return self._error(400, f"Job {job_id} does not exist.")
-            if action == "get":
-                return 200, self._job(job_id), {}
-            if action == "reset":
-                self.jobs[job_id] = b["new_settings"]
-            elif action == "update":
-                self.jobs[job_id] = {**self.jobs[job_id], **b.get("new_settings", {})}
-            elif action == "delete":
-                del self.jobs[job_id]
-            else:
-                run_id = next(self._ids)
-                self.runs[run_id] = FakeRun(run_id, job_id, list(self.next_run_script), self.next_run_output,
-                                            self.next_run_error, dict(b.get("job_parameters") or {}))
-                return 200, {"run_id": run_id, "number_in_job": run_id}, {}
-            return 200, {}, {}
-        if action == "runs/get":
-            run = self.runs.get(int(q["run_id"]))
-            if run is None:
-                return self._error(400, f"Run {q['run_id']} does not exist.")
-            payload = self._run_json(run)
-            run.advance()
-            return 200, payload, {}
-        if action == "runs/get-output":
-            run = self.runs[int(q["run_id"]) // 10]
-            payload: dict = {"metadata": self._run_json(run)}
-            if run.state[1] == "SUCCESS" and run.output:
-                payload["notebook_output"] = {"result": run.output, "truncated": False}
-            if run.state[1] not in (None, "SUCCESS"):
-                payload["error"] = run.error or "Task failed"
-            return 200, payload, {}
-        if action == "runs/list":
-            runs = [self._run_json(r) for r in sorted(self.runs.values(), key=lambda r: -r.run_id)
-                    if r.job_id == int(q["job_id"])][:int(q.get("limit", 25))]
-            return 200, {"runs": runs, "has_more": False}, {}
-        if action == "runs/repair":
-            run = self.runs[int(b["run_id"])]
-            run.script, run.step, run.end_time = list(self.next_run_script), 0, 0
-            run.output, run.error = self.next_run_output, self.next_run_error
-            run.parameters.update(b.get("job_parameters") or {})
-            return 200, {"repair_id": next(self._ids)}, {}
-        return self._error(404, f"no such jobs action {action}")
+    def _run_json(self, run: EmulatedRun, include_history: bool = False) -> dict:
+        state, status = self._status(run)
+        payload = {"run_id": run.run_id, "job_id": run.job_id,
+                   "run_page_url": f"{self.url}/jobs/{run.job_id}/runs/{run.run_id}", "state": state,
+                   "status": status, "start_time": run.start_time, "end_time": run.end_time,
+                   "tasks": [{"run_id": task_run, "task_key": key, "state": state, "status": status}
+                             for key, task_run in zip(run.task_keys, run.task_run_ids)],
+                   "job_parameters": [{"name": k, "value": v} for k, v in run.parameters.items()]}
+        if include_history:
+            payload["repair_history"] = [{"type": "ORIGINAL", "id": run.run_id}] + [
+                {"type": "REPAIR", "id": repair_id} for repair_id in run.repairs]
+        return payload
+
+    def _run_output(self, run_id: int):
+        parent = next((x for x in self.runs.values() if run_id in x.task_run_ids), None)
+        if parent is None:
+            run = self._run(run_id)
+            if len(run.task_run_ids) > 1:
+                raise invalid("Retrieving the output of runs with multiple tasks is not supported. Please retrieve "
+                              "the output of each individual task run instead.")
+            parent = run
+        payload: dict = {"metadata": self._run_json(parent)}
+        lifecycle, result = parent.state
+        if result == "SUCCESS" and parent.output:
+            payload["notebook_output"] = {"result": parent.output, "truncated": False}
+        elif lifecycle in TERMINAL and result != "SUCCESS":
+            payload["error"] = parent.error or "Task failed"
+        return 200, payload, {}
+
+    def _repair(self, b: dict):
+        run = self._run(b["run_id"])
+        lifecycle, result = run.state
+        if lifecycle not in TERMINAL:
+            raise refuse(400, f"Run {run.run_id} is still {lifecycle}: only a finished run can be repaired",
+                         "INVALID_STATE")
+        if run.repairs and b.get("latest_repair_id") != run.repairs[-1]:
+            raise invalid(f"latest_repair_id must be {run.repairs[-1]}, the run's latest repair: got "
+                          f"{b.get('latest_repair_id')}")
+        if not run.repairs and b.get("latest_repair_id") is not None:
+            raise invalid(f"Run {run.run_id} has not been repaired: latest_repair_id must not be set")
+        unknown = sorted(set(b.get("rerun_tasks") or []) - set(run.task_keys))
+        if unknown:
+            raise invalid(f"Tasks {', '.join(unknown)} are not part of run {run.run_id}")
+        failed = result != "SUCCESS"
+        if not b.get("rerun_tasks") and not (b.get("rerun_all_failed_tasks") and failed):
+            raise invalid(f"Run {run.run_id} has no tasks to repair: give rerun_tasks, or rerun_all_failed_tasks "
+                          f"for a run with failed tasks")
+        settings = self.jobs.get(run.job_id, {})
+        undefined = sorted(set(b.get("job_parameters") or {}) - {p["name"] for p in settings.get("parameters", [])})
+        if undefined:
+            raise invalid(f"Job parameters {', '.join(undefined)} are not defined in job {run.job_id}")
+        repair_id = next(self._ids)
+        run.repairs.append(repair_id)
+        run.script, run.step, run.end_time = list(self.next_run_script), 0, 0
+        run.output, run.error = self.next_run_output, self.next_run_error
+        run.parameters.update(b.get("job_parameters") or {})
+        return 200, {"repair_id": repair_id}, {}

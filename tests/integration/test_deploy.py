@@ -9,7 +9,7 @@ import shutil
 import pytest
 from databricks.sdk.service.jobs import JobSettings
 
-from fakes.databricks_workspace import FakeWorkspace
+from fakes.databricks_workspace import WorkspaceEmulator
 from orchestrator import build
 from orchestrator.cli import main
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
@@ -22,7 +22,7 @@ ROOT = "/Workspace/Shared/taxi_fares/staging"
 
 @pytest.fixture
 def workspace(monkeypatch):
-    fake = FakeWorkspace().start()
+    fake = WorkspaceEmulator(TOKEN, volumes=("/Volumes/staging/taxi_fares/wheels",)).start()
     for name in ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_ID",
                  "ARM_CLIENT_SECRET", "ARM_TENANT_ID", "DATABRICKS_AUTH_TYPE"):
         monkeypatch.delenv(name, raising=False)
@@ -88,7 +88,7 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
     assert base64.b64decode(train["content"]) == (REPO_ROOT / "orchestrator/notebooks/train.py").read_bytes()
 
     assert [r.json() for r in workspace.calls("POST", "/api/2.0/mlflow/experiments/create")] == [
-        {"name": "/Shared/taxi_fares/staging"}]
+        {"name": "/Shared/taxi_fares/experiments/staging"}]
     created = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/create")]
     assert {c["name"]: c for c in created} == expected_jobs
     for job_id, settings in workspace.jobs.items():
@@ -144,7 +144,7 @@ def test_legacy_dbfs_wheels(workspace, mlops, tmp_path, monkeypatch):
     assert mlops("deploy", "--target", "staging")[0] == 0
     closed = [r.json()["handle"] for r in workspace.calls("POST", "/api/2.0/dbfs/close")]
     assert len(closed) == 3
-    assert f"/FileStore/taxi_fares/wheels/{VERSION}/SHA256SUMS" in workspace.files
+    assert f"/FileStore/taxi_fares/wheels/{VERSION}/SHA256SUMS" in workspace.dbfs
     workspace.requests.clear()
     assert mlops("deploy", "--target", "staging")[0] == 0
     assert workspace.uploads() == []
@@ -292,6 +292,124 @@ def test_notebook_tests_on_a_target_run_nutter_on_the_deployed_notebooks(mlops):
         "orchestrator_path": f"{ROOT}/orchestrator/notebooks",
         "wheel_base_path": "/Volumes/staging/taxi_fares/wheels", "wheel_version": VERSION,
         "lakehouse_root": "/Volumes/staging/taxi_fares/lakehouse/notebook_tests",
-        "mlflow_experiment": "/Shared/taxi_fares/staging_notebook_tests",
+        "mlflow_experiment": "/Shared/taxi_fares/experiments/staging_notebook_tests",
         "model_name": "staging.taxi_fares.taxi_fares_notebook_tests",
     }
+
+
+# --- what a real workspace refuses (each of these failed against the strict emulator before its fix) -------------
+
+def write_targets(tmp_path, monkeypatch, old, new):
+    targets = (REPO_ROOT / "job_templates/targets.yml").read_text()
+    assert old in targets
+    (tmp_path / "targets.yml").write_text(targets.replace(old, new))
+    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
+
+
+@pytest.mark.parametrize("experiment", ["/Shared/taxi_fares/staging", "/Shared/taxi_fares/staging/mlflow",
+                                        "/Workspace/Shared/taxi_fares", "taxi_fares"])
+def test_an_experiment_path_overlapping_the_notebook_folder_is_refused_before_any_request(
+        workspace, mlops, tmp_path, monkeypatch, experiment):
+    write_targets(tmp_path, monkeypatch, "mlflow_experiment: /Shared/taxi_fares/experiments/staging",
+                  f"mlflow_experiment: {experiment}")
+    code, _, err = mlops("deploy", "--target", "staging", "--dry-run")
+    assert code == 2
+    assert f"mlflow_experiment '{experiment}'" in err
+    assert workspace.requests == []
+
+
+def test_the_default_experiment_lands_beside_the_notebooks_not_on_them(workspace, mlops):
+    deployed(workspace, mlops)
+    experiment = workspace.experiment_named("/Shared/taxi_fares/experiments/staging")
+    assert experiment is not None and experiment.lifecycle_stage == "active"
+    assert workspace.objects["/Shared/taxi_fares/staging"].object_type == "DIRECTORY"
+
+
+def test_an_unpaused_schedule_survives_redeploys_unless_reset(workspace, mlops):
+    jobs = deployed(workspace, mlops)
+    workspace.requests.clear()
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    assert workspace.uploads() == []
+    assert mlops("schedule", "training", "--target", "staging", "--unpause")[0] == 0
+    workspace.requests.clear()
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    assert workspace.uploads() == []
+    training = jobs["taxi_fares_training"]
+    assert workspace.jobs[training]["schedule"]["pause_status"] == "UNPAUSED"
+    assert workspace.jobs[jobs["taxi_fares_batch_scoring"]]["schedule"]["pause_status"] == "PAUSED"
+    assert "keeping its schedule UNPAUSED" in err
+    assert mlops("deploy", "--target", "staging", "--reset-schedule")[0] == 0
+    assert workspace.jobs[training]["schedule"]["pause_status"] == "PAUSED"
+
+
+def test_repairing_the_same_run_twice_sends_the_latest_repair_id(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_script = ["RUNNING", "TERMINATED:FAILED"]
+    assert mlops("run", "batch_scoring", "--target", "staging")[0] == 1
+    run_id = next(iter(workspace.runs))
+    assert mlops("repair", str(run_id), "--target", "staging")[0] == 1  # the repair fails again
+    workspace.next_run_script = ["RUNNING", "TERMINATED:SUCCESS"]
+    code, _, err = mlops("repair", str(run_id), "--target", "staging", "--param", "model_version=3")
+    assert code == 0, err
+    first, second = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/runs/repair")]
+    assert "latest_repair_id" not in first
+    assert second["latest_repair_id"] == workspace.runs[run_id].repairs[0]
+
+
+def test_a_running_or_successful_run_is_not_sent_for_repair(workspace, mlops):
+    deployed(workspace, mlops)
+    workspace.next_run_script = ["RUNNING", "RUNNING", "RUNNING", "TERMINATED:SUCCESS"]
+    code, out, _ = mlops("run", "training", "--target", "staging", "--no-wait")
+    run_id = int(out.strip())
+    code, _, err = mlops("repair", str(run_id), "--target", "staging")
+    assert code == 2 and f"run {run_id} is still" in err and "wait for it to end" in err
+    workspace.finish_active_runs("SUCCESS")
+    code, _, err = mlops("repair", str(run_id), "--target", "staging")
+    assert code == 2 and "no failed tasks to repair" in err
+    assert workspace.calls("POST", "/api/2.2/jobs/runs/repair") == []
+
+
+def test_dbfs_wheels_are_installed_from_the_fuse_path_a_cluster_reads(workspace, mlops, tmp_path, monkeypatch):
+    write_targets(tmp_path, monkeypatch, "wheel_base_path: /Volumes/staging/taxi_fares/wheels",
+                  "wheel_base_path: dbfs:/FileStore/taxi_fares/wheels")
+    jobs = deployed(workspace, mlops)
+    assert f"/FileStore/taxi_fares/wheels/{VERSION}/taxi_fares-{VERSION}-py3-none-any.whl" in workspace.dbfs
+    for job_id in jobs.values():
+        params = {p["name"]: p["default"] for p in workspace.jobs[job_id]["parameters"]}
+        assert params["wheel_base_path"] == "/dbfs/FileStore/taxi_fares/wheels"
+    code, out, _ = mlops("test-notebooks", "--target", "staging", "--cluster-id", "0101-abc", "--dry-run")
+    assert '"wheel_base_path": "/dbfs/FileStore/taxi_fares/wheels"' in out
+
+
+def test_runs_asks_for_no_more_rows_than_it_prints(workspace, mlops):
+    jobs = deployed(workspace, mlops)
+    workspace.jobs[jobs["taxi_fares_training"]]["max_concurrent_runs"] = 100
+    for _ in range(40):
+        assert mlops("run", "training", "--target", "staging", "--no-wait")[0] == 0
+    workspace.requests.clear()
+    code, out, _ = mlops("runs", "training", "--target", "staging", "--limit", "3")
+    assert code == 0 and len(out.strip().splitlines()) == 1 + 3
+    assert [r.query["limit"] for r in workspace.calls("GET", "/api/2.2/jobs/runs/list")] == ["3"]
+    workspace.requests.clear()
+    code, out, _ = mlops("runs", "training", "--target", "staging", "--limit", "30")
+    assert code == 0 and len(out.strip().splitlines()) == 1 + 30
+    assert [r.query.get("page_token") for r in workspace.calls("GET", "/api/2.2/jobs/runs/list")] == [None, "25"]
+
+
+def test_a_trashed_experiment_is_restored(workspace, mlops):
+    deployed(workspace, mlops)
+    experiment = workspace.experiment_named("/Shared/taxi_fares/experiments/staging")
+    experiment.lifecycle_stage = "deleted"
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    assert experiment.lifecycle_stage == "active" and "was in the trash, restored" in err
+    assert len(workspace.calls("POST", "/api/2.0/mlflow/experiments/create")) == 1
+
+
+def test_a_wrong_endpoint_is_not_read_as_not_created_yet(workspace, mlops):
+    workspace.fail("GET", "/api/2.0/mlflow/experiments/get-by-name", 404, message="No API found",
+                   error_code="ENDPOINT_NOT_FOUND")
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 2 and "ENDPOINT_NOT_FOUND" in err and "workspace URL" in err
+    assert workspace.calls("POST", "/api/2.0/mlflow/experiments/create") == []
