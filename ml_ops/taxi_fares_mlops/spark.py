@@ -1,8 +1,10 @@
 """The one Spark session factory.
 
-On Databricks the runtime owns the session and ``get_spark`` returns it. Elsewhere it builds a local session
-with Delta Lake enabled: the Delta jars are fetched from Maven Central on first use (by Spark's Ivy, through
-``delta.configure_spark_with_delta_pip``) and cached under ``~/.ivy2.5.2``.
+On Databricks the runtime owns the session and ``get_spark`` returns it. With ``MLOPS_SPARK_REMOTE``
+(``sc://host:port``) it connects to a Spark Connect server, as serverless jobs compute and shared-access clusters
+do: no ``sparkContext``, RDDs or JVM access there, so the stages use none. Elsewhere it builds a local session
+with Delta Lake enabled: the Delta jars are fetched from Maven Central on first use (by Spark's Ivy) and cached
+under ``~/.ivy2.5.2``. A local Spark Connect server gets the same jars and settings (``local_conf``).
 
 Local settings can be tuned with environment variables:
 ``MLOPS_SPARK_MASTER`` (default ``local[2]``), ``MLOPS_SPARK_DRIVER_MEMORY`` (default ``2g``) and
@@ -13,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib import resources
+from importlib import metadata, resources
 
 from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
+
+SPARK_REMOTE_ENV = "MLOPS_SPARK_REMOTE"
 
 
 def on_databricks() -> bool:
@@ -25,41 +29,57 @@ def on_databricks() -> bool:
 
 
 def get_spark(app_name: str = "taxi_fares") -> SparkSession:
-    """The active session if there is one (Databricks, tests), else a new local Delta-enabled session."""
+    """The active session if there is one (Databricks, tests), else a Spark Connect session when
+    ``MLOPS_SPARK_REMOTE`` is set, else a new local Delta-enabled session."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     if on_databricks():
         return SparkSession.builder.getOrCreate()
+    remote = os.environ.get(SPARK_REMOTE_ENV)
+    if remote:
+        logger.info("connecting to Spark Connect at %s", remote)
+        return SparkSession.builder.remote(remote).getOrCreate()
     return _local_session(app_name)
 
 
-def _local_session(app_name: str) -> SparkSession:
-    from delta import configure_spark_with_delta_pip
+def delta_package() -> str:
+    """The Maven coordinate of the Delta jars matching the installed pyspark and delta-spark."""
+    import pyspark
 
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
+
+
+def local_conf() -> dict[str, str]:
+    """The settings of a local session (and of a local Spark Connect server): Delta, UTC, small shuffles."""
+    return {
+        "spark.jars.packages": delta_package(),
+        "spark.jars.ivySettings": str(resources.files("taxi_fares_mlops").joinpath("resources/ivysettings.xml")),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.catalogImplementation": "in-memory",
+        "spark.driver.memory": os.environ.get("MLOPS_SPARK_DRIVER_MEMORY", "2g"),
+        "spark.sql.shuffle.partitions": os.environ.get("MLOPS_SPARK_SHUFFLE_PARTITIONS", "4"),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.snapshotPartitions": "2",
+    }
+
+
+def _local_session(app_name: str) -> SparkSession:
     # Executors must run the same interpreter as the driver; bind to loopback on shared machines.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     master = os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
-    ivy_settings = resources.files("taxi_fares_mlops").joinpath("resources/ivysettings.xml")
     logger.info("starting local Spark (%s) with Delta Lake", master)
-    builder = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.catalogImplementation", "in-memory")
-        .config("spark.jars.ivySettings", str(ivy_settings))
-        .config("spark.driver.memory", os.environ.get("MLOPS_SPARK_DRIVER_MEMORY", "2g"))
-        .config("spark.sql.shuffle.partitions", os.environ.get("MLOPS_SPARK_SHUFFLE_PARTITIONS", "4"))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.databricks.delta.snapshotPartitions", "2")
-    )
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in local_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark

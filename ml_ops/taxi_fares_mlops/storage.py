@@ -6,11 +6,16 @@ table and its path.
 
 Locally the root comes from ``MLOPS_HOME`` (default ``.mlops/`` in the current directory, which is the
 repository root for the ``mlops`` tool and ``make``).
+
+Delta operations are SQL (``MERGE INTO``, ``DESCRIBE HISTORY``, ``DESCRIBE DETAIL``) and DataFrame writes, never
+the Python ``DeltaTable`` API: that API needs JVM access, which Spark Connect (serverless jobs, shared-access
+clusters) does not give, and the same SQL runs on a classic session.
 """
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -68,11 +73,20 @@ class Lakehouse:
             raise StorageError(f"could not {action} table '{table}' at {self.table_path(table)}: "
                                f"{first_line(exc)}") from exc
 
-    def exists(self, spark: SparkSession, table: str) -> bool:
-        from delta.tables import DeltaTable
+    def _sql_name(self, table: str) -> str:
+        return "delta.`" + self.table_path(table).replace("`", "``") + "`"
 
-        with self._wrapped("check", table):
-            return DeltaTable.isDeltaTable(spark, self.table_path(table))
+    def exists(self, spark: SparkSession, table: str) -> bool:
+        from pyspark.errors import AnalysisException
+
+        try:
+            detail = spark.sql(f"DESCRIBE DETAIL {self._sql_name(table)}").select("format").first()
+        except AnalysisException:  # no table (or no Delta log) at the path
+            return False
+        except Exception as exc:
+            raise StorageError(f"could not check table '{table}' at {self.table_path(table)}: "
+                               f"{first_line(exc)}") from exc
+        return detail is not None and detail["format"] == "delta"
 
     def read(self, spark: SparkSession, table: str) -> DataFrame:
         if not self.exists(spark, table):
@@ -96,20 +110,20 @@ class Lakehouse:
         Rows whose values are unchanged are not rewritten, so merging the same rows twice changes nothing.
         Returns the MERGE's row counts (inserted, updated).
         """
-        from delta.tables import DeltaTable
-
         if not self.exists(spark, table):
             self.write(df, table)
             return {"inserted": self._last_metric(spark, table, "numOutputRows"), "updated": 0}
+        source = f"merge_source_{uuid.uuid4().hex}"
         with self._wrapped("merge into", table):
-            target = DeltaTable.forPath(spark, self.table_path(table))
             on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
             values = [c for c in df.columns if c not in keys]
             changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values) or "false"
-            (target.alias("t").merge(df.alias("s"), on)
-             .whenMatchedUpdateAll(condition=changed)
-             .whenNotMatchedInsertAll()
-             .execute())
+            df.createOrReplaceTempView(source)
+            try:
+                spark.sql(f"MERGE INTO {self._sql_name(table)} t USING {source} s ON {on} "
+                          f"WHEN MATCHED AND ({changed}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+            finally:
+                spark.catalog.dropTempView(source)
         counts = {"inserted": self._last_metric(spark, table, "numTargetRowsInserted"),
                   "updated": self._last_metric(spark, table, "numTargetRowsUpdated")}
         logger.info("merged into table %s: %s", table, counts)
@@ -134,8 +148,6 @@ class Lakehouse:
         return written
 
     def _last_metric(self, spark: SparkSession, table: str, name: str) -> int:
-        from delta.tables import DeltaTable
-
         with self._wrapped("read the history of", table):
-            row = DeltaTable.forPath(spark, self.table_path(table)).history(1).select("operationMetrics").first()
+            row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
         return int((row["operationMetrics"] or {}).get(name, 0))
