@@ -52,13 +52,13 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
     if args.end <= args.start:
         raise SystemExit(f"mlops data generate: --end ({args.end}) must be after --start ({args.start})")
-    lakehouse = Lakehouse(lakehouse_root())
+    lakehouse = Lakehouse(lakehouse_root(), args.table_schema)
     started = time.monotonic()
     progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
-    spark = get_spark("mlops-data-generate")
+    spark = get_spark("mlops-data-generate", persistent_catalog=bool(args.table_schema))
     trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed)
     lakehouse.write(trips, RAW_TRIPS)
-    progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.table_path(RAW_TRIPS)} "
+    progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.location(RAW_TRIPS)} "
              f"in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--start", type=_date, default=dt.date(2016, 1, 1), help="first day (YYYY-MM-DD)")
     generate.add_argument("--end", type=_date, default=dt.date(2016, 3, 1), help="day after the last (YYYY-MM-DD)")
     generate.add_argument("--seed", type=int, default=42, help="random seed (same seed, same rows)")
+    generate.add_argument("--table-schema", default="", metavar="CATALOG.SCHEMA",
+                          help="write raw_trips by name there (what jobs given table_schema read)")
     generate.set_defaults(handler=cmd_data_generate)
 
     build = commands.add_parser("build", help="build the two wheels and their SHA256SUMS")

@@ -22,8 +22,8 @@ from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
 TARGETS_FILE_ENV = "MLOPS_TARGETS_FILE"  # another targets file (tests, forks); default job_templates/targets.yml
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
-             "model_name", "lakehouse_root", "new_cluster", "schedule_pause_status", "notification_emails",
-             "secret_scope")
+             "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
+             "notification_emails", "secret_scope")
 # Target settings that configure the tool, not the templates.
 TARGET_SETTINGS = ("host", "existing_cluster_id")
 

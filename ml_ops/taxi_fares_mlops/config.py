@@ -109,6 +109,13 @@ def _container(text: str) -> str:
     return text
 
 
+def _table_schema(text: str) -> str:
+    text = text.strip()
+    if text and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*", text):
+        raise _Invalid(f"'{text}' is not <catalog>.<schema> (two names of letters, digits and underscores)")
+    return text
+
+
 def _optional_version(text: str) -> Optional[int]:
     if not text.strip():
         return None
@@ -138,6 +145,7 @@ COMMON = (
     Parameter("mlflow_experiment", _non_empty, "/Shared/taxi_fares", "MLflow experiment path"),
     Parameter("mlflow_registry_uri", _text, "", "MLflow registry URI (empty: the workspace's; databricks-uc)"),
     Parameter("lakehouse_root", _text, "", "Lakehouse root (empty: the runtime default)"),
+    Parameter("table_schema", _table_schema, "", "Tables by name in <catalog>.<schema> (empty: Delta folders)"),
     Parameter("validation_mode", _choice(FAIL, QUARANTINE), QUARANTINE, "What to do with invalid trips",
               (FAIL, QUARANTINE)),
     Parameter("secret_scope", _text, "taxi-fares", "Secret scope with the telemetry and storage credentials"),
@@ -215,6 +223,7 @@ class JobConfig:
     mlflow_experiment: str
     mlflow_registry_uri: str
     lakehouse_root: str
+    table_schema: str
     validation_mode: str
     secret_scope: str
     databricks_job_id: str

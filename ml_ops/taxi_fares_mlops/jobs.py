@@ -40,8 +40,8 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
 
     ``secrets`` is ``dbutils.secrets`` (or anything with ``get(scope, key)``): where credentials come from.
     """
-    spark = spark or get_spark(f"taxi_fares.{config.job}")
-    lakehouse = Lakehouse(config.lakehouse_root or None)
+    spark = spark or get_spark(f"taxi_fares.{config.job}", persistent_catalog=bool(config.table_schema))
+    lakehouse = Lakehouse(config.lakehouse_root or None, config.table_schema or None)
     credentials = Credentials(secrets, config.secret_scope)
     if config.mlflow_registry_uri:
         mlflow.set_registry_uri(config.mlflow_registry_uri)
@@ -89,7 +89,7 @@ def summarize(config: JobConfigType, context: StageContext) -> dict:
         "start_date": str(config.start_date),
         "end_date": str(config.end_date),
         "stages": context.results,
-        "tables": {t: context.lakehouse.table_path(t) for t in context.tables_written},
+        "tables": {t: context.lakehouse.location(t) for t in context.tables_written},
         "model": {"name": config.model_name, "aliases": Registry(config.model_name).aliases()},
     }
     if config.job == BATCH_SCORING and context.results.get(SCORING_STAGE, {}).get("status") == SUCCESS:

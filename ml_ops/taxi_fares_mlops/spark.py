@@ -28,9 +28,10 @@ def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
-def get_spark(app_name: str = "taxi_fares") -> SparkSession:
+def get_spark(app_name: str = "taxi_fares", persistent_catalog: bool = False) -> SparkSession:
     """The active session if there is one (Databricks, tests), else a Spark Connect session when
-    ``MLOPS_SPARK_REMOTE`` is set, else a new local Delta-enabled session."""
+    ``MLOPS_SPARK_REMOTE`` is set, else a new local Delta-enabled session. ``persistent_catalog`` gives the
+    local session a catalog that outlives it (tables by name across job runs, as Unity Catalog keeps them)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -40,7 +41,7 @@ def get_spark(app_name: str = "taxi_fares") -> SparkSession:
     if remote:
         logger.info("connecting to Spark Connect at %s", remote)
         return SparkSession.builder.remote(remote).getOrCreate()
-    return _local_session(app_name)
+    return _local_session(app_name, persistent_catalog)
 
 
 def delta_package() -> str:
@@ -51,9 +52,23 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
 
 
-def local_conf() -> dict[str, str]:
-    """The settings of a local session (and of a local Spark Connect server): Delta, UTC, small shuffles."""
+def catalog_conf(home: str) -> dict[str, str]:
+    """A catalog that persists under ``home``: Spark's Hive metastore support on an embedded Derby database
+    (``metastore_db``), managed tables in ``warehouse``. One process at a time may open it (Derby's rule)."""
     return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": f"{home}/warehouse",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={home}/metastore_db;create=true",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={home}",
+    }
+
+
+def local_conf(persistent_catalog: bool = False) -> dict[str, str]:
+    """The settings of a local session (and of a local Spark Connect server): Delta, UTC, small shuffles, and
+    with ``persistent_catalog`` a catalog under the lakehouse root (``MLOPS_HOME``)."""
+    from taxi_fares_mlops.storage import default_root
+
+    conf = {
         "spark.jars.packages": delta_package(),
         "spark.jars.ivySettings": str(resources.files("taxi_fares_mlops").joinpath("resources/ivysettings.xml")),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -68,9 +83,10 @@ def local_conf() -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.databricks.delta.snapshotPartitions": "2",
     }
+    return {**conf, **catalog_conf(default_root())} if persistent_catalog else conf
 
 
-def _local_session(app_name: str) -> SparkSession:
+def _local_session(app_name: str, persistent_catalog: bool = False) -> SparkSession:
     # Executors must run the same interpreter as the driver; bind to loopback on shared machines.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -78,7 +94,7 @@ def _local_session(app_name: str) -> SparkSession:
     master = os.environ.get("MLOPS_SPARK_MASTER", "local[2]")
     logger.info("starting local Spark (%s) with Delta Lake", master)
     builder = SparkSession.builder.master(master).appName(app_name)
-    for key, value in local_conf().items():
+    for key, value in local_conf(persistent_catalog).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

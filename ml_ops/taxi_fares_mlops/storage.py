@@ -42,13 +42,16 @@ def default_root() -> str:
 
 
 class Lakehouse:
-    """Delta tables under one root: ``<root>/tables/<name>``."""
+    """Delta tables under one root, ``<root>/tables/<name>`` (path mode: volumes, local folders), or, with a
+    ``schema`` (``<catalog>.<schema>``), managed tables ``<catalog>.<schema>.<name>`` that Unity Catalog governs
+    and SQL warehouses and dashboards query by name. The root still holds run folders and local stores."""
 
-    def __init__(self, root: Optional[str] = None):
+    def __init__(self, root: Optional[str] = None, schema: Optional[str] = None):
         self.root = (root or default_root()).rstrip("/")
+        self.schema = schema or None
 
     def __repr__(self) -> str:
-        return f"Lakehouse({self.root!r})"
+        return f"Lakehouse({self.root!r}, schema={self.schema!r})"
 
     @property
     def is_local(self) -> bool:
@@ -63,6 +66,15 @@ class Lakehouse:
             raise StorageError(f"unknown table '{table}' (known tables: {', '.join(TABLES)})")
         return self.path("tables", table)
 
+    def location(self, table: str) -> str:
+        """Where ``table`` lives, as a person reads it: its three-level name, or its path."""
+        return f"{self.schema}.{self.table_path(table).rsplit('/', 1)[1]}" if self.schema else self.table_path(table)
+
+    def _ensure_schema(self, spark: SparkSession) -> None:
+        if self.schema and not spark.catalog.databaseExists(self.schema):
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {_quoted(self.schema)}")
+            logger.info("created schema %s", self.schema)
+
     @contextmanager
     def _wrapped(self, action: str, table: str) -> Iterator[None]:
         try:
@@ -70,28 +82,35 @@ class Lakehouse:
         except StorageError:
             raise
         except Exception as exc:  # one wrap at the IO boundary, with the table named
-            raise StorageError(f"could not {action} table '{table}' at {self.table_path(table)}: "
+            raise StorageError(f"could not {action} table '{table}' at {self.location(table)}: "
                                f"{first_line(exc)}") from exc
 
     def _sql_name(self, table: str) -> str:
+        if self.schema:
+            return _quoted(self.location(table))
         return "delta.`" + self.table_path(table).replace("`", "``") + "`"
 
     def exists(self, spark: SparkSession, table: str) -> bool:
         from pyspark.errors import AnalysisException
 
+        if self.schema:
+            with self._wrapped("check", table):
+                return spark.catalog.tableExists(self.location(table))
         try:
             detail = spark.sql(f"DESCRIBE DETAIL {self._sql_name(table)}").select("format").first()
         except AnalysisException:  # no table (or no Delta log) at the path
             return False
         except Exception as exc:
-            raise StorageError(f"could not check table '{table}' at {self.table_path(table)}: "
+            raise StorageError(f"could not check table '{table}' at {self.location(table)}: "
                                f"{first_line(exc)}") from exc
         return detail is not None and detail["format"] == "delta"
 
     def read(self, spark: SparkSession, table: str) -> DataFrame:
         if not self.exists(spark, table):
-            raise StorageError(f"table '{table}' does not exist at {self.table_path(table)}")
+            raise StorageError(f"table '{table}' does not exist at {self.location(table)}")
         with self._wrapped("read", table):
+            if self.schema:
+                return spark.table(self._sql_name(table))
             return spark.read.format("delta").load(self.table_path(table))
 
     def write(self, df: DataFrame, table: str, mode: str = "overwrite",
@@ -101,7 +120,7 @@ class Lakehouse:
             writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
-            writer.save(self.table_path(table))
+            self._save(df.sparkSession, writer, table)
         logger.info("wrote table %s (%s)", table, mode)
 
     def merge(self, spark: SparkSession, df: DataFrame, table: str, keys: Sequence[str]) -> dict[str, int]:
@@ -141,13 +160,24 @@ class Lakehouse:
             self.write(df, table)
         else:
             with self._wrapped("replace a range of", table):
-                (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-                 .save(self.table_path(table)))
+                writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+                self._save(spark, writer, table)
         written = self._last_metric(spark, table, "numOutputRows")
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
+
+    def _save(self, spark: SparkSession, writer, table: str) -> None:
+        if self.schema:
+            self._ensure_schema(spark)
+            writer.saveAsTable(self._sql_name(table))
+        else:
+            writer.save(self.table_path(table))
 
     def _last_metric(self, spark: SparkSession, table: str, name: str) -> int:
         with self._wrapped("read the history of", table):
             row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
         return int((row["operationMetrics"] or {}).get(name, 0))
+
+
+def _quoted(name: str) -> str:
+    return ".".join(f"`{part}`" for part in name.split("."))

@@ -10,7 +10,8 @@
 # MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
 # MAGIC | `execute_feature_engineering`, `execute_batch_scoring` | stage toggles (`true`/`false`) |
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
-# MAGIC | `lakehouse_root` | where the tables are |
+# MAGIC | `lakehouse_root` | where the tables are (Delta folders), the run folders and local stores |
+# MAGIC | `table_schema` | `<catalog>.<schema>`: keep the tables by name there (empty: folders under `lakehouse_root`) |
 # MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
 # MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
@@ -30,6 +31,7 @@ dbutils.widgets.text("model_name", "taxi_fares", "Registered model name")
 dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experiment path")
 dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
 dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
+dbutils.widgets.text("table_schema", "", "Tables by name in <catalog>.<schema> (empty: Delta folders)")
 dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
 dbutils.widgets.text("secret_scope", "taxi-fares", "Secret scope with the telemetry and storage credentials")
 dbutils.widgets.text("databricks_job_id", "", "Databricks job id (the job passes {{job.id}})")

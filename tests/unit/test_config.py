@@ -48,6 +48,8 @@ def test_params_round_trip_as_given():
     (TrainingConfig, training(end_date="2016-01-01"), "end_date: 2016-01-01 must be after start_date 2016-01-01"),
     (TrainingConfig, training(execute_training="ture"), "execute_training: 'ture' is not 'true' or 'false'"),
     (TrainingConfig, training(execute_promotion="yes"), "execute_promotion: 'yes' is not 'true' or 'false'"),
+    (TrainingConfig, training(table_schema="main"), "table_schema: 'main' is not <catalog>.<schema>"),
+    (TrainingConfig, training(table_schema="main.taxi fares"), "table_schema: 'main.taxi fares' is not <catalog>."),
     (TrainingConfig, training(force_promote="1"), "force_promote: '1' is not 'true' or 'false'"),
     (TrainingConfig, training(learning_rate="-0.1"), "learning_rate: -0.1 is outside (0.0, 1.0]"),
     (TrainingConfig, training(learning_rate="fast"), "learning_rate: 'fast' is not a number"),
