@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from orchestrator.build import wheel_names
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
@@ -25,7 +26,9 @@ VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_exper
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
              "notification_emails", "secret_scope")
 # Target settings that configure the tool, not the templates.
-TARGET_SETTINGS = ("host", "existing_cluster_id")
+TARGET_SETTINGS = ("host", "existing_cluster_id", "compute", "serverless_environment_version")
+COMPUTE = ("job_cluster", "existing_cluster", "serverless")
+SERVERLESS_ENVIRONMENT = "taxi_fares"
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -108,24 +111,47 @@ def cluster_readable(path: str) -> str:
     return "/dbfs/" + path[len("dbfs:"):].lstrip("/") if path.startswith("dbfs:") else path
 
 
-def render_job(job: str, variables: Mapping[str, Any], existing_cluster_id: str | None = None) -> dict:
+def compute_of(target: Mapping[str, Any]) -> str:
+    """How a target's jobs run: the template's job cluster (default), an existing cluster, or serverless."""
+    compute = target.get("compute") or ("existing_cluster" if target.get("existing_cluster_id") else "job_cluster")
+    if compute not in COMPUTE:
+        raise TemplateError(f"target '{target.get('name')}': compute '{compute}' is not one of {', '.join(COMPUTE)}")
+    if compute == "existing_cluster" and not target.get("existing_cluster_id"):
+        raise TemplateError(f"target '{target.get('name')}': compute existing_cluster needs existing_cluster_id")
+    return compute
+
+
+def render_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> dict:
     """The job's settings for these variables, without empty lists or objects (the Jobs API omits those).
 
-    With ``existing_cluster_id`` the tasks run on that cluster instead of the template's job cluster. The jobs'
-    ``wheel_base_path`` is where a cluster's ``%pip`` reads the wheels (``/dbfs/...`` for a ``dbfs:/`` upload).
+    ``target`` (its tool settings) chooses the compute: the template's job cluster; ``existing_cluster_id``;
+    or ``compute: serverless``, where the tasks run in a serverless environment that declares the two wheels as
+    dependencies (Spark Connect: the stages use no JVM access). The jobs' ``wheel_base_path`` is where a
+    cluster's ``%pip`` reads the wheels (``/dbfs/...`` for a ``dbfs:/`` upload).
     """
     variables = {**variables, "wheel_base_path": cluster_readable(variables["wheel_base_path"])}
     settings = _prune_empty(render(load_template(job), variables))
-    if existing_cluster_id:
-        settings.pop("job_clusters", None)
-        for task in settings["tasks"]:
-            task.pop("job_cluster_key", None)
-            task["existing_cluster_id"] = existing_cluster_id
+    compute = compute_of(target or {})
+    if compute == "job_cluster":
+        return settings
+    settings.pop("job_clusters", None)
+    for task in settings["tasks"]:
+        task.pop("job_cluster_key", None)
+        if compute == "existing_cluster":
+            task["existing_cluster_id"] = target["existing_cluster_id"]
+        else:
+            task["environment_key"] = SERVERLESS_ENVIRONMENT
+    if compute == "serverless":
+        version = variables["wheel_version"]
+        folder = f"{variables['wheel_base_path'].rstrip('/')}/{version}"
+        settings["environments"] = [{"environment_key": SERVERLESS_ENVIRONMENT, "spec": {
+            "environment_version": str(target.get("serverless_environment_version") or "4"),
+            "dependencies": [f"{folder}/{name}" for name in wheel_names(version)]}}]
     return settings
 
 
 def target_settings(target: str) -> dict[str, Any]:
-    """The target's tool settings (host, existing_cluster_id), with its name."""
+    """The target's tool settings (host, compute, existing_cluster_id...), with its name."""
     targets = load_targets()
     if target not in targets:
         raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")

@@ -82,7 +82,7 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
                  for folder in NOTEBOOK_SOURCES for src in sorted((REPO_ROOT / folder).glob("*.py"))]
     jobs = {}
     for job in templates.JOBS:
-        settings = templates.render_job(job, variables, target.get("existing_cluster_id"))
+        settings = templates.render_job(job, variables, target)
         templates.validate(settings)
         jobs[settings["name"]] = settings
     return Plan(target, workspace_host(target), version, wheels, sums,

@@ -413,3 +413,15 @@ def test_a_wrong_endpoint_is_not_read_as_not_created_yet(workspace, mlops):
     code, _, err = mlops("deploy", "--target", "staging")
     assert code == 2 and "ENDPOINT_NOT_FOUND" in err and "workspace URL" in err
     assert workspace.calls("POST", "/api/2.0/mlflow/experiments/create") == []
+
+
+def test_a_serverless_target_deploys_jobs_the_workspace_accepts(workspace, mlops, tmp_path, monkeypatch):
+    write_targets(tmp_path, monkeypatch, "    table_schema: staging.taxi_fares\n",
+                  "    table_schema: staging.taxi_fares\n    compute: serverless\n")
+    jobs = deployed(workspace, mlops)
+    for job_id in jobs.values():
+        settings = workspace.jobs[job_id]
+        assert "job_clusters" not in settings
+        assert {t["environment_key"] for t in settings["tasks"]} == {"taxi_fares"}
+        assert settings["environments"][0]["spec"]["dependencies"] == [
+            f"{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl", f"{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl"]

@@ -86,3 +86,26 @@ def test_template_parameters_notebook_widgets_and_config_agree(job):
 
 def test_templates_folder_holds_only_known_files():
     assert sorted(p.name for p in TEMPLATES_DIR.glob("*.json")) == sorted(JOBS.values())
+
+
+def test_a_serverless_target_declares_the_wheels_as_environment_dependencies():
+    variables = target_variables("staging", version="9.9.9")
+    settings = render_job("training", variables, {"name": "staging", "compute": "serverless"})
+    validate(settings)
+    assert "job_clusters" not in settings
+    assert [(t["task_key"], t.get("environment_key"), t.get("job_cluster_key")) for t in settings["tasks"]] == [
+        ("train", "taxi_fares", None)]
+    assert settings["environments"] == [{"environment_key": "taxi_fares", "spec": {
+        "environment_version": "4", "dependencies": [
+            "/Volumes/staging/taxi_fares/wheels/9.9.9/taxi_fares-9.9.9-py3-none-any.whl",
+            "/Volumes/staging/taxi_fares/wheels/9.9.9/taxi_fares_mlops-9.9.9-py3-none-any.whl"]}}]
+
+
+def test_compute_choices_are_checked():
+    variables = target_variables("dev")
+    on_cluster = render_job("training", variables, {"name": "dev", "existing_cluster_id": "0101-x"})
+    assert on_cluster["tasks"][0]["existing_cluster_id"] == "0101-x" and "job_clusters" not in on_cluster
+    with pytest.raises(TemplateError, match="compute 'gpu' is not one of job_cluster, existing_cluster, serverless"):
+        render_job("training", variables, {"name": "dev", "compute": "gpu"})
+    with pytest.raises(TemplateError, match="compute existing_cluster needs existing_cluster_id"):
+        render_job("training", variables, {"name": "dev", "compute": "existing_cluster"})
