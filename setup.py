@@ -20,6 +20,8 @@ setup(
         f"taxi_fares_mlops=={VERSION}",
         "databricks-sdk>=0.40",
         "PyYAML>=6",
+        # `mlops test-notebooks` runs and reports the Nutter notebook tests with nutter's own classes.
+        "nutter>=0.1.35",
     ],
     entry_points={"console_scripts": ["mlops = orchestrator.cli:main"]},
 )

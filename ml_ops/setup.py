@@ -22,6 +22,7 @@ setup(
         # Ranges that a Databricks ML runtime's own copies satisfy, so %pip leaves them in place.
         "mlflow>=3.1,<4",
         "pandas>=2.0,<3",
+        "pyarrow>=15",
         "matplotlib>=3.7",
         # Not part of a Databricks runtime: telemetry (OpenTelemetry -> Azure Monitor) and Blob output.
         "opentelemetry-sdk>=1.30",

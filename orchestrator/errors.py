@@ -1,0 +1,45 @@
+"""The operator tool's errors: one base carrying the exit code, caught once in ``mlops``'s ``main``.
+
+Exit codes (also in ``mlops --help`` and the README):
+
+    0  success
+    1  the job (or a notebook test) ran and failed
+    2  usage or configuration error: bad arguments, parameters, targets file, missing wheels; nothing was started
+    3  a remote service failed or refused: the workspace (authentication, permissions, API errors), the network
+"""
+from __future__ import annotations
+
+EXIT_CODES = {
+    0: "success",
+    1: "the job (or a notebook test) ran and failed",
+    2: "usage or configuration error (nothing was started)",
+    3: "a remote service failed or refused (workspace, authentication, network)",
+}
+
+
+class MlopsError(Exception):
+    """An error the operator can act on; its message is printed as one line, without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigurationError(MlopsError):
+    """Bad arguments, parameters, targets or artifacts: found before anything was started."""
+
+    exit_code = 2
+
+
+class RemoteError(MlopsError):
+    """A remote service (the Databricks workspace) failed or refused a request."""
+
+    exit_code = 3
+
+
+def exit_codes_help() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+class JobFailed(MlopsError):
+    """A job the command ran did not succeed (the demo stops at the first)."""
+
+    exit_code = 1
