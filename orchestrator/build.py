@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, project_version
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ def build(dist: Path) -> list[Path]:
     for name, project in PROJECTS.items():
         logger.info("building %s wheel", name)
         shutil.rmtree(project / "build", ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
-                        str(project)], check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+                               str(project)], capture_output=True, text=True)
+        if done.returncode != 0:  # the build's own output only when it fails
+            raise ConfigurationError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         shutil.rmtree(project / "build", ignore_errors=True)
     wheels = [dist / name for name in wheel_names(project_version())]
     sums = "".join(f"{sha256(w)}  {w.name}\n" for w in wheels)

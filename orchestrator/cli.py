@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import os
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from orchestrator.console import progress
-from orchestrator.deploy.commands import (cmd_deploy, cmd_repair, cmd_runs, cmd_schedule, nutter, remote,
-                                          run_remote)
+from orchestrator.deploy.commands import cmd_deploy, cmd_repair, cmd_runs, cmd_schedule, nutter, run_remote
+from orchestrator.errors import ConfigurationError, MlopsError, exit_codes_help
 from orchestrator.paths import REPO_ROOT, project_version
 
 
@@ -51,7 +50,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     if args.end <= args.start:
-        raise SystemExit(f"mlops data generate: --end ({args.end}) must be after --start ({args.start})")
+        raise ConfigurationError(f"--end ({args.end}) must be after --start ({args.start})")
     lakehouse = Lakehouse(lakehouse_root(), args.table_schema)
     started = time.monotonic()
     progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
@@ -79,10 +78,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.local == bool(args.target):
-        raise SystemExit("mlops run: give either --local or --target T")
     if args.target:
-        return remote(run_remote, args)
+        return run_remote(args)
     return _run_local(args)
 
 
@@ -90,13 +87,9 @@ def _run_local(args: argparse.Namespace) -> int:
     import json
 
     from orchestrator.local import runner
+    from orchestrator.parameters import parse_overrides
 
-    try:
-        overrides = runner.parse_overrides(args.param)
-        result = runner.run_local(args.job, overrides, lakehouse_root())
-    except (runner.RunError, ValueError) as exc:
-        print(f"mlops run: {exc}", file=sys.stderr)
-        return 2
+    result = runner.run_local(args.job, parse_overrides(args.param), lakehouse_root())
     if args.json:
         if result.summary is not None:
             print(json.dumps(result.summary))
@@ -110,15 +103,9 @@ def _run_local(args: argparse.Namespace) -> int:
 def cmd_test_notebooks(args: argparse.Namespace) -> int:
     from orchestrator.local.notebook_tests import run_notebook_tests
 
-    if args.local == bool(args.target):
-        raise SystemExit("mlops test-notebooks: give either --local or --target T")
     if args.target:
-        return remote(nutter, args)
-    try:
-        outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
-    except FileNotFoundError as exc:
-        print(f"mlops test-notebooks: {exc}", file=sys.stderr)
-        return 2
+        return nutter(args)
+    outcomes = run_notebook_tests(lakehouse_root(), args.junit, args.pattern)
     for outcome in outcomes:
         for result in outcome.results.results:
             status = "PASSED" if result.passed else "FAILED"
@@ -135,9 +122,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     path = Path(Lakehouse(lakehouse_root()).path("runs", args.run_id, "telemetry.jsonl"))
     if not path.exists():
-        print(f"mlops trace: no local telemetry for MLflow run {args.run_id} ({path}); runs with a connection "
-              f"string send theirs to Azure Monitor instead", file=sys.stderr)
-        return 2
+        raise ConfigurationError(f"no local telemetry for MLflow run {args.run_id} ({path}); runs with a "
+                                 f"connection string send theirs to Azure Monitor instead")
     print(format_tree(read_local(path)))
     return 0
 
@@ -152,9 +138,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.")
+    parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.",
+                                     epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mlops {project_version()}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug output, third-party libraries' included (jobs run locally too)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = commands.add_parser("data", help="synthetic data in the local lakehouse")
@@ -175,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = ["training", "batch_scoring"]
     run = commands.add_parser("run", help="run a job locally or on a deployment target")
     run.add_argument("job", choices=jobs)
-    run.add_argument("--local", action="store_true", help="run on this machine (the embedded default)")
-    run.add_argument("--target", help="run the deployed job on this target (dev, staging, prod)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="run on this machine (the embedded default)")
+    where.add_argument("--target", help="run the deployed job on this target (dev, staging, prod)")
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a job parameter (repeatable)")
     run.add_argument("--json", action="store_true", help="print only the notebook's exit summary as JSON")
@@ -215,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.set_defaults(handler=cmd_schedule)
 
     notebook_tests = commands.add_parser("test-notebooks", help="run the Nutter notebook tests")
-    notebook_tests.add_argument("--local", action="store_true", help="run them with the local runner")
-    notebook_tests.add_argument("--target", help="run the deployed ones on this target with nutter")
+    where = notebook_tests.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="run them with the local runner")
+    where.add_argument("--target", help="run the deployed ones on this target with nutter")
     notebook_tests.add_argument("--cluster-id", help="(--target) the existing cluster nutter runs them on")
     notebook_tests.add_argument("--timeout", type=_positive_int, default=3600, help="(--target) seconds per notebook")
     notebook_tests.add_argument("--dry-run", action="store_true", help="(--target) print the nutter command")
@@ -242,19 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, run the command, and turn the tool's errors into one line and their exit code (see --help)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "urllib3", "alembic", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not args.verbose:  # the SDK's fallbacks (host metadata, download URLs) are not the operator's concern
-        logging.getLogger("databricks.sdk").setLevel(logging.ERROR)
+    configure_logging(args.verbose)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return handler(args)
+    try:
+        return handler(args)
+    except MlopsError as exc:
+        print(f"mlops {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def configure_logging(verbose: bool) -> None:
+    """The tool's and the jobs' logging: INFO and quiet third parties, or DEBUG and everything with -v.
+    Local jobs inherit the choice through ``MLOPS_LOG_LEVEL`` (read by the notebooks' ``configure_logging``)."""
+    from taxi_fares_mlops.logs import LOG_LEVEL_ENV
+    from taxi_fares_mlops.logs import configure_logging as configure
+
+    os.environ[LOG_LEVEL_ENV] = "DEBUG" if verbose else "INFO"
+    configure()
 
 
 if __name__ == "__main__":  # pragma: no cover

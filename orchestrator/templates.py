@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from orchestrator.build import wheel_names
+from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
@@ -33,8 +34,8 @@ SERVERLESS_ENVIRONMENT = "taxi_fares"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class TemplateError(ValueError):
-    pass
+class TemplateError(ConfigurationError, ValueError):
+    """A template, target or targets file cannot be rendered as it is."""
 
 
 def placeholders(node: Any) -> set[str]:

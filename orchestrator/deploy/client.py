@@ -13,9 +13,11 @@ from typing import Iterator
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import DatabricksError, NotFound, PermissionDenied, Unauthenticated
 
+from orchestrator.errors import ConfigurationError, RemoteError
 
-class DeployError(RuntimeError):
-    """A workspace operation failed; the message says which and where."""
+
+class DeployError(RemoteError):
+    """A workspace operation failed or was refused; the message says which and where (exit code 3)."""
 
 
 # A path that is not an API answers 404 with this code: a wrong host or API version, not a missing object.
@@ -30,7 +32,8 @@ def is_missing(exc: Exception) -> bool:
 def workspace_host(target: dict) -> str:
     host = os.environ.get("DATABRICKS_HOST") or target.get("host")
     if not host:
-        raise DeployError(f"target '{target.get('name')}' has no host (set it in targets.yml or DATABRICKS_HOST)")
+        raise ConfigurationError(f"target '{target.get('name')}' has no host (set it in targets.yml or "
+                                 f"DATABRICKS_HOST)")
     return host.rstrip("/")
 
 
@@ -60,7 +63,7 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         raise DeployError(f"cannot reach {host} to {operation}: {exc}") from exc
     except ValueError as exc:  # the SDK's config resolution (no credentials at all) raises ValueError
         if "auth" in str(exc).lower() or "credential" in str(exc).lower():
-            raise DeployError(f"no credentials for {host}: {_first_line(exc)}") from exc
+            raise ConfigurationError(f"no credentials for {host}: {_first_line(exc)}") from exc
         raise
 
 

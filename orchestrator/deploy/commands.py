@@ -9,18 +9,6 @@ import sys
 from orchestrator.console import progress
 
 
-def remote(action, args: argparse.Namespace) -> int:
-    """Run a workspace action, turning deploy errors into one clear line and exit code 2."""
-    from orchestrator.deploy.client import DeployError
-    from orchestrator.templates import TemplateError
-
-    try:
-        return action(args)
-    except (DeployError, TemplateError) as exc:
-        print(f"mlops {args.command}: {exc}", file=sys.stderr)
-        return 2
-
-
 def _target_client(target_name: str):
     from orchestrator.deploy.client import workspace_client, workspace_host
     from orchestrator.templates import target_settings
@@ -61,7 +49,7 @@ def _pretty(text: str) -> str:
 
 def run_remote(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
-    from orchestrator.local.runner import parse_overrides
+    from orchestrator.parameters import parse_overrides
 
     params = parse_overrides(args.param)
     w, host = _target_client(args.target)
@@ -90,60 +78,52 @@ def _finish(w, run_id: int, host: str, as_json: bool) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
+    from orchestrator.deploy import runs
 
-        w, host = _target_client(args.target)
-        job_id = runs.find_job(w, _job_name(args.job), host)
-        print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
-        for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
-            when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
-            took = f"{duration:.0f}s" if duration is not None else "-"
-            print(f"{run_id:>12}  {lifecycle:<12} {result:<10} {when:<20} {took:>9}")
-        return 0
-    return remote(action, args)
+    w, host = _target_client(args.target)
+    job_id = runs.find_job(w, _job_name(args.job), host)
+    print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
+    for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
+        when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
+        took = f"{duration:.0f}s" if duration is not None else "-"
+        print(f"{run_id:>12}  {lifecycle:<12} {result:<10} {when:<20} {took:>9}")
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
-        from orchestrator.local.runner import parse_overrides
+    from orchestrator.deploy import runs
+    from orchestrator.parameters import parse_overrides
 
-        w, host = _target_client(args.target)
-        runs.repair(w, args.run_id, parse_overrides(args.param), host)
-        progress(f"repairing run {args.run_id}: rerunning its failed tasks")
-        return _finish(w, args.run_id, host, args.json)
-    return remote(action, args)
+    w, host = _target_client(args.target)
+    runs.repair(w, args.run_id, parse_overrides(args.param), host)
+    progress(f"repairing run {args.run_id}: rerunning its failed tasks")
+    return _finish(w, args.run_id, host, args.json)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    def action(args):
-        from orchestrator.deploy import runs
+    from orchestrator.deploy import runs
 
-        w, host = _target_client(args.target)
-        name = _job_name(args.job)
-        job_id = runs.find_job(w, name, host)
-        status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
-        print(f"job {name} ({job_id}): schedule {status}")
-        return 0
-    return remote(action, args)
+    w, host = _target_client(args.target)
+    name = _job_name(args.job)
+    job_id = runs.find_job(w, name, host)
+    status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
+    print(f"job {name} ({job_id}): schedule {status}")
+    return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    def action(args):
-        import json
+    import json
 
-        from orchestrator.deploy import deployer
-        from orchestrator.deploy.client import workspace_client
+    from orchestrator.deploy import deployer
+    from orchestrator.deploy.client import workspace_client
 
-        plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build)
-        if args.dry_run:
-            print(json.dumps(plan.describe(), indent=2))
-            return 0
-        progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
-        deployer.apply(plan, workspace_client(plan.target), progress, reset_schedule=args.reset_schedule)
+    plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build)
+    if args.dry_run:
+        print(json.dumps(plan.describe(), indent=2))
         return 0
-    return remote(action, args)
+    progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
+    deployer.apply(plan, workspace_client(plan.target), progress, reset_schedule=args.reset_schedule)
+    return 0
 
 
 def nutter(args: argparse.Namespace) -> int:
@@ -151,12 +131,13 @@ def nutter(args: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from orchestrator.local.notebook_tests import workspace_test_parameters
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.parameters import workspace_test_parameters
     from orchestrator.templates import target_variables
 
     variables = target_variables(args.target)
     if not args.cluster_id:
-        raise SystemExit("mlops test-notebooks --target: give --cluster-id (nutter runs on an existing cluster)")
+        raise ConfigurationError("give --cluster-id with --target (nutter runs on an existing cluster)")
     command = ["nutter", "run", f"{variables['workspace_root'].rstrip('/')}/tests/notebooks/{args.pattern}",
                args.cluster_id, "--recursive", "--junit_report", "--timeout", str(args.timeout),
                "--notebook_params", json.dumps(workspace_test_parameters(variables))]

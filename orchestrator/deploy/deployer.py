@@ -22,7 +22,8 @@ from databricks.sdk.service.jobs import JobSettings
 
 from orchestrator import build, templates
 from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
-from orchestrator.deploy.client import DeployError, is_missing, translate_errors, workspace_host
+from orchestrator.deploy.client import is_missing, translate_errors, workspace_host
+from orchestrator.errors import ConfigurationError
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _wheels(version: str, dist: Path, allow_build: bool) -> list[Path]:
     wheels = [dist / name for name in build.wheel_names(version)]
     missing = [w.name for w in wheels if not w.exists()]
     if missing:
-        raise DeployError(f"{dist} lacks {', '.join(missing)}: build version {version} first or give --dist")
+        raise ConfigurationError(f"{dist} lacks {', '.join(missing)}: build version {version} first or give --dist")
     return wheels
 
 
@@ -71,7 +72,7 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     in ``dist`` (CD deploys exactly the wheels CI built)."""
     target = templates.target_settings(target_name)
     if target_name == "local":
-        raise DeployError("the local target is run with `mlops run --local`, not deployed")
+        raise ConfigurationError("the local target is run with `mlops run --local`, not deployed")
     version = version or project_version()
     variables = templates.target_variables(target_name, version=version)
     check_workspace_paths(target_name, variables["workspace_root"], variables["mlflow_experiment"])
@@ -100,14 +101,14 @@ def workspace_path(path: str) -> str:
 def check_workspace_paths(target_name: str, workspace_root: str, experiment: str) -> None:
     """Refuse an experiment path that is, contains or lies inside the notebooks' folder."""
     if not experiment.startswith("/"):
-        raise DeployError(f"target '{target_name}': mlflow_experiment '{experiment}' must be an absolute workspace "
-                          f"path such as /Shared/taxi_fares/experiments/{target_name}")
+        raise ConfigurationError(f"target '{target_name}': mlflow_experiment '{experiment}' must be an absolute "
+                                 f"workspace path such as /Shared/taxi_fares/experiments/{target_name}")
     root, exp = workspace_path(workspace_root), workspace_path(experiment)
     if root == exp or exp.startswith(root + "/") or root.startswith(exp + "/"):
-        raise DeployError(f"target '{target_name}': mlflow_experiment '{experiment}' and workspace_root "
-                          f"'{workspace_root}' overlap; a workspace path holds one object, so the experiment "
-                          f"cannot be (or sit inside, or contain) the notebooks' folder. Use a path outside it, "
-                          f"for example /Shared/taxi_fares/experiments/{target_name}")
+        raise ConfigurationError(f"target '{target_name}': mlflow_experiment '{experiment}' and workspace_root "
+                                 f"'{workspace_root}' overlap; a workspace path holds one object, so the experiment "
+                                 f"cannot be (or sit inside, or contain) the notebooks' folder. Use a path outside "
+                                 f"it, for example /Shared/taxi_fares/experiments/{target_name}")
 
 
 def ensure_experiment(w: WorkspaceClient, name: str, say: Callable[[str], None]) -> str:
@@ -185,5 +186,5 @@ def _create_arguments(w: WorkspaceClient, settings: dict) -> dict:
     accepted = inspect.signature(w.jobs.create).parameters
     unknown = [k for k in settings if k not in accepted]
     if unknown:
-        raise DeployError(f"jobs.create does not take {', '.join(unknown)}")
+        raise ConfigurationError(f"jobs.create does not take {', '.join(unknown)}")
     return {k: getattr(typed, k) for k in settings}

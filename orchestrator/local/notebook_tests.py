@@ -15,8 +15,9 @@ from common.testresult import TestResult, TestResults
 
 from orchestrator.console import progress
 from orchestrator.local.runner import prepare, run_notebook
-from orchestrator.paths import NOTEBOOKS_DIR, REPO_ROOT
-from orchestrator.templates import cluster_readable
+from orchestrator.errors import ConfigurationError
+from orchestrator.parameters import local_test_parameters
+from orchestrator.paths import REPO_ROOT
 
 TESTS_DIR = REPO_ROOT / "tests" / "notebooks"
 
@@ -31,35 +32,10 @@ class NotebookTestOutcome:
         return self.results.passed() and bool(self.results.results)
 
 
-def notebook_test_parameters(lakehouse: Path, variables: dict) -> dict[str, str]:
-    """Local runs: the orchestrator notebooks of this repository, a fresh lakehouse per test notebook."""
-    return {
-        "orchestrator_path": str(NOTEBOOKS_DIR),
-        "wheel_base_path": variables["wheel_base_path"],
-        "wheel_version": variables["wheel_version"],
-        "lakehouse_root": str(lakehouse),
-        "mlflow_experiment": "notebook_tests",
-        "model_name": "taxi_fares_notebook_tests",
-    }
-
-
-def workspace_test_parameters(variables: dict) -> dict[str, str]:
-    """Runs on a workspace (nutter): the deployed notebooks and wheels, a lakehouse apart from the jobs' own."""
-    model = variables["model_name"]
-    return {
-        "orchestrator_path": f"{variables['workspace_root'].rstrip('/')}/orchestrator/notebooks",
-        "wheel_base_path": cluster_readable(variables["wheel_base_path"]),
-        "wheel_version": variables["wheel_version"],
-        "lakehouse_root": f"{variables['lakehouse_root'].rstrip('/')}/notebook_tests",
-        "mlflow_experiment": f"{variables['mlflow_experiment']}_notebook_tests",
-        "model_name": f"{model}_notebook_tests",
-    }
-
-
 def run_notebook_tests(home: str, junit: Path, pattern: str = "test_*") -> list[NotebookTestOutcome]:
     notebooks = sorted(TESTS_DIR.glob(f"{pattern}.py"))
     if not notebooks:
-        raise FileNotFoundError(f"no notebook tests match {TESTS_DIR}/{pattern}.py")
+        raise ConfigurationError(f"no notebook tests match {TESTS_DIR}/{pattern}.py")
     outcomes = []
     writer = JunitXMLReportWriter()
     for notebook in notebooks:
@@ -67,7 +43,7 @@ def run_notebook_tests(home: str, junit: Path, pattern: str = "test_*") -> list[
         shutil.rmtree(lakehouse, ignore_errors=True)
         variables, env = prepare(str(lakehouse), home=home)
         progress(f"notebook tests {notebook.name}")
-        run = run_notebook(notebook, notebook_test_parameters(lakehouse, variables), str(lakehouse), env)
+        run = run_notebook(notebook, local_test_parameters(lakehouse, variables), str(lakehouse), env)
         if run.status == "SUCCESS" and run.exit_value:
             results = TestResults().deserialize(run.exit_value)
         else:  # the notebook itself failed (or never reached result.exit): one failed case says why

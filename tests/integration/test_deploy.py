@@ -180,11 +180,12 @@ def test_json_output_is_only_the_summary(workspace, mlops):
 def test_a_run_that_fails_exits_non_zero_with_the_message(workspace, mlops):
     deployed(workspace, mlops)
     workspace.next_run_script = ["PENDING", "RUNNING", "TERMINATED:FAILED"]
-    workspace.next_run_error = "StageError: stage 'batch_scoring' failed: model 'taxi_fares' has no alias 'champion'"
+    workspace.next_run_error = ("StageError: stage 'batch_scoring' failed: RegistryError: model 'taxi_fares' has no "
+                                "alias 'champion'")
     code, out, err = mlops("run", "batch_scoring", "--target", "staging")
     assert code == 1
     assert "TERMINATED RUN_EXECUTION_ERROR" in err
-    assert "stage 'batch_scoring' failed: model 'taxi_fares' has no alias 'champion'" in out + err
+    assert "stage 'batch_scoring' failed: RegistryError: model 'taxi_fares' has no alias 'champion'" in out + err
     assert "did not succeed" in err
 
 
@@ -235,14 +236,14 @@ def test_401_names_authentication(workspace, mlops):
     workspace.fail("GET", "/api/2.0/fs/files/", 401, times=5, message="Invalid access token.")
     workspace.fail("POST", "/api/2.0/fs/create-download-url", 401, times=5, message="Invalid access token.")
     code, _, err = mlops("deploy", "--target", "staging")
-    assert code == 2
+    assert code == 3
     assert f"authentication failed at {workspace.url}" in err and "DATABRICKS_TOKEN" in err
 
 
 def test_403_names_the_permission_and_the_operation(workspace, mlops):
     workspace.fail("POST", "/api/2.2/jobs/create", 403, message="User is not allowed to create jobs")
     code, _, err = mlops("deploy", "--target", "staging")
-    assert code == 2
+    assert code == 3
     assert "permission denied" in err and "create or reset job taxi_fares_training (403)" in err
     assert "User is not allowed to create jobs" in err
 
@@ -411,7 +412,7 @@ def test_a_wrong_endpoint_is_not_read_as_not_created_yet(workspace, mlops):
     workspace.fail("GET", "/api/2.0/mlflow/experiments/get-by-name", 404, message="No API found",
                    error_code="ENDPOINT_NOT_FOUND")
     code, _, err = mlops("deploy", "--target", "staging")
-    assert code == 2 and "ENDPOINT_NOT_FOUND" in err and "workspace URL" in err
+    assert code == 3 and "ENDPOINT_NOT_FOUND" in err and "workspace URL" in err
     assert workspace.calls("POST", "/api/2.0/mlflow/experiments/create") == []
 
 
@@ -425,3 +426,25 @@ def test_a_serverless_target_deploys_jobs_the_workspace_accepts(workspace, mlops
         assert {t["environment_key"] for t in settings["tasks"]} == {"taxi_fares"}
         assert settings["environments"][0]["spec"]["dependencies"] == [
             f"{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl", f"{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl"]
+
+
+@pytest.mark.parametrize("expected, meaning", [(0, "success"), (1, "job failed"), (2, "usage or configuration"),
+                                               (3, "remote service")])
+def test_each_documented_exit_code(workspace, mlops, expected, meaning):
+    from orchestrator.errors import EXIT_CODES
+
+    assert set(EXIT_CODES) == {0, 1, 2, 3}
+    deployed(workspace, mlops)
+    if expected == 0:
+        code, _, err = mlops("run", "training", "--target", "staging")
+    elif expected == 1:
+        workspace.next_run_script = ["RUNNING", "TERMINATED:FAILED"]
+        code, _, err = mlops("run", "training", "--target", "staging")
+    elif expected == 2:
+        code, _, err = mlops("run", "training", "--target", "staging", "--param", "colour")
+        assert "--param 'colour' is not of the form name=value" in err
+    else:
+        workspace.fail("GET", "/api/2.2/jobs/list", 403, message="not allowed to list jobs")
+        code, _, err = mlops("run", "training", "--target", "staging")
+        assert "not allowed to list jobs" in err
+    assert code == expected, err

@@ -1,4 +1,5 @@
 """The mlops command: version, argument errors, and data generation into the lakehouse."""
+import os
 import subprocess
 import sys
 
@@ -35,9 +36,30 @@ def test_bad_arguments_are_named(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_end_before_start_is_refused(lakehouse):
-    with pytest.raises(SystemExit, match="--end .* must be after --start"):
-        main(["data", "generate", "--start", "2016-02-01", "--end", "2016-01-01"])
+def test_end_before_start_is_refused(lakehouse, capsys):
+    assert main(["data", "generate", "--start", "2016-02-01", "--end", "2016-01-01"]) == 2
+    assert "mlops data: --end (2016-01-01) must be after --start (2016-02-01)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "training"], "one of the arguments --local --target is required"),
+    (["run", "training", "--local", "--target", "dev"], "argument --target: not allowed with argument --local"),
+    (["test-notebooks"], "one of the arguments --local --target is required"),
+])
+def test_conflicting_or_missing_flags_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for line in ("0  success", "1  the job (or a notebook test) ran and failed",
+                 "2  usage or configuration error", "3  a remote service failed or refused"):
+        assert line in out
 
 
 def test_data_generate_writes_exactly_the_rows(spark, lakehouse, capsys):
@@ -49,3 +71,34 @@ def test_data_generate_writes_exactly_the_rows(spark, lakehouse, capsys):
     bounds = trips.agg(F.min("tpep_pickup_datetime").cast("date"), F.max("tpep_pickup_datetime").cast("date")).first()
     assert (str(bounds[0]), str(bounds[1])) >= ("2016-01-01", "2016-01-01") and str(bounds[1]) <= "2016-01-07"
     assert "wrote table 'raw_trips'" in capsys.readouterr().err
+
+
+def test_local_spark_chatter_is_filtered_and_job_lines_are_kept():
+    from orchestrator.local.runner import LOCAL_SPARK_CHATTER
+
+    noise = [":: loading settings :: url = jar:file:/x/ivy-2.5.3.jar!/ivysettings.xml",
+             "\tfound io.delta#delta-storage;4.3.1 in central", "io.delta#delta-spark_4.1_2.13 added as a dependency",
+             "\t|      default     |   37  |   0   |   0   |   4   ||   33  |   0   |",
+             "26/11/25 23:15:08 WARN NativeCodeLoader: Unable to load native-hadoop library",
+             "Setting default log level to \"WARN\".",
+             "2026/11/25 23:16:36 INFO alembic.runtime.migration: Context impl SQLiteImpl."]
+    kept = ["2026-11-25 23:16:37,544 INFO taxi_fares_mlops.stage: stage batch_scoring finished in 8.4s",
+            "2026-11-25 23:16:29,179 WARNING taxi_fares_mlops.datasets: quarantining invalid trips: ...",
+            "2026/11/25 23:16:31 WARNING mlflow.pyfunc: Calling `spark_udf()` with `env_manager=\"local\"`",
+            "Traceback (most recent call last):"]
+    flagged = [bool(LOCAL_SPARK_CHATTER.search(line)) for line in noise + kept]
+    assert flagged == [True] * len(noise) + [False] * len(kept)
+
+
+def test_verbose_reaches_the_jobs_through_the_environment(monkeypatch, capsys):
+    import logging
+
+    from orchestrator.cli import configure_logging
+
+    monkeypatch.setenv("MLOPS_LOG_LEVEL", "INFO")
+    configure_logging(True)
+    assert os.environ["MLOPS_LOG_LEVEL"] == "DEBUG"
+    assert logging.getLogger("azure").level == logging.NOTSET and logging.getLogger().level == logging.DEBUG
+    configure_logging(False)
+    assert os.environ["MLOPS_LOG_LEVEL"] == "INFO"
+    assert logging.getLogger("azure").level == logging.WARNING and logging.getLogger().level == logging.INFO
