@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     from taxi_fares_mlops.config import (SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig,
                                          TrainingConfig)
     from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.summary import JobSummary
     from taxi_fares_mlops.spark import get_spark
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
@@ -106,9 +107,8 @@ def main(argv=None) -> int:
         scoring = config(ScoringConfig, SCORING_PARAMETERS, home)
         print(f"[bench] {size:,} rows: feature engineering + batch scoring", file=sys.stderr)
         with MemorySampler(spark) as memory:
-            summary = run_job(scoring, spark)
-        stage = summary["stages"]["batch_scoring"]
-        features = summary["stages"]["feature_engineering"]
+            summary = JobSummary.from_dict(run_job(scoring, spark))
+        stage, features = summary.stages["batch_scoring"], summary.stages["feature_engineering"]
 
         sample = min(size, 1_000_000)
         frame = np.random.default_rng(0).random((sample, len(MODEL_FEATURES)))
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         model.predict(pdf)
         predict_rate = sample / (time.perf_counter() - t0)
-        rows.append((size, stage["rows"], stage["duration_s"], features["duration_s"], memory.peak_rss,
+        rows.append((size, stage.outputs["rows"], stage.duration_s, features.duration_s, memory.peak_rss,
                      memory.peak_heap, predict_rate))
 
     print()

@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.errors import JobFailed
 from orchestrator.local import runner
 from orchestrator.local.azurite import Azurite
+from taxi_fares_mlops.summary import JobSummary
 
 DATA_START, DATA_END = "2016-01-01", "2016-03-01"
 
@@ -25,12 +27,12 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", file=sys.stderr, flush=True)
 
 
-def _run(job: str, lakehouse: str, **params: str) -> dict:
+def _run(job: str, lakehouse: str, **params: str) -> JobSummary:
     result = runner.run_local(job, params, lakehouse)
     print(runner.describe(result, job, lakehouse), flush=True)
-    if result.status != "SUCCESS":
-        raise SystemExit(f"demo stopped: the {job} job failed")
-    return result.summary
+    if result.status != "SUCCESS" or result.job_summary is None:
+        raise JobFailed(f"demo stopped: the {job} job failed")
+    return result.job_summary
 
 
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
@@ -49,7 +51,7 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
 
     _banner("3/4 training job on January and February, more boosting iterations: the promotion gate decides")
     second = _run("training", root, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
-    promotion = second["stages"]["promotion"]
+    promotion = second.stages["promotion"].outputs
     print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
           f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
 
@@ -61,14 +63,14 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
                           execute_feature_engineering="false")
         finally:
             os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
-    published = scored["stages"]["batch_scoring"].get("blob", {})
+    published = scored.stages["batch_scoring"].outputs.get("blob", {})
     print(f"published {published.get('rows')} rows in {published.get('files')} Parquet part(s): container "
           f"{published.get('container')}, {published.get('manifest')}")
 
     print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
     print(f"  lakehouse tables   {root}/tables/")
     print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
-    print(f"  telemetry          .venv/bin/mlops trace {scored['mlflow_run_id']}")
+    print(f"  telemetry          .venv/bin/mlops trace {scored.mlflow_run_id}")
     print(f"  blob output        {root}/azurite (Azurite's data folder)")
     print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
     return 0

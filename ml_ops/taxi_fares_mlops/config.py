@@ -16,14 +16,14 @@ from taxi_fares.schema import FAIL, QUARANTINE
 
 from taxi_fares_mlops.errors import ConfigError
 
-TRAINING = "training"
-BATCH_SCORING = "batch_scoring"
-JOBS = (TRAINING, BATCH_SCORING)
+TRAINING_JOB = "training"
+SCORING_JOB = "batch_scoring"
+JOBS = (TRAINING_JOB, SCORING_JOB)
 
 FEATURE_ENGINEERING = "feature_engineering"
-TRAINING_STAGE = "training"
+TRAINING = "training"
 PROMOTION = "promotion"
-SCORING_STAGE = "batch_scoring"
+BATCH_SCORING = "batch_scoring"
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -259,6 +259,16 @@ class JobConfig:
         return cls._build(lambda name: values.get(name))
 
     @classmethod
+    def declare_widgets(cls, dbutils) -> None:
+        """Declare the job's notebook widgets from its parameters: each labelled, a dropdown where the choices
+        are fixed. (Job parameters of the same names override the defaults, as on Databricks.)"""
+        for p in cls.parameters():
+            if p.choices:
+                dbutils.widgets.dropdown(p.name, p.default, list(p.choices), p.label)
+            else:
+                dbutils.widgets.text(p.name, p.default, p.label)
+
+    @classmethod
     def from_widgets(cls, dbutils):
         """Build from the notebook's widgets. Raises ConfigError with every problem."""
         return cls._build(_widget_reader(dbutils))
@@ -297,8 +307,8 @@ class TrainingConfig(JobConfig):
     force_promote: bool = False
     model_params: ModelParams = field(default_factory=ModelParams)
 
-    job: str = field(init=False, default=TRAINING)
-    STAGES = (FEATURE_ENGINEERING, TRAINING_STAGE, PROMOTION)
+    job: str = field(init=False, default=TRAINING_JOB)
+    STAGES = (FEATURE_ENGINEERING, TRAINING, PROMOTION)
 
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:
@@ -324,8 +334,8 @@ class ScoringConfig(JobConfig):
     blob_container: str = "taxi-fares-predictions"
     blob_rows_per_part: int = 1_000_000
 
-    job: str = field(init=False, default=BATCH_SCORING)
-    STAGES = (FEATURE_ENGINEERING, SCORING_STAGE)
+    job: str = field(init=False, default=SCORING_JOB)
+    STAGES = (FEATURE_ENGINEERING, BATCH_SCORING)
 
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:
@@ -337,4 +347,4 @@ class ScoringConfig(JobConfig):
         return f"version {self.model_version}" if self.model_version else f"alias '{self.model_alias}'"
 
 
-CONFIGS = {TRAINING: TrainingConfig, BATCH_SCORING: ScoringConfig}
+CONFIGS = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig}

@@ -34,9 +34,10 @@ class RegistryError(MlopsError):
 
 
 class StageError(MlopsError):
-    """A stage failed; wraps the cause and names the stage."""
+    """A stage failed; names the stage and the cause's type and first line (a JVM error's stack stays in the
+    chained exception and the logs, not in the message)."""
 
     def __init__(self, stage, cause):
         self.stage = stage
         self.cause = cause
-        super().__init__(f"stage '{stage}' failed: {cause}")
+        super().__init__(f"stage '{stage}' failed: {first_line(cause, with_type=True)}")

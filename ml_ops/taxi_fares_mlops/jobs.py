@@ -13,23 +13,24 @@ from typing import Any, Optional, Union
 import mlflow
 from pyspark.sql import SparkSession
 
-from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, SCORING_STAGE, TRAINING_STAGE,
+from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, TRAINING,
                                      ScoringConfig, TrainingConfig, known)
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
-from taxi_fares_mlops.stage import SUCCESS, StageContext, skip
+from taxi_fares_mlops.stage import StageContext, skip
 from taxi_fares_mlops.stages import batch_scoring, feature_engineering, promotion, training
 from taxi_fares_mlops.storage import Lakehouse
-from taxi_fares_mlops.tracking import Registry, setup_experiment
+from taxi_fares_mlops.summary import SUCCESS, JobSummary
+from taxi_fares_mlops.tracking import Tracking, setup_experiment
 
 logger = logging.getLogger(__name__)
 
 STAGE_FUNCTIONS = {
     FEATURE_ENGINEERING: feature_engineering,
-    TRAINING_STAGE: training,
+    TRAINING: training,
     PROMOTION: promotion,
-    SCORING_STAGE: batch_scoring,
+    BATCH_SCORING: batch_scoring,
 }
 
 JobConfigType = Union[TrainingConfig, ScoringConfig]
@@ -50,7 +51,7 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
     with mlflow.start_run(run_name=run_name, tags={"job": config.job}) as run:
         mlflow.log_params(config.as_params())
-        context = StageContext(lakehouse, run.info.run_id, experiment_id, credentials=credentials)
+        context = StageContext(lakehouse, Tracking(run.info.run_id, experiment_id), credentials=credentials)
         observed = _start_telemetry(config, context)
         try:
             with telemetry.span(f"job {config.job}", kind="SERVER", record_exception=False, job=config.job):
@@ -63,7 +64,7 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
             if observed is not None:
                 observed.shutdown()
     logger.info("job %s finished; MLflow run %s", config.job, context.mlflow_run_id)
-    return summarize(config, context)
+    return summarize(config, context).as_dict()
 
 
 def _start_telemetry(config: JobConfigType, context: StageContext) -> Optional[telemetry.Telemetry]:
@@ -80,18 +81,10 @@ def _start_telemetry(config: JobConfigType, context: StageContext) -> Optional[t
     return telemetry.Telemetry.start(config.job, attributes, connection, local_file)
 
 
-def summarize(config: JobConfigType, context: StageContext) -> dict:
-    summary = {
-        "job": config.job,
-        "status": SUCCESS,
-        "mlflow_run_id": context.mlflow_run_id,
-        "mlflow_experiment_id": context.mlflow_experiment_id,
-        "start_date": str(config.start_date),
-        "end_date": str(config.end_date),
-        "stages": context.results,
-        "tables": {t: context.lakehouse.location(t) for t in context.tables_written},
-        "model": {"name": config.model_name, "aliases": Registry(config.model_name).aliases()},
-    }
-    if config.job == BATCH_SCORING and context.results.get(SCORING_STAGE, {}).get("status") == SUCCESS:
-        summary["model"]["scored_version"] = context.results[SCORING_STAGE]["model_version"]
-    return summary
+def summarize(config: JobConfigType, context: StageContext) -> JobSummary:
+    scoring = context.results.get(BATCH_SCORING)
+    scored = scoring.outputs["model_version"] if scoring is not None and scoring.status == SUCCESS else None
+    return JobSummary(config.job, SUCCESS, context.mlflow_run_id, context.mlflow_experiment_id,
+                      str(config.start_date), str(config.end_date), dict(context.results),
+                      {t: context.lakehouse.location(t) for t in context.tables_written}, config.model_name,
+                      context.tracking.registry(config.model_name).aliases(), scored)

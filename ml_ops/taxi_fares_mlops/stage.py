@@ -13,29 +13,36 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.storage import Lakehouse
+from taxi_fares_mlops.summary import FAILED, RUNNING, SKIPPED, SUCCESS, StageResult
+from taxi_fares_mlops.tracking import Tracking
 
 logger = logging.getLogger(__name__)
-
-SUCCESS, FAILED, SKIPPED, RUNNING = "SUCCESS", "FAILED", "SKIPPED", "RUNNING"
 
 
 @dataclass
 class StageContext:
-    """The run a stage works in: lakehouse, MLflow ids, and the outputs of the stages so far."""
+    """The run a stage works in: lakehouse, the MLflow run and registry (``tracking``), credentials, and the
+    outputs of the stages so far. Stages reach MLflow only through ``tracking``."""
 
     lakehouse: Lakehouse
-    mlflow_run_id: str
-    mlflow_experiment_id: str
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tracking: Tracking
+    results: dict[str, StageResult] = field(default_factory=dict)
     tables_written: list[str] = field(default_factory=list)
     credentials: Credentials = field(default_factory=lambda: Credentials(None, ""))
+
+    @property
+    def mlflow_run_id(self) -> str:
+        return self.tracking.run_id
+
+    @property
+    def mlflow_experiment_id(self) -> str:
+        return self.tracking.experiment_id
 
     def wrote(self, table: str) -> None:
         if table not in self.tables_written:
@@ -51,7 +58,7 @@ def stage(name: str) -> Callable[[StageFunction], StageFunction]:
     def decorate(fn: StageFunction) -> StageFunction:
         @functools.wraps(fn)
         def run(spark: SparkSession, config: Any, context: StageContext) -> dict:
-            mlflow.set_tag(f"stage.{name}", RUNNING)
+            context.tracking.set_tags({f"stage.{name}": RUNNING})
             started = time.monotonic()
             try:
                 with telemetry.span(f"stage {name}", stage=name) as span:
@@ -75,11 +82,11 @@ def stage(name: str) -> Callable[[StageFunction], StageFunction]:
 
 
 def skip(context: StageContext, name: str, reason: str) -> None:
-    mlflow.set_tag(f"stage.{name}", SKIPPED)
-    context.results[name] = {"status": SKIPPED}
+    context.tracking.set_tags({f"stage.{name}": SKIPPED})
+    context.results[name] = StageResult(SKIPPED)
     logger.info("stage %s skipped (%s)", name, reason)
 
 
 def _finish(context: StageContext, name: str, status: str, duration: float, outputs: dict) -> None:
-    mlflow.set_tags({f"stage.{name}": status, f"stage.{name}.duration_s": f"{duration:.1f}"})
-    context.results[name] = {"status": status, "duration_s": round(duration, 2), **outputs}
+    context.tracking.set_tags({f"stage.{name}": status, f"stage.{name}.duration_s": f"{duration:.1f}"})
+    context.results[name] = StageResult(status, round(duration, 2), outputs)

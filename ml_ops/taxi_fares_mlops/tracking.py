@@ -24,6 +24,8 @@ from taxi_fares_mlops.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
+RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
+
 
 def setup_experiment(name: str) -> str:
     """Use the experiment ``name``, creating it if missing. Returns its id."""
@@ -75,6 +77,34 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}"
 
 
+class Tracking:
+    """The job's MLflow run, as the stages see it: metrics, tags, artifacts, and the model registry. Built once
+    by ``run_job`` and handed to every stage in its context, so no stage talks to MLflow by itself."""
+
+    def __init__(self, run_id: str, experiment_id: str):
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def registry(self, model_name: str) -> "Registry":
+        return Registry(model_name)
+
+    def log_model(self, model, input_example: pd.DataFrame, registered_name: str) -> str:
+        return log_model(model, input_example, registered_name)
+
+    def score(self, spark: SparkSession, df: DataFrame, model: "ModelRef", output_col: str = "prediction"
+              ) -> DataFrame:
+        return score(spark, df, model, output_col)
+
+
 class Registry:
     """The registered model ``name`` and its ``champion``/``challenger`` aliases."""
 
@@ -83,20 +113,20 @@ class Registry:
         self.client = client or MlflowClient()
 
     def by_alias(self, alias: str) -> Optional[ModelRef]:
-        """The version behind ``alias``, or None if the model or the alias does not exist."""
-        try:
-            mv = self.client.get_model_version_by_alias(self.name, alias)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
-                return None
-            raise
-        return ModelRef(self.name, str(mv.version), mv.run_id)
+        """The version behind ``alias``, or None if the model or the alias does not exist. (Read through the
+        model's aliases: stores disagree on the error code of a missing alias, never on a missing model's.)"""
+        version = self.aliases().get(alias)
+        if version is None:
+            return None
+        return self.by_version(int(version))
 
     def by_version(self, version: int) -> ModelRef:
         try:
             mv = self.client.get_model_version(self.name, str(version))
         except MlflowException as exc:
-            raise RegistryError(f"model '{self.name}' has no version {version}") from exc
+            if exc.error_code == RESOURCE_DOES_NOT_EXIST:
+                raise RegistryError(f"model '{self.name}' has no version {version}") from exc
+            raise
         return ModelRef(self.name, str(mv.version), mv.run_id)
 
     def resolve(self, alias: str, version: Optional[int] = None) -> ModelRef:
@@ -113,10 +143,13 @@ class Registry:
         logger.info("model %s: alias %s -> version %s", self.name, alias, version)
 
     def aliases(self) -> dict[str, str]:
+        """alias -> version; empty when the model is not registered yet. Any other failure propagates."""
         try:
             model = self.client.get_registered_model(self.name)
-        except MlflowException:
-            return {}
+        except MlflowException as exc:
+            if exc.error_code == RESOURCE_DOES_NOT_EXIST:
+                return {}
+            raise
         return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 

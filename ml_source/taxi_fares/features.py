@@ -38,8 +38,8 @@ PICKUP_COUNT = "count_trips_window_1h_pickup_zip"
 DROPOFF_COUNT = "count_trips_window_30m_dropoff_zip"
 DROPOFF_IS_WEEKEND = "dropoff_is_weekend"
 
-PICKUP_FEATURES = (PICKUP_MEAN_FARE, PICKUP_COUNT)
-DROPOFF_FEATURES = (DROPOFF_COUNT, DROPOFF_IS_WEEKEND)
+PICKUP_FEATURE_COLUMNS = (PICKUP_MEAN_FARE, PICKUP_COUNT)
+DROPOFF_FEATURE_COLUMNS = (DROPOFF_COUNT, DROPOFF_IS_WEEKEND)
 
 PICKUP_LOOKUP_TS = "pickup_lookup_ts"
 DROPOFF_LOOKUP_TS = "dropoff_lookup_ts"
@@ -175,8 +175,8 @@ def point_in_time_join(left: DataFrame, features: DataFrame, left_zip: str, left
 def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame) -> DataFrame:
     """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features."""
     keyed = add_time_features(add_lookup_keys(trips))
-    with_pickup = point_in_time_join(keyed, pickup, PICKUP_ZIP, PICKUP_LOOKUP_TS, PICKUP_FEATURES)
-    return point_in_time_join(with_pickup, dropoff, DROPOFF_ZIP, DROPOFF_LOOKUP_TS, DROPOFF_FEATURES)
+    with_pickup = point_in_time_join(keyed, pickup, PICKUP_ZIP, PICKUP_LOOKUP_TS, PICKUP_FEATURE_COLUMNS)
+    return point_in_time_join(with_pickup, dropoff, DROPOFF_ZIP, DROPOFF_LOOKUP_TS, DROPOFF_FEATURE_COLUMNS)
 
 
 # Model input columns, in order. All are cast to double so the MLflow signature is one simple type.

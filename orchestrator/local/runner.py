@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,31 +27,22 @@ from typing import Mapping, Optional, Sequence
 
 from orchestrator import build, templates
 from orchestrator.console import progress
+from orchestrator.errors import ConfigurationError
+from orchestrator.parameters import merge_parameters
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+from taxi_fares_mlops.summary import JobSummary
 
 PROJECT_DISTRIBUTIONS = ("taxi_fares", "taxi-fares", "__editable__")
+# What a local Spark prints while it starts (Ivy resolving the Delta jars, log4j and Hadoop notices) and what its
+# Python workers log on their own: noise on a job's console, absent on Databricks. `mlops -v` shows it.
+LOCAL_SPARK_CHATTER = re.compile(
+    r"^(:: |\tconfs: |\tfound |\t:: evicted|\t\S+#\S+;\S+ by \[|\t-{10,}|\t\||\t\d+ artifacts copied|Ivy Default Cache"
+    r"|The jars for the packages|\S+#\S+ added as a dependency|Using Spark's default log4j profile"
+    r"|Setting default log level|To adjust logging level|WARNING: Using incubator modules"
+    r"|\d\d/\d\d/\d\d [\d:]+ WARN NativeCodeLoader"
+    # Spark's Python workers open the local sqlite MLflow store to load a model, and alembic says so
+    r"|\d{4}/\d\d/\d\d [\d:]+ INFO (alembic|mlflow\.store\.db))")
 SECRETS_FILE = REPO_ROOT / ".secrets.env"
-
-
-class RunError(RuntimeError):
-    pass
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise RunError(f"--param '{pair}' is not of the form name=value")
-        overrides[name.strip()] = value
-    return overrides
-
-
-def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise RunError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
-    return {**defaults, **overrides}
 
 
 def tracking_uri(lakehouse: str) -> str:
@@ -113,7 +105,12 @@ class RunResult:
 
     @property
     def summary(self) -> Optional[dict]:
+        """The notebook's exit value as JSON data (what ``--json`` prints)."""
         return json.loads(self.exit_value) if self.exit_value else None
+
+    @property
+    def job_summary(self) -> Optional[JobSummary]:
+        return JobSummary.from_dict(self.summary) if self.summary else None
 
 
 def prepare(lakehouse: str, home: Optional[str] = None) -> tuple[dict, JobEnvironment]:
@@ -148,7 +145,7 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
     """Run one notebook with the kernel in the job environment; its output goes to stderr."""
     started = time.monotonic() if started is None else started
     if not notebook.exists():
-        raise RunError(f"notebook {notebook} does not exist")
+        raise ConfigurationError(f"notebook {notebook} does not exist")
     Path(lakehouse).mkdir(parents=True, exist_ok=True)
     progress(f"notebook {notebook.relative_to(REPO_ROOT)}")
     with tempfile.TemporaryDirectory(prefix="mlops-run-") as tmp:
@@ -157,7 +154,13 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
         command = [str(env.python), "-m", "orchestrator.local.kernel", "--notebook", str(notebook),
                    "--params", str(params_file), "--result", str(result_file), "--secrets-file", str(SECRETS_FILE)]
         # The notebook's own output goes to stderr: stdout is kept for the summary (--json).
-        subprocess.run(command, env=_kernel_environment(env, lakehouse), stdout=sys.stderr, stdin=subprocess.DEVNULL)
+        kernel = subprocess.Popen(command, env=_kernel_environment(env, lakehouse), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        verbose = os.environ.get("MLOPS_LOG_LEVEL", "").upper() == "DEBUG"
+        for line in kernel.stdout:
+            if verbose or not LOCAL_SPARK_CHATTER.search(line):
+                sys.stderr.write(line)
+        kernel.wait()
         if not result_file.exists():
             return RunResult("FAILED", None, "the notebook kernel died before reporting a result",
                              time.monotonic() - started)
@@ -185,29 +188,32 @@ def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
 
 def describe(result: RunResult, job: str, lakehouse: str) -> str:
     """What a person wants to see after a run."""
-    summary = result.summary
+    summary = result.job_summary
     lines = [f"job {job}: {result.status} in {result.seconds:.1f}s"]
     if result.status != "SUCCESS":
         lines.append(f"error: {result.error}")
         return "\n".join(lines)
     if not summary:
         return "\n".join(lines)
-    lines.append(f"  MLflow run     {summary['mlflow_run_id']} (experiment {summary['mlflow_experiment_id']})")
-    for name, stage in summary["stages"].items():
-        detail = f"{stage['status']}" + (f" in {stage['duration_s']}s" if "duration_s" in stage else "")
-        if "decision" in stage:
-            detail += f", decision: {stage['decision']}"
-        if "model_version" in stage:
-            detail += f", model version {stage['model_version']}"
-        if "rows" in stage:
-            detail += f", {stage['rows']} rows"
-        if "blob" in stage:
-            detail += f", published {stage['blob']['files']} part(s) + manifest to {stage['blob']['container']}"
+    lines.append(f"  MLflow run     {summary.mlflow_run_id} (experiment {summary.mlflow_experiment_id})")
+    for name, stage in summary.stages.items():
+        out = stage.outputs
+        detail = stage.status + (f" in {stage.duration_s}s" if stage.duration_s is not None else "")
+        if "decision" in out:
+            detail += f", decision: {out['decision']}"
+        if "model_version" in out:
+            detail += f", model version {out['model_version']}"
+        if "rows" in out:
+            detail += f", {out['rows']} rows"
+        if out.get("quarantined"):
+            detail += f", {sum(out['quarantined'].values())} trip(s) quarantined"
+        if "blob" in out:
+            detail += f", published {out['blob']['files']} part(s) + manifest to {out['blob']['container']}"
         lines.append(f"  stage          {name}: {detail}")
-    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(summary["model"]["aliases"].items())) or "none"
-    lines.append(f"  model          {summary['model']['name']}: {aliases}")
-    for table, path in summary["tables"].items():
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(summary.aliases.items())) or "none"
+    lines.append(f"  model          {summary.model_name}: {aliases}")
+    for table, path in summary.tables.items():
         lines.append(f"  table          {table}: {path}")
     lines.append(f"  MLflow UI      mlops ui   (store {tracking_uri(lakehouse)})")
-    lines.append(f"  telemetry      mlops trace {summary['mlflow_run_id']}")
+    lines.append(f"  telemetry      mlops trace {summary.mlflow_run_id}")
     return "\n".join(lines)

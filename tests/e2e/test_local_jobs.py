@@ -120,7 +120,7 @@ def test_a_failing_stage_exits_non_zero_and_leaves_predictions_alone(spark, root
     done = mlops(root, "run", "batch_scoring", "--local", *[f"--param={p}" for p in (*RANGE, "model_version=99")],
                  check=False)
     assert done.returncode == 1
-    assert "stage 'batch_scoring' failed: model 'taxi_fares' has no version 99" in done.stdout
+    assert "stage 'batch_scoring' failed: RegistryError: model 'taxi_fares' has no version 99" in done.stdout
     experiment = client.get_experiment_by_name("e2e")
     last = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert last.info.status == "FAILED"

@@ -22,7 +22,8 @@ def test_scoring_with_a_missing_alias_fails_cleanly(spark, trips_lakehouse, mlfl
     with pytest.raises(StageError) as excinfo:
         run_job(scoring_config(model_alias="challenger"), spark)
     assert excinfo.value.stage == "batch_scoring"
-    assert "stage 'batch_scoring' failed: model 'taxi_fares' has no alias 'challenger'" in str(excinfo.value)
+    assert ("stage 'batch_scoring' failed: RegistryError: model 'taxi_fares' has no alias 'challenger'"
+            in str(excinfo.value))
     run = _last_run()
     assert run.info.status == "FAILED"
     assert run.data.tags["stage.batch_scoring"] == "FAILED"
@@ -34,7 +35,7 @@ def test_training_without_feature_tables_says_which_stage_to_turn_on(
         spark, trips_lakehouse, mlflow_store, training_config):
     with pytest.raises(StageError) as excinfo:
         run_job(training_config(execute_feature_engineering=False), spark)
-    assert "stage 'training' failed: feature table 'pickup_features' does not exist" in str(excinfo.value)
+    assert "stage 'training' failed: DataError: feature table 'pickup_features' does not exist" in str(excinfo.value)
     assert "execute_feature_engineering=true" in str(excinfo.value)
     assert _last_run().info.status == "FAILED"
     assert not trips_lakehouse.exists(spark, PICKUP_FEATURES)
@@ -42,7 +43,8 @@ def test_training_without_feature_tables_says_which_stage_to_turn_on(
 
 def test_promotion_without_a_challenger_says_which_stage_to_turn_on(
         spark, trips_lakehouse, mlflow_store, training_config):
-    with pytest.raises(StageError, match="stage 'promotion' failed: .*no 'challenger' version.*execute_training=true"):
+    expected = "stage 'promotion' failed: RegistryError: .*no 'challenger' version.*execute_training=true"
+    with pytest.raises(StageError, match=expected):
         run_job(training_config(execute_training=False), spark)
     run = _last_run()
     assert run.info.status == "FAILED"

@@ -14,23 +14,22 @@ from pyspark.sql import functions as F
 from taxi_fares.features import in_range
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import blob, telemetry
-from taxi_fares_mlops.config import SCORING_STAGE, ScoringConfig
+from taxi_fares_mlops.config import BATCH_SCORING, ScoringConfig
 from taxi_fares_mlops.datasets import trips_with_features
 from taxi_fares_mlops.errors import StorageError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import PREDICTIONS, RAW_TRIPS
-from taxi_fares_mlops.tracking import Registry, score
 
 logger = logging.getLogger(__name__)
 
 
-@stage(SCORING_STAGE)
+@stage(BATCH_SCORING)
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
-    model = Registry(config.model_name).resolve(config.model_alias, config.model_version)
+    model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
     trips = trips_with_features(spark, context.lakehouse, config)
     raw_columns = context.lakehouse.read(spark, RAW_TRIPS).columns
-    predictions = score(spark, trips, model).select(
+    predictions = context.tracking.score(spark, trips, model).select(
         *raw_columns,
         "prediction",
         F.lit(model.name).alias("model_name"),

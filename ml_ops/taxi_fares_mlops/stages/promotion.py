@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares.features import LABEL
@@ -17,7 +16,6 @@ from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, TrainingCon
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.tracking import Registry, score
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +33,21 @@ def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, f
 
 @stage(PROMOTION)
 def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
-    registry = Registry(config.model_name)
+    registry = context.tracking.registry(config.model_name)
     challenger = registry.by_alias(CHALLENGER)
     if challenger is None:
         raise RegistryError(f"model '{config.model_name}' has no '{CHALLENGER}' version: run the job with "
                             f"execute_training=true")
     champion = registry.by_alias(CHAMPION)
     if champion is not None and champion.version == challenger.version:
-        mlflow.set_tag("promotion.decision", ALREADY)
-        return {"decision": ALREADY, "champion_version": champion.version}
+        context.tracking.set_tags({"promotion.decision": ALREADY})
+        return _outcome(ALREADY, champion.version, challenger.version, None, None)
 
     _, holdout = training_and_holdout(spark, context.lakehouse, config)
     holdout = holdout.cache()
     try:
-        challenger_rmse = _rmse(spark, holdout, challenger)
-        champion_rmse = _rmse(spark, holdout, champion) if champion else None
+        challenger_rmse = _rmse(spark, context, holdout, challenger)
+        champion_rmse = _rmse(spark, context, holdout, champion) if champion else None
     finally:
         holdout.unpersist()
 
@@ -57,10 +55,11 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
     metrics = {"promotion.challenger_rmse": challenger_rmse}
     if champion_rmse is not None:
         metrics["promotion.champion_rmse"] = champion_rmse
-    mlflow.log_metrics(metrics)
-    mlflow.set_tags({"promotion.decision": decision, "promotion.force_promote": str(config.force_promote).lower(),
-                     "promotion.challenger_version": challenger.version,
-                     "promotion.champion_version": champion.version if champion else ""})
+    context.tracking.log_metrics(metrics)
+    context.tracking.set_tags({"promotion.decision": decision,
+                               "promotion.force_promote": str(config.force_promote).lower(),
+                               "promotion.challenger_version": challenger.version,
+                               "promotion.champion_version": champion.version if champion else ""})
     if decision in (PROMOTED, FORCED, FIRST):
         registry.set_alias(CHAMPION, challenger.version)
         champion_version = challenger.version
@@ -69,11 +68,17 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
     logger.info("promotion: %s (challenger v%s rmse %.4f, champion %s rmse %s)", decision, challenger.version,
                 challenger_rmse, f"v{champion.version}" if champion else "none",
                 f"{champion_rmse:.4f}" if champion_rmse is not None else "-")
-    return {"decision": decision, "champion_version": champion_version, "challenger_version": challenger.version,
-            "challenger_rmse": round(challenger_rmse, 4),
+    return _outcome(decision, champion_version, challenger.version, challenger_rmse, champion_rmse)
+
+
+def _outcome(decision: str, champion_version: str, challenger_version: str, challenger_rmse: float | None,
+             champion_rmse: float | None) -> dict:
+    """The stage's outputs: the same keys on every branch (None where a score was not computed)."""
+    return {"decision": decision, "champion_version": champion_version, "challenger_version": challenger_version,
+            "challenger_rmse": round(challenger_rmse, 4) if challenger_rmse is not None else None,
             "champion_rmse": round(champion_rmse, 4) if champion_rmse is not None else None}
 
 
-def _rmse(spark, holdout, model) -> float:
+def _rmse(spark, context: StageContext, holdout, model) -> float:
     with telemetry.span("score holdout", model_version=model.version):
-        return spark_regression_metrics(score(spark, holdout, model), LABEL, "prediction")["rmse"]
+        return spark_regression_metrics(context.tracking.score(spark, holdout, model), LABEL, "prediction")["rmse"]

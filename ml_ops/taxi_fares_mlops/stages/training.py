@@ -5,17 +5,15 @@ import logging
 import tempfile
 from pathlib import Path
 
-import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares.features import LABEL, MODEL_FEATURES
 from taxi_fares.model import bounded_sample, predict_spark, spark_regression_metrics, train_model
 from taxi_fares_mlops import reports, telemetry
-from taxi_fares_mlops.config import CHALLENGER, TRAINING_STAGE, TrainingConfig
+from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import DataError
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.tracking import Registry, log_model
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +21,7 @@ logger = logging.getLogger(__name__)
 PLOT_ROWS = 5000
 
 
-@stage(TRAINING_STAGE)
+@stage(TRAINING)
 def training(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
     train, holdout = training_and_holdout(spark, context.lakehouse, config)
     seed = config.model_params.random_state
@@ -44,16 +42,16 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         holdout_rows = int(metrics.pop("rows"))
         step.set_attribute("rows", holdout_rows)
     metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
-    mlflow.log_metrics(metrics)
+    context.tracking.log_metrics(metrics)
 
     with tempfile.TemporaryDirectory() as tmp:
         plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
         for path in reports.training_reports(sample, plot_rows, Path(tmp)):
-            mlflow.log_artifact(str(path), artifact_path="reports")
+            context.tracking.log_artifact(path, "reports")
 
     with telemetry.span("log and register model") as step:
-        version = log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
+        version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
         step.set_attribute("model_version", version)
-    Registry(config.model_name).set_alias(CHALLENGER, version)
+    context.tracking.registry(config.model_name).set_alias(CHALLENGER, version)
     return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
             "metrics": {k: round(v, 4) for k, v in metrics.items()}}
