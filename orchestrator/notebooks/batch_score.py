@@ -12,7 +12,7 @@
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
 # MAGIC | `lakehouse_root` | where the tables are (Delta folders), the run folders and local stores |
 # MAGIC | `table_schema` | `<catalog>.<schema>`: keep the tables by name there (empty: folders under `lakehouse_root`) |
-# MAGIC | `validation_mode` | `fail` or `quarantine` (drop) invalid trips |
+# MAGIC | `validation_mode` | `fail` the job on invalid trips, or `quarantine` them (kept in `quarantined_trips`) |
 # MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
@@ -20,31 +20,10 @@
 
 # COMMAND ----------
 
-# DBTITLE 1,Parameters
+# DBTITLE 1,Wheels to install
+# The two widgets needed before the wheels are installed; the job's own are declared by its config below.
 dbutils.widgets.text("wheel_base_path", "/Volumes/main/taxi_fares/wheels", "Wheel folder")
 dbutils.widgets.text("wheel_version", "0.1.0", "Wheel version")
-dbutils.widgets.text("start_date", "2016-01-01", "First day of the data range (YYYY-MM-DD)")
-dbutils.widgets.text("end_date", "2016-03-01", "Day after the last day of the range (YYYY-MM-DD)")
-dbutils.widgets.dropdown("execute_feature_engineering", "true", ["true", "false"], "Run feature engineering")
-dbutils.widgets.dropdown("execute_batch_scoring", "true", ["true", "false"], "Run batch scoring")
-dbutils.widgets.text("model_name", "taxi_fares", "Registered model name")
-dbutils.widgets.text("mlflow_experiment", "/Shared/taxi_fares", "MLflow experiment path")
-dbutils.widgets.text("mlflow_registry_uri", "", "MLflow registry URI (empty: the workspace's; databricks-uc)")
-dbutils.widgets.text("lakehouse_root", "", "Lakehouse root (empty: the runtime default)")
-dbutils.widgets.text("table_schema", "", "Tables by name in <catalog>.<schema> (empty: Delta folders)")
-dbutils.widgets.dropdown("validation_mode", "quarantine", ["fail", "quarantine"], "What to do with invalid trips")
-dbutils.widgets.text("secret_scope", "taxi-fares", "Secret scope with the telemetry and storage credentials")
-dbutils.widgets.text("databricks_job_id", "", "Databricks job id (the job passes {{job.id}})")
-dbutils.widgets.text("databricks_run_id", "", "Databricks run id (the job passes {{job.run_id}})")
-dbutils.widgets.dropdown("model_alias", "champion", ["champion", "challenger"], "Model alias to score with")
-dbutils.widgets.text("model_version", "", "Model version (overrides the alias when set)")
-dbutils.widgets.dropdown("publish_predictions", "auto", ["auto", "true", "false"], "Publish to Blob storage")
-dbutils.widgets.text("blob_container", "taxi-fares-predictions", "Blob container for published predictions")
-dbutils.widgets.text("blob_rows_per_part", "1000000", "Rows per published Parquet part")
-
-# COMMAND ----------
-
-# DBTITLE 1,Wheels to install
 wheel_dir = f"{dbutils.widgets.get('wheel_base_path').rstrip('/')}/{dbutils.widgets.get('wheel_version')}"
 ml_wheel = f"{wheel_dir}/taxi_fares-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"
 mlops_wheel = f"{wheel_dir}/taxi_fares_mlops-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"
@@ -61,12 +40,13 @@ dbutils.library.restartPython()
 
 # DBTITLE 1,Run the job
 import json
-import logging
 
 from taxi_fares_mlops.config import ScoringConfig
 from taxi_fares_mlops.jobs import run_job
+from taxi_fares_mlops.logs import configure_logging
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+configure_logging()
+ScoringConfig.declare_widgets(dbutils)  # labelled, with dropdowns: from the one declaration
 summary = run_job(ScoringConfig.from_widgets(dbutils), secrets=dbutils.secrets)
 
 # COMMAND ----------

@@ -31,8 +31,14 @@ def test_a_second_run_in_another_process_reads_the_first_runs_tables_by_name(spa
     generated = mlops(root, "data", "generate", "--rows", "8000", "--start", START, "--end", END, "--seed", "3",
                       "--table-schema", SCHEMA)
     assert f"wrote table 'raw_trips' at {SCHEMA}.raw_trips" in generated.stderr
-    trained = json.loads(mlops(root, "run", "training", "--local", "--json", *PARAMS, "--param=max_iter=20").stdout)
+    done = mlops(root, "run", "training", "--local", "--json", *PARAMS, "--param=max_iter=20")
+    trained = json.loads(done.stdout)
     assert trained["status"] == "SUCCESS"
+    # A quiet console: the stages and their durations, not Ivy, the wheel build or alembic.
+    assert "stage training finished in" in done.stderr
+    for chatter in ("found io.delta", ":: resolving dependencies", "alembic", "Getting build dependencies"):
+        assert chatter not in done.stderr, chatter
+    assert len(done.stderr.splitlines()) < 40, done.stderr
     assert trained["tables"]["pickup_features"] == f"{SCHEMA}.pickup_features"
     # A second process: no feature engineering, so scoring can only find the features by the first run's names.
     scored = json.loads(mlops(root, "run", "batch_scoring", "--local", "--json", *PARAMS,

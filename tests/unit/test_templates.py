@@ -64,12 +64,54 @@ def test_unknown_target_is_named():
         target_variables("qa")
 
 
-def _widgets(job):
-    """name -> default of the widgets a notebook declares."""
+def _notebook(job):
     path = notebook_task(load_template(job))["notebook_path"].replace("${workspace_root}/", "")
-    cells = nb.load(REPO_ROOT / f"{path}.py")
-    source = "\n".join(c.source for c in cells if c.magic is None)
-    return dict(re.findall(r'dbutils\.widgets\.(?:text|dropdown)\("([^"]+)", "([^"]*)"', source))
+    return nb.load(REPO_ROOT / f"{path}.py")
+
+
+class RecordingWidgets:
+    """What ``declare_widgets`` asks of ``dbutils.widgets``: name -> (kind, default, choices, label)."""
+
+    def __init__(self):
+        self.declared = {}
+
+    def text(self, name, default, label):
+        self.declared[name] = ("text", default, None, label)
+
+    def dropdown(self, name, default, choices, label):
+        self.declared[name] = ("dropdown", default, choices, label)
+
+
+def _widgets(job):
+    """name -> default of the widgets a notebook declares: the two wheel widgets in its source, then the job's
+    own, declared by its config."""
+    source = "\n".join(c.source for c in _notebook(job) if c.magic is None)
+    declared = dict(re.findall(r'dbutils\.widgets\.(?:text|dropdown)\("([^"]+)", "([^"]*)"', source))
+    assert set(declared) == set(WHEEL_PARAMETERS), "a notebook declares only the wheel widgets itself"
+    assert f"{CONFIGS[job].__name__}.declare_widgets(dbutils)" in source
+    recording = type("dbutils", (), {"widgets": RecordingWidgets()})()
+    CONFIGS[job].declare_widgets(recording)
+    return {**declared, **{name: spec[1] for name, spec in recording.widgets.declared.items()}}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_declared_widgets_are_labelled_and_fixed_choices_are_dropdowns(job):
+    recording = type("dbutils", (), {"widgets": RecordingWidgets()})()
+    CONFIGS[job].declare_widgets(recording)
+    for name, (kind, default, choices, label) in recording.widgets.declared.items():
+        assert label and label != name, name
+        if kind == "dropdown":
+            assert default in choices, name
+    assert recording.widgets.declared["validation_mode"][:3] == ("dropdown", "quarantine", ["fail", "quarantine"])
+    assert recording.widgets.declared["start_date"][0] == "text"
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_the_notebook_header_lists_exactly_the_jobs_parameters(job):
+    header = _notebook(job)[0].source
+    table = "\n".join(line.split(" | ")[0] for line in header.splitlines() if line.lstrip("# MAGIC").startswith("|"))
+    listed = set(re.findall(r"`([a-z0-9_]+)`", table))
+    assert listed == set(WHEEL_PARAMETERS) | {p.name for p in CONFIGS[job].parameters()}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
