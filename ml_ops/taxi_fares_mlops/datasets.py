@@ -14,17 +14,19 @@ from pyspark.sql import functions as F
 from taxi_fares.features import (DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_WINDOW_SECONDS, in_range, join_features,
                                  model_input_columns)
 from taxi_fares.model import split_holdout
-from taxi_fares.schema import DROPOFF_TS, PICKUP_TS, TripValidationError, validate_trips
+from taxi_fares.schema import (DROPOFF_TS, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError, ValidationResult,
+                               validate_trips)
 from taxi_fares_mlops.config import JobConfig, TrainingConfig
 from taxi_fares_mlops.errors import DataError
-from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, RAW_TRIPS, Lakehouse
+from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, QUARANTINED_TRIPS, RAW_TRIPS, Lakehouse
 
 logger = logging.getLogger(__name__)
 
 
-def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, with_lookback: bool = False
-                ) -> DataFrame:
-    """Raw trips of the config's range that pass validation (bad rows fail or are dropped, per the config).
+def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, with_lookback: bool = False
+                    ) -> ValidationResult:
+    """Raw trips of the config's range, validated: bad rows fail the job (``validation_mode=fail``) or come back
+    apart, each with the rules it breaks (``quarantine``).
 
     ``with_lookback`` also reads the trips the first feature windows of the range reach back to.
     """
@@ -40,8 +42,30 @@ def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, wi
     except TripValidationError as exc:
         raise DataError(f"table '{RAW_TRIPS}': {exc}") from exc
     for violation in result.violations:
-        logger.warning("dropping invalid trips: %s", violation.message())
-    return result.valid
+        logger.warning("quarantining invalid trips: %s", violation.message())
+    return result
+
+
+def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:
+    """The trips of the range that pass validation (the invalid ones are feature engineering's to quarantine)."""
+    return validated_trips(spark, lakehouse, config).valid
+
+
+def quarantine(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, quarantined: DataFrame,
+               mlflow_run_id: str) -> dict[str, int]:
+    """Replace the range's rows of ``quarantined_trips`` by ``quarantined`` (trips of the range only), each with
+    the rules it broke, the run and the range: a rerun never duplicates them. Returns the count per rule."""
+    start, end = config.time_range
+    rows = (quarantined.filter(in_range(F.col(PICKUP_TS), start, end))
+            .withColumn("mlflow_run_id", F.lit(mlflow_run_id))
+            .withColumn("range_start", F.lit(config.start_date))
+            .withColumn("range_end", F.lit(config.end_date))
+            .withColumn("quarantined_at", F.current_timestamp()))
+    lakehouse.replace_range(spark, rows, QUARANTINED_TRIPS, PICKUP_TS, start, end)
+    by_rule = (lakehouse.read(spark, QUARANTINED_TRIPS)
+               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("mlflow_run_id") == mlflow_run_id))
+               .select(F.explode(VIOLATIONS_COLUMN).alias("rule")).groupBy("rule").count().collect())
+    return {row["rule"]: int(row["count"]) for row in sorted(by_rule, key=lambda r: r["rule"])}
 
 
 def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> tuple[DataFrame, DataFrame]:

@@ -58,8 +58,8 @@ class TripValidationError(ValueError):
 
     def __init__(self, violations: list[Violation]):
         self.violations = list(violations)
-        lines = "\n  - ".join(v.message() for v in self.violations)
-        super().__init__(f"raw trips failed validation ({len(self.violations)} problem(s)):\n  - {lines}")
+        problems = "; ".join(v.message() for v in self.violations)  # one line: it survives first-line summaries
+        super().__init__(f"raw trips failed validation ({len(self.violations)} problem(s)): {problems}")
 
 
 @dataclass(frozen=True)

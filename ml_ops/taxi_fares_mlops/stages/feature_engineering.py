@@ -1,20 +1,25 @@
-"""Feature engineering: valid trips of the range -> pickup and dropoff features, upserted by key."""
+"""Feature engineering: valid trips of the range -> pickup and dropoff features, upserted by key; the range's
+invalid trips (``validation_mode=quarantine``) -> ``quarantined_trips`` with the rules they broke."""
 from __future__ import annotations
+
+import re
 
 from pyspark.sql import SparkSession
 
 from taxi_fares.features import FEATURE_KEYS, dropoff_features, pickup_features
+from taxi_fares.schema import QUARANTINE
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import FEATURE_ENGINEERING, JobConfig
-from taxi_fares_mlops.datasets import valid_trips
+from taxi_fares_mlops.datasets import quarantine, validated_trips
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES
+from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, QUARANTINED_TRIPS
 
 
 @stage(FEATURE_ENGINEERING)
 def feature_engineering(spark: SparkSession, config: JobConfig, context: StageContext) -> dict:
-    trips = valid_trips(spark, context.lakehouse, config, with_lookback=True)
-    outputs = {}
+    validated = validated_trips(spark, context.lakehouse, config, with_lookback=True)
+    trips = validated.valid
+    outputs: dict = {}
     for table, compute in ((PICKUP_FEATURES, pickup_features), (DROPOFF_FEATURES, dropoff_features)):
         features = compute(trips, config.start_date, config.end_date)
         with telemetry.span(f"merge {table}", table=table) as step:
@@ -22,4 +27,16 @@ def feature_engineering(spark: SparkSession, config: JobConfig, context: StageCo
             step.set_attributes({"rows_inserted": outputs[table]["inserted"],
                                  "rows_updated": outputs[table]["updated"]})
         context.wrote(table)
+    if config.validation_mode == QUARANTINE:
+        with telemetry.span(f"write {QUARANTINED_TRIPS}") as step:
+            by_rule = quarantine(spark, context.lakehouse, config, validated.quarantined, context.mlflow_run_id)
+            step.set_attribute("rows", sum(by_rule.values()))
+        context.wrote(QUARANTINED_TRIPS)
+        context.tracking.log_metrics({f"quarantined.{_metric_name(rule)}": float(count)
+                                      for rule, count in by_rule.items()})
+        outputs["quarantined"] = by_rule
     return outputs
+
+
+def _metric_name(rule: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", rule.lower()).strip("_")

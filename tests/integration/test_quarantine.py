@@ -1,0 +1,78 @@
+"""validation_mode=quarantine keeps the invalid trips: in ``quarantined_trips``, with the rules each broke, the
+run and the range; the valid trips are scored; rerunning the range replaces, never duplicates, them.
+(A trip without a pickup time belongs to no range, so no job ever reads it: that rule cannot show up here.)"""
+import datetime as dt
+
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from taxi_fares.schema import RAW_TRIP_SCHEMA
+from taxi_fares_mlops.jobs import run_job
+from taxi_fares_mlops.storage import PREDICTIONS, QUARANTINED_TRIPS, RAW_TRIPS
+
+T0 = dt.datetime(2016, 1, 10, 12, 0)
+BAD = [  # (trip_id, pickup, dropoff, distance, fare, pickup_zip, dropoff_zip) -> the rules it breaks
+    (9_000_001, T0, None, 2.0, 9.0, 10001, 10002),
+    (9_000_002, T0, T0 + dt.timedelta(minutes=9), 2.0, 9.0, None, 10002),
+    (9_000_003, T0, T0 + dt.timedelta(minutes=9), 2.0, 9.0, 10001, None),
+    (9_000_004, T0, T0 + dt.timedelta(minutes=9), -1.5, 9.0, 10001, 10002),
+    (9_000_005, T0, T0 - dt.timedelta(minutes=5), 2.0, 9.0, 10001, 10002),
+    (9_000_006, T0, T0 - dt.timedelta(minutes=5), -3.0, 9.0, None, 10002),
+]
+EXPECTED = {
+    9_000_001: ["tpep_dropoff_datetime have a null value"],
+    9_000_002: ["pickup_zip have a null value"],
+    9_000_003: ["dropoff_zip have a null value"],
+    9_000_004: ["trip_distance have a negative distance"],
+    9_000_005: ["tpep_dropoff_datetime have a dropoff before the pickup"],
+    9_000_006: ["pickup_zip have a null value", "trip_distance have a negative distance",
+                "tpep_dropoff_datetime have a dropoff before the pickup"],
+}
+
+
+def _with_bad_rows(spark, lakehouse):
+    good = lakehouse.read(spark, RAW_TRIPS).localCheckpoint()
+    schema = "trip_id long, " + ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in RAW_TRIP_SCHEMA.fields)
+    bad = spark.createDataFrame(BAD, schema).select(*good.columns)
+    lakehouse.write(good.unionByName(bad), RAW_TRIPS)
+    return good.count()
+
+
+def test_quarantined_trips_keep_their_rules_and_the_valid_ones_are_scored(
+        spark, trips_lakehouse, mlflow_store, training_config, scoring_config):
+    valid_rows = _with_bad_rows(spark, trips_lakehouse)
+    trained = run_job(training_config(), spark)
+    assert trained["stages"]["feature_engineering"]["quarantined"] == {
+        "dropoff_zip have a null value": 1, "pickup_zip have a null value": 2,
+        "tpep_dropoff_datetime have a dropoff before the pickup": 2, "tpep_dropoff_datetime have a null value": 1,
+        "trip_distance have a negative distance": 2}
+    metrics = MlflowClient().get_run(trained["mlflow_run_id"]).data.metrics
+    assert metrics["quarantined.trip_distance_have_a_negative_distance"] == 2.0
+
+    scored = run_job(scoring_config(), spark)
+    quarantined = trips_lakehouse.read(spark, QUARANTINED_TRIPS)
+    rows = {r["trip_id"]: r for r in quarantined.collect()}
+    assert {trip: sorted(r["violations"]) for trip, r in rows.items()} == {
+        trip: sorted(rules) for trip, rules in EXPECTED.items()}
+    assert {r["mlflow_run_id"] for r in rows.values()} == {scored["mlflow_run_id"]}
+    assert {(r["range_start"], r["range_end"]) for r in rows.values()} == {
+        (dt.date(2016, 1, 4), dt.date(2016, 1, 18))}
+    predictions = trips_lakehouse.read(spark, PREDICTIONS)
+    assert predictions.count() == valid_rows == scored["stages"]["batch_scoring"]["rows"]
+    assert predictions.filter(F.col("trip_id").isin(list(EXPECTED))).count() == 0
+
+    rerun = run_job(scoring_config(), spark)
+    again = trips_lakehouse.read(spark, QUARANTINED_TRIPS)
+    assert again.count() == len(EXPECTED) == again.select("trip_id").distinct().count()
+    assert {r["mlflow_run_id"] for r in again.collect()} == {rerun["mlflow_run_id"]}
+
+
+def test_fail_mode_writes_no_quarantine(spark, trips_lakehouse, mlflow_store, training_config):
+    import pytest
+
+    from taxi_fares_mlops.errors import StageError
+
+    _with_bad_rows(spark, trips_lakehouse)
+    with pytest.raises(StageError, match="DataError: table 'raw_trips'.*negative distance"):
+        run_job(training_config(validation_mode="fail"), spark)
+    assert not trips_lakehouse.exists(spark, QUARANTINED_TRIPS)
