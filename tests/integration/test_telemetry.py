@@ -130,6 +130,7 @@ def test_no_secret_reaches_logs_traces_or_envelopes(spark, trips_lakehouse, mlfl
     assert summary["status"] == "SUCCESS"
     logs = "\n".join(r.getMessage() for r in caplog.records)
     assert INSTRUMENTATION_KEY not in logs and "IngestionEndpoint" not in logs
+    assert capture.envelopes, "the run sent no envelopes: nothing was checked"
     for envelope in capture.envelopes:
         content = json.dumps({k: v for k, v in envelope.items() if k != "iKey"})  # iKey: the protocol's address
         assert INSTRUMENTATION_KEY not in content

@@ -10,7 +10,7 @@ import json
 import pytest
 import requests
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.errors import NotFound, ResourceAlreadyExists, ResourceDoesNotExist
+from databricks.sdk.errors import NotFound, ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
 from databricks.sdk.service.jobs import JobSettings
 from databricks.sdk.service.workspace import ImportFormat, Language, ObjectType
 
@@ -322,7 +322,7 @@ def test_files_api_only_under_existing_volumes_with_overwrite_semantics(emu, w):
             "/Volumes")
     refused(call(emu, "PUT", "/api/2.0/fs/files/Volumes/main/taxi_fares/nope/a.whl", data=b"x"), 404, "NOT_FOUND")
     w.files.upload(VOLUME + "/a.whl", io.BytesIO(b"one"))
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(ResourceConflict) as excinfo:
         w.files.upload(VOLUME + "/a.whl", io.BytesIO(b"two"), overwrite=False)
     assert "already exists" in str(excinfo.value)
     w.files.upload(VOLUME + "/a.whl", io.BytesIO(b"two"), overwrite=True)

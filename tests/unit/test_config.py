@@ -31,7 +31,9 @@ def test_defaults_build_typed_configs():
 
 def test_configs_are_frozen():
     config = TrainingConfig.from_mapping(TRAINING_DEFAULTS)
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.max_training_rows = 5
 
 
