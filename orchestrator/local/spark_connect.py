@@ -5,14 +5,11 @@ Jobs reach it through ``MLOPS_SPARK_REMOTE=sc://127.0.0.1:<port>``; it listens o
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.local.azurite import free_port
+from orchestrator.local.server import LocalServer
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
@@ -23,14 +20,15 @@ def spark_submit() -> Path:
     return Path(pyspark.__file__).parent / "bin" / "spark-submit"
 
 
-class SparkConnectServer:
+class SparkConnectServer(LocalServer):
+    name = "the Spark Connect server"
+
     def __init__(self, log: Path, port: Optional[int] = None, master: str = "local[2]",
                  python: str = sys.executable):
+        super().__init__(port)
         self.log = Path(log)
-        self.port = port or free_port()
         self.master = master
         self.python = python
-        self.process: Optional[subprocess.Popen] = None
 
     @property
     def url(self) -> str:
@@ -51,32 +49,5 @@ class SparkConnectServer:
         env = {**os.environ, "PYSPARK_PYTHON": self.python, "SPARK_LOCAL_IP": "127.0.0.1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the Spark Connect server exited with code {self.process.returncode}: "
-                                   f"see {self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the Spark Connect server did not listen on 127.0.0.1:{self.port} within "
-                           f"{timeout_s:.0f}s: see {self.log}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> "SparkConnectServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+            self.launch(self.command(), timeout_s, env=env, output=log, hint=f": see {self.log}")
+        return self
