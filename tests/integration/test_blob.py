@@ -89,7 +89,7 @@ def test_azurite_dying_mid_publish_leaves_no_manifest_and_a_rerun_publishes_all(
         run_job(config, spark)
     message = str(excinfo.value)
     assert proxy.cut.is_set()
-    assert "stage 'batch_scoring' failed: could not publish predictions to account 'devstoreaccount1', " \
+    assert "stage 'batch_scoring' failed: StorageError: could not publish predictions to account 'devstoreaccount1', " \
            f"container '{CONTAINER}', path 'predictions/taxi_fares/2016-01-04_2016-01-18/run=" in message
     assert ACCOUNT_KEY not in message
 
