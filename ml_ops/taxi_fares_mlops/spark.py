@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from importlib import metadata, resources
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -52,6 +53,29 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
 
 
+def _resolved_jars_file() -> Path:
+    """Where the jar files Ivy resolved for ``delta_package()`` are listed, beside Ivy's own cache."""
+    return Path.home() / ".ivy2.5.2" / f"mlops-{delta_package().replace(':', '_')}.jars"
+
+
+def resolved_jars() -> list[str]:
+    """The local jar files of the Delta package, once a session has resolved them (and all still exist)."""
+    listing = _resolved_jars_file()
+    if not listing.exists():
+        return []
+    jars = [line for line in listing.read_text().splitlines() if line]
+    return jars if jars and all(Path(j.removeprefix("file:")).exists() for j in jars) else []
+
+
+def _remember_resolved_jars(spark: SparkSession) -> None:
+    jars = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j.endswith(".jar")]
+    if jars and not resolved_jars():
+        try:
+            _resolved_jars_file().write_text("\n".join(jars) + "\n")
+        except OSError as exc:  # a read-only home only costs the next start an Ivy resolution
+            logger.debug("could not record the resolved jars: %s", exc)
+
+
 def catalog_conf(home: str) -> dict[str, str]:
     """A catalog that persists under ``home``: Spark's Hive metastore support on an embedded Derby database
     (``metastore_db``), managed tables in ``warehouse``. One process at a time may open it (Derby's rule)."""
@@ -68,9 +92,13 @@ def local_conf(persistent_catalog: bool = False) -> dict[str, str]:
     with ``persistent_catalog`` a catalog under the lakehouse root (``MLOPS_HOME``)."""
     from taxi_fares_mlops.storage import default_root
 
+    # Ivy resolves the Delta package on the first start (and prints its resolution); later starts use the jar
+    # files it resolved, which is quieter and a little faster.
+    jars = resolved_jars()
     conf = {
-        "spark.jars.packages": delta_package(),
-        "spark.jars.ivySettings": str(resources.files("taxi_fares_mlops").joinpath("resources/ivysettings.xml")),
+        **({"spark.jars": ",".join(jars)} if jars else {
+            "spark.jars.packages": delta_package(),
+            "spark.jars.ivySettings": str(resources.files("taxi_fares_mlops").joinpath("resources/ivysettings.xml"))}),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.catalogImplementation": "in-memory",
@@ -98,4 +126,5 @@ def _local_session(app_name: str, persistent_catalog: bool = False) -> SparkSess
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    _remember_resolved_jars(spark)
     return spark

@@ -68,7 +68,8 @@ class Lakehouse:
 
     def location(self, table: str) -> str:
         """Where ``table`` lives, as a person reads it: its three-level name, or its path."""
-        return f"{self.schema}.{self.table_path(table).rsplit('/', 1)[1]}" if self.schema else self.table_path(table)
+        path = self.table_path(table)  # also refuses an unknown table
+        return f"{self.schema}.{table}" if self.schema else path
 
     def _ensure_schema(self, spark: SparkSession) -> None:
         if self.schema and not spark.catalog.databaseExists(self.schema):
