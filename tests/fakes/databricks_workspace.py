@@ -34,11 +34,11 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 from databricks.sdk.service.files import DbfsAPI
-from databricks.sdk.service.jobs import JobSettings, JobsAPI
+from databricks.sdk.service.jobs import JobsAPI
 from databricks.sdk.service.ml import ExperimentsAPI
 from databricks.sdk.service.workspace import WorkspaceAPI
 
-from fakes.strict_decode import RequestRefused, decode_body, decode_dataclass, decode_query, invalid
+from fakes.strict_decode import RequestRefused, decode_body, decode_query, invalid
 
 ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURCE_ALREADY_EXISTS", 429: "REQUEST_LIMIT_EXCEEDED",
@@ -714,7 +714,6 @@ class WorkspaceEmulator:
         """``jobs/update``: top-level fields replaced, ``tasks`` and ``job_clusters`` merged by key."""
         keyed = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
         merged = json.loads(json.dumps(current))
-        decode_dataclass(JobSettings, new, "new_settings.")
         for name, value in new.items():
             if name in keyed:
                 by_key = {item[keyed[name]]: item for item in merged.get(name, [])}
