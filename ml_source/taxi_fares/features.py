@@ -172,11 +172,64 @@ def point_in_time_join(left: DataFrame, features: DataFrame, left_zip: str, left
     )
 
 
-def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame) -> DataFrame:
-    """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features."""
+def filled_grid(features: DataFrame, feature_cols: Sequence[str], zips: Sequence[int], first_epoch: int,
+                last_epoch: int, step_seconds: int) -> DataFrame:
+    """The as-of rule applied to a grid: each of ``zips`` times each slot ``first``, ``first + step``, ...,
+    ``last`` (epoch seconds), with the latest feature row at or before the slot (nulls where there is none).
+
+    Columns ``_grid_zip``, ``_grid_key`` and ``feature_cols``; len(zips) x slots rows, however many trips.
+    """
+    spark = features.sparkSession
+    slots = (last_epoch - first_epoch) // step_seconds + 1
+    zip_type = features.schema[ZIP].dataType.simpleString()
+    grid = (spark.createDataFrame([(z,) for z in zips], f"_grid_zip {zip_type}")
+            .crossJoin(spark.range(slots).select(
+                F.timestamp_seconds(F.lit(first_epoch) + F.col("id") * step_seconds).alias("_grid_key"))))
+    # Only these zips' rows, and none after the last slot, can be the latest at or before a slot.
+    relevant = features.filter(F.col(ZIP).isin(list(zips)) & (F.col(TS) <= F.timestamp_seconds(F.lit(last_epoch))))
+    return point_in_time_join(grid, relevant, "_grid_zip", "_grid_key", feature_cols)
+
+
+# A filled grid (zips x slots) up to this many rows is worth building and broadcast to every task; beyond it (a
+# range of years, thousands of zips) the joins sort instead.
+GRID_MAX_ROWS = 2_000_000
+
+_JOINS = (
+    (PICKUP_ZIP, PICKUP_LOOKUP_TS, PICKUP_FEATURE_COLUMNS, PICKUP_SLIDE_SECONDS),
+    (DROPOFF_ZIP, DROPOFF_LOOKUP_TS, DROPOFF_FEATURE_COLUMNS, DROPOFF_WINDOW_SECONDS),
+)
+
+
+def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid: bool = True) -> DataFrame:
+    """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features.
+
+    The lookup keys lie on a fixed grid (15 and 30 minutes), and so do the feature rows (window ends). With
+    ``grid`` (the default), one small aggregation over the trips finds the span of their keys and their zips;
+    the as-of rule is then applied once to every (zip, slot) of that span (``filled_grid``, small), and each
+    trip takes its features by an equi-join on (zip, key) with the filled grid broadcast: no sort or shuffle
+    of the trips. A span too large for that (``GRID_MAX_ROWS``) falls back, per join, to ``point_in_time_join``,
+    which sorts trips and feature rows together; ``grid=False`` always does. Both give the same rows.
+    """
     keyed = add_time_features(add_lookup_keys(trips))
-    with_pickup = point_in_time_join(keyed, pickup, PICKUP_ZIP, PICKUP_LOOKUP_TS, PICKUP_FEATURE_COLUMNS)
-    return point_in_time_join(with_pickup, dropoff, DROPOFF_ZIP, DROPOFF_LOOKUP_TS, DROPOFF_FEATURE_COLUMNS)
+    spans = None
+    if grid:
+        clash = [c for c in ("_grid_zip", "_grid_key") if c in keyed.columns]
+        if clash:
+            raise ValueError(f"trips already have column(s) {clash}")
+        spans = keyed.agg(*[agg for zip_col, key, _, _ in _JOINS for agg in (
+            F.min(F.unix_timestamp(key)).alias(f"first_{key}"), F.max(F.unix_timestamp(key)).alias(f"last_{key}"),
+            F.collect_set(zip_col).alias(f"zips_{key}"))]).first()
+    joined = keyed
+    for features, (zip_col, key, columns, step) in zip((pickup, dropoff), _JOINS):
+        first, last = (spans[f"first_{key}"], spans[f"last_{key}"]) if spans is not None else (None, None)
+        zips = sorted(spans[f"zips_{key}"]) if first is not None else []
+        if not zips or len(zips) * ((last - first) // step + 1) > GRID_MAX_ROWS:
+            joined = point_in_time_join(joined, features, zip_col, key, columns)
+            continue
+        filled = F.broadcast(filled_grid(features, columns, zips, first, last, step))
+        on = (F.col(zip_col) == F.col("_grid_zip")) & (F.col(key) == F.col("_grid_key"))
+        joined = joined.join(filled, on, "left").drop("_grid_zip", "_grid_key")
+    return joined
 
 
 # Model input columns, in order. All are cast to double so the MLflow signature is one simple type.

@@ -181,3 +181,53 @@ def test_join_features_never_counts_the_trip_itself(spark, make_trips):
     assert row["mean_fare_window_1h_pickup_zip"] is None
     assert row["count_trips_window_30m_dropoff_zip"] is None
     assert (row["pickup_hour"], row["pickup_weekday"]) == (10, 2)  # Monday = 2 in Spark's dayofweek
+
+
+@pytest.mark.parametrize("grid_max_rows", [2_000_000, 50_000], ids=["both-grids", "pickup-grid-dropoff-sorted"])
+def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, make_trips, monkeypatch,
+                                                                        grid_max_rows):
+    """The grid join (equi-join on filled (zip, slot) rows) against the sorted as-of join on the same inputs.
+
+    The features have gaps of every kind: rows dropped at random, a zip whose rows stop mid-range, a zip with
+    rows only before the range, hours with no rows at all; they also hold rows before the range (which the
+    first slots must fall back to) and after it (which must never leak in). The trips include a dropoff weeks
+    later (the dropoff span then exceeds the smaller grid limit, which sorts that join instead), a zip without
+    features, and keys on the first and last slots.
+    """
+    import taxi_fares.features as features
+    from taxi_fares.synthetic import generate_trips
+
+    monkeypatch.setattr(features, "GRID_MAX_ROWS", grid_max_rows)
+    start, end = "2016-01-05", "2016-01-07"
+    history = generate_trips(spark, 6000, "2016-01-04", "2016-01-08", seed=11).drop("trip_id")
+    pickup_rows = pickup_features(history, "2016-01-04", "2016-01-08")
+    dropoff_rows = dropoff_features(history, "2016-01-04", "2016-01-08")
+
+    def with_gaps(rows):
+        kept = rows.filter(F.pmod(F.xxhash64("zip", "ts"), F.lit(10)) >= 3)              # 30% dropped
+        kept = kept.filter(~((F.col("zip") == 10001) & (F.col("ts") >= ts("2016-01-06 12:00"))))
+        kept = kept.filter(~((F.col("zip") == 10002) & (F.col("ts") >= ts(start))))
+        return kept.filter(~((F.col("ts") >= ts("2016-01-05 03:00")) & (F.col("ts") < ts("2016-01-05 07:00"))))
+
+    pickup, dropoff = with_gaps(pickup_rows), with_gaps(dropoff_rows)
+    edge = make_trips([
+        ("2016-01-05 00:00:00", "2016-01-05 00:30:00", 1.0, 9.0, 10001, 10002),    # on both grids' first slot
+        ("2016-01-06 23:59:59", "2016-01-07 05:59:59", 2.0, 9.0, 10003, 10001),    # last pickup slot
+        ("2016-01-06 10:00:00", "2016-01-09 00:00:00", 2.0, 9.0, 10003, 10001),    # after every feature row
+        ("2016-01-06 10:00:00", "2016-02-20 00:00:00", 2.0, 9.0, 10003, 10003),    # weeks later
+        ("2016-01-05 10:07:00", "2016-01-05 10:20:00", 1.0, 9.0, 99999, 99999),    # zip without features
+        ("2016-01-05 10:07:00", "2016-01-05 10:20:00", 1.0, 9.0, None, None),      # no zip at all
+    ])
+    trips = (history.filter((F.col("tpep_pickup_datetime") >= ts(start)) & (F.col("tpep_pickup_datetime") < ts(end)))
+             .unionByName(edge))
+
+    as_of = join_features(trips, pickup, dropoff, grid=False)
+    on_grid = join_features(trips, pickup, dropoff)
+    assert on_grid.columns == as_of.columns
+    assert on_grid.count() == trips.count()
+    assertDataFrameEqual(on_grid, as_of)
+    # The gaps are real: some trips found no pickup row, some found an older one than their own key.
+    assert on_grid.filter(F.col("mean_fare_window_1h_pickup_zip").isNull()).count() > 0
+    assert on_grid.filter(F.col("count_trips_window_30m_dropoff_zip").isNull()).count() > 0
+    final_plan = on_grid._jdf.queryExecution().executedPlan().toString().split("Initial Plan")[0]
+    assert final_plan.count("BroadcastHashJoin") == (2 if grid_max_rows == 2_000_000 else 1)
