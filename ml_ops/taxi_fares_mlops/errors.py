@@ -29,6 +29,10 @@ class StorageError(MlopsError):
     """A table or file could not be read or written; the message names it."""
 
 
+class MissingTableError(StorageError):
+    """The table does not exist (yet): a stage that creates it has not run."""
+
+
 class RegistryError(MlopsError):
     """A registered model, version or alias does not exist or cannot be used."""
 

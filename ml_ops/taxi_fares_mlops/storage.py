@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from taxi_fares_mlops.errors import StorageError, first_line
+from taxi_fares_mlops.errors import MissingTableError, StorageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ QUARANTINED_TRIPS = "quarantined_trips"
 TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, QUARANTINED_TRIPS)
 
 MLOPS_HOME_ENV = "MLOPS_HOME"
+
+# Spark's error conditions for "no table there": a name the catalog lacks, a path that does not exist, a folder
+# without a Delta log.
+MISSING_TABLE_CONDITIONS = ("TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "DELTA_TABLE_NOT_FOUND",
+                            "DELTA_MISSING_DELTA_TABLE")
 
 
 def default_root() -> str:
@@ -107,12 +112,22 @@ class Lakehouse:
         return detail is not None and detail["format"] == "delta"
 
     def read(self, spark: SparkSession, table: str) -> DataFrame:
-        if not self.exists(spark, table):
-            raise StorageError(f"table '{table}' does not exist at {self.location(table)}")
-        with self._wrapped("read", table):
+        """The table (lazily); a StorageError saying so when it does not exist. One catalog or log lookup, not
+        an ``exists`` check first: each lookup of a Delta table is a round of Spark jobs."""
+        from pyspark.errors import AnalysisException
+
+        try:
             if self.schema:
                 return spark.table(self._sql_name(table))
             return spark.read.format("delta").load(self.table_path(table))
+        except AnalysisException as exc:
+            if exc.getCondition() in MISSING_TABLE_CONDITIONS:
+                raise MissingTableError(f"table '{table}' does not exist at {self.location(table)}") from exc
+            raise StorageError(f"could not read table '{table}' at {self.location(table)}: "
+                               f"{first_line(exc)}") from exc
+        except Exception as exc:
+            raise StorageError(f"could not read table '{table}' at {self.location(table)}: "
+                               f"{first_line(exc)}") from exc
 
     def write(self, df: DataFrame, table: str, mode: str = "overwrite",
               partition_by: Sequence[str] = ()) -> None:
@@ -157,12 +172,10 @@ class Lakehouse:
         Returns the number of rows written.
         """
         condition = f"`{column}` >= '{start}' AND `{column}` < '{end}'"
-        if not self.exists(spark, table):
-            self.write(df, table)
-        else:
-            with self._wrapped("replace a range of", table):
-                writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-                self._save(spark, writer, table)
+        # No existence check first: on a missing table the same write creates it.
+        with self._wrapped("replace a range of", table):
+            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+            self._save(spark, writer, table)
         written = self._last_metric(spark, table, "numOutputRows")
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
