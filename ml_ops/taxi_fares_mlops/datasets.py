@@ -17,7 +17,7 @@ from taxi_fares.model import split_holdout
 from taxi_fares.schema import (DROPOFF_TS, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError, ValidationResult,
                                validate_trips)
 from taxi_fares_mlops.config import JobConfig, TrainingConfig
-from taxi_fares_mlops.errors import DataError
+from taxi_fares_mlops.errors import DataError, MissingTableError
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, QUARANTINED_TRIPS, RAW_TRIPS, Lakehouse
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,11 @@ def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig)
     start, end = config.time_range
     tables = []
     for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
-        if not lakehouse.exists(spark, table):
+        try:
+            df = lakehouse.read(spark, table)
+        except MissingTableError as exc:
             raise DataError(f"feature table '{table}' does not exist: run the job with "
-                            f"execute_feature_engineering=true")
-        df = lakehouse.read(spark, table)
+                            f"execute_feature_engineering=true") from exc
         if df.filter(in_range(F.col("ts"), start, end)).limit(1).count() == 0:
             raise DataError(f"feature table '{table}' has no rows for {config.start_date}..{config.end_date}: "
                             f"run the job with execute_feature_engineering=true for that range")
@@ -84,9 +85,14 @@ def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig)
     return tables[0], tables[1]
 
 
-def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:
+def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame) -> DataFrame:
+    """``trips`` (of the config's range) with their point-in-time features."""
     pickup, dropoff = feature_tables(spark, lakehouse, config)
-    return join_features(valid_trips(spark, lakehouse, config), pickup, dropoff)
+    return join_features(trips, pickup, dropoff)
+
+
+def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:
+    return with_features(spark, lakehouse, config, valid_trips(spark, lakehouse, config))
 
 
 def training_and_holdout(spark: SparkSession, lakehouse: Lakehouse, config: TrainingConfig

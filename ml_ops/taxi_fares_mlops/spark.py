@@ -15,14 +15,33 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from importlib import metadata, resources
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
 
 SPARK_REMOTE_ENV = "MLOPS_SPARK_REMOTE"
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """``settings`` for the actions run inside the block (Spark reads them when a query executes), then the
+    session's previous values back: a stage tunes its own queries without changing the job's session."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def on_databricks() -> bool:

@@ -15,22 +15,26 @@ from taxi_fares.features import in_range
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import blob, telemetry
 from taxi_fares_mlops.config import BATCH_SCORING, ScoringConfig
-from taxi_fares_mlops.datasets import trips_with_features
+from taxi_fares_mlops.datasets import valid_trips, with_features
 from taxi_fares_mlops.errors import StorageError
+from taxi_fares_mlops.spark import session_conf
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.storage import PREDICTIONS, RAW_TRIPS
+from taxi_fares_mlops.storage import PREDICTIONS
 
 logger = logging.getLogger(__name__)
+
+# Rows per Arrow batch handed to the model: the model is called once per batch, so larger batches spread its
+# per-call cost (MLflow's input checks, the pandas frame) over more rows; 100k rows of features are ~8 MB.
+SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000"}
 
 
 @stage(BATCH_SCORING)
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
     model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
-    trips = trips_with_features(spark, context.lakehouse, config)
-    raw_columns = context.lakehouse.read(spark, RAW_TRIPS).columns
-    predictions = context.tracking.score(spark, trips, model).select(
-        *raw_columns,
+    trips = valid_trips(spark, context.lakehouse, config)
+    predictions = context.tracking.score(spark, with_features(spark, context.lakehouse, config, trips), model).select(
+        *trips.columns,
         "prediction",
         F.lit(model.name).alias("model_name"),
         F.lit(model.version).alias("model_version"),
@@ -40,7 +44,8 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
     )
     start, end = config.time_range
     with telemetry.span("score and write predictions", table=PREDICTIONS, model_version=model.version) as step:
-        rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
+        with session_conf(spark, SCORING_CONF):
+            rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
         step.set_attribute("rows", rows)
     context.wrote(PREDICTIONS)
     outputs = {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}
