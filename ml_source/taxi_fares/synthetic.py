@@ -70,7 +70,9 @@ def generate_trips(spark: SparkSession, rows: int, start: DateLike, end: DateLik
     span_seconds = int((end_dt - start_dt).total_seconds())
     days = max(1, math.ceil(span_seconds / 86400))
     if partitions is None:
-        partitions = max(1, min(2000, rows // 1_000_000 + 1))
+        # An even number of parts of at most 1M rows: the table a job reads then has at least two files, so even
+        # a small range keeps two cores busy, and larger ones split into balanced waves.
+        partitions = min(2000, 2 * max(1, math.ceil(rows / 2_000_000)))
 
     base = spark.range(0, rows, numPartitions=partitions)
 
