@@ -35,9 +35,10 @@ test: lint
 dist: install
 	$(VENV)/bin/mlops build --dist $(DIST)
 
-# Batch-scoring throughput and driver memory at 1M and 4M rows (prints figures; asserts nothing).
+# Batch-scoring throughput, its stage breakdown and driver memory at 1M and 4M rows, and on a standalone
+# cluster (prints figures; asserts nothing). BENCH_ARGS=--with-16m adds 16M rows.
 bench: install
-	$(PY) benchmarks/bench_batch_scoring.py
+	$(PY) benchmarks/bench_batch_scoring.py $(BENCH_ARGS)
 
 clean:
 	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

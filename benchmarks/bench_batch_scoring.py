@@ -1,13 +1,23 @@
-"""Benchmark: batch scoring throughput and driver memory at two sizes, against in-process predict.
+"""Benchmark: batch scoring throughput, where its time goes, and driver memory, against in-process predict.
 
-    python benchmarks/bench_batch_scoring.py [--sizes 1000000 4000000]     (or: make bench)
+    python benchmarks/bench_batch_scoring.py [--sizes 1000000 4000000] [--with-16m] [--cluster-rows N]
+    (or: make bench; make bench BENCH_ARGS=--with-16m)
 
-For each size it generates that many trips into a temporary lakehouse, runs the batch-scoring job
-(feature engineering, then scoring with the registered champion through ``mlflow.pyfunc.spark_udf`` and the
-Delta write), and samples the driver's memory meanwhile: the Python driver's resident set (where a
-``toPandas()`` would land) and the JVM heap (in local mode the JVM holds the executors too). The denominator
-is ``model.predict`` on the same model, in this process, on rows already in memory. Figures are ratios
-measured in one run on one machine; they are printed, never asserted.
+For each size it generates that many trips into a temporary lakehouse and runs the batch-scoring job the way a
+user does (feature engineering, then scoring with the registered champion and the Delta write), sampling the
+driver's memory meanwhile: the Python driver's resident set (where a ``toPandas()`` would land) and the JVM heap
+(in local mode the JVM holds the executors too).
+
+The stage breakdown then re-runs the scoring pipeline's parts on the same session, each ending in Spark's
+``noop`` sink so nothing is written: read and validate; + the point-in-time feature join; + prediction (each
+part's time is the difference to the previous one); model load is ``mlflow.pyfunc.load_model`` of the same
+version; Delta write is the stage's "score and write" span minus the same pipeline into ``noop``; "other" is
+the rest of the stage (registry, checks, commit). Blob publish is not in the stage's figure (the stage publishes
+only when a storage connection is configured): it is the stage's publish step run on the written predictions
+against a local Azurite. The denominator is ``model.predict`` on the same model, in this process, on rows
+already in memory. Then the scoring job runs again on a Spark standalone cluster on loopback (one master, two
+one-core workers) beside ``local[2]``. Figures are ratios measured in one run on one machine; printed, never
+asserted.
 """
 from __future__ import annotations
 
@@ -20,6 +30,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the orchestrator's local servers (Azurite, the standalone cluster)
+
+START, END = "2016-01-01", "2016-03-01"
 
 
 class MemorySampler:
@@ -59,82 +73,188 @@ class MemorySampler:
         self._thread.join()
 
 
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def noop(df) -> None:
+    df.write.format("noop").mode("overwrite").save()
+
+
+def config(cls, parameters, lakehouse, **changes):
+    values = {p.name: p.default for p in parameters}
+    values.update(start_date=START, end_date=END, lakehouse_root=str(lakehouse), mlflow_experiment="bench",
+                  **changes)
+    return cls.from_mapping(values)
+
+
+def span_seconds(lakehouse: Path, run_id: str, name: str) -> float:
+    from taxi_fares_mlops.telemetry import read_local
+
+    rows = read_local(lakehouse / "runs" / run_id / "telemetry.jsonl")
+    return sum(r["duration_ms"] for r in rows if r["type"] == "span" and r["name"] == name) / 1000
+
+
+def breakdown(spark, home: Path, summary, model_uri: str, connection: str) -> dict[str, float]:
+    """Seconds per part of the scoring stage (see the module's docstring)."""
+    import mlflow
+
+    from taxi_fares_mlops import datasets, tracking
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
+    from taxi_fares_mlops.stages.batch_scoring import SCORING_CONF
+    from taxi_fares_mlops.spark import session_conf
+    from taxi_fares_mlops.storage import Lakehouse
+
+    lakehouse = Lakehouse(str(home))
+    scoring = config(ScoringConfig, SCORING_PARAMETERS, home)
+    model = tracking.Registry(scoring.model_name).resolve(scoring.model_alias)
+    read = timed(lambda: noop(datasets.valid_trips(spark, lakehouse, scoring)))
+    joined = timed(lambda: noop(datasets.trips_with_features(spark, lakehouse, scoring)))
+    load = timed(lambda: mlflow.pyfunc.load_model(model_uri))
+    with session_conf(spark, SCORING_CONF):
+        scored = timed(lambda: noop(tracking.score(spark, datasets.trips_with_features(spark, lakehouse, scoring),
+                                                   model)))
+    stage = summary.stages["batch_scoring"].duration_s
+    write = max(0.0, span_seconds(home, summary.mlflow_run_id, "score and write predictions") - scored)
+    publish = timed(lambda: publish_predictions(spark, lakehouse, summary.mlflow_run_id, connection))
+    parts = {"read+validate": read, "feature join": joined - read, "model load": load,
+             "predict": scored - joined, "Delta write": write}
+    parts["other"] = max(0.0, stage - sum(v for k, v in parts.items() if k != "model load"))
+    parts["Blob publish"] = publish
+    return parts
+
+
+def publish_predictions(spark, lakehouse, run_id: str, connection: str) -> None:
+    """What the stage does after the Delta write when a storage connection is configured."""
+    from pyspark.sql import functions as F
+
+    from taxi_fares_mlops import blob
+    from taxi_fares_mlops.storage import PREDICTIONS
+
+    written = lakehouse.read(spark, PREDICTIONS).filter(F.col("mlflow_run_id") == run_id)
+    blob.publish(written, blob.BlobTarget(connection, "bench"), f"predictions/{run_id}", {"mlflow_run_id": run_id})
+
+
+def in_process_rate(model, rows: int = 1_000_000) -> float:
+    import numpy as np
+    import pandas as pd
+
+    from taxi_fares.features import MODEL_FEATURES
+
+    frame = pd.DataFrame(np.random.default_rng(0).random((rows, len(MODEL_FEATURES))), columns=list(MODEL_FEATURES))
+    return rows / timed(lambda: model.predict(frame))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--with-16m", action="store_true", help="also score 16M rows (about 10 more minutes)")
     parser.add_argument("--train-rows", type=int, default=100_000)
+    parser.add_argument("--cluster-rows", type=int, default=1_000_000,
+                        help="rows scored on the standalone cluster (0: skip it)")
     args = parser.parse_args(argv)
+    sizes = sorted(set(args.sizes + ([16_000_000] if args.with_16m else [])))
 
     import logging
 
     import mlflow
-    import numpy as np
 
-    from taxi_fares.features import MODEL_FEATURES
+    from orchestrator.local.azurite import Azurite
     from taxi_fares.synthetic import generate_trips
-    from taxi_fares_mlops.config import (SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig,
-                                         TrainingConfig)
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig, TrainingConfig
     from taxi_fares_mlops.jobs import run_job
-    from taxi_fares_mlops.summary import JobSummary
     from taxi_fares_mlops.spark import get_spark
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
+    from taxi_fares_mlops.summary import JobSummary
 
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
+    spark_start = timed(lambda: get_spark("bench"))
     spark = get_spark("bench")
-    start, end = "2016-01-01", "2016-03-01"
-
-    def config(cls, parameters, lakehouse, **changes):
-        values = {p.name: p.default for p in parameters}
-        values.update(start_date=start, end_date=end, lakehouse_root=str(lakehouse), mlflow_experiment="bench",
-                      **changes)
-        return cls.from_mapping(values)
 
     print(f"[bench] training the model on {args.train_rows:,} rows", file=sys.stderr)
     train_home = work / "train"
-    Lakehouse(str(train_home)).write(generate_trips(spark, args.train_rows, start, end, seed=1), RAW_TRIPS)
+    Lakehouse(str(train_home)).write(generate_trips(spark, args.train_rows, START, END, seed=1), RAW_TRIPS)
     run_job(config(TrainingConfig, TRAINING_PARAMETERS, train_home, max_iter="100"), spark)
-    model = mlflow.sklearn.load_model("models:/taxi_fares@champion")
+    model_uri = "models:/taxi_fares@champion"
+    model = mlflow.sklearn.load_model(model_uri)
 
-    rows = []
-    for size in args.sizes:
-        home = work / f"n{size}"
-        lakehouse = Lakehouse(str(home))
-        print(f"[bench] {size:,} rows: generating", file=sys.stderr)
-        lakehouse.write(generate_trips(spark, size, start, end, seed=2), RAW_TRIPS)
-        # The model's registry lives in the shared sqlite store; features come from this size's lakehouse.
-        scoring = config(ScoringConfig, SCORING_PARAMETERS, home)
-        print(f"[bench] {size:,} rows: feature engineering + batch scoring", file=sys.stderr)
-        with MemorySampler(spark) as memory:
+    results = []
+    with Azurite(work / "azurite") as azurite:
+        for size in sizes:
+            home = work / f"n{size}"
+            print(f"[bench] {size:,} rows: generating", file=sys.stderr)
+            Lakehouse(str(home)).write(generate_trips(spark, size, START, END, seed=2), RAW_TRIPS)
+            print(f"[bench] {size:,} rows: feature engineering + batch scoring", file=sys.stderr)
+            with MemorySampler(spark) as memory:
+                summary = JobSummary.from_dict(run_job(config(ScoringConfig, SCORING_PARAMETERS, home), spark))
+            print(f"[bench] {size:,} rows: stage breakdown", file=sys.stderr)
+            parts = breakdown(spark, home, summary, model_uri, azurite.connection_string)
+            results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model)))
+    spark.stop()
+
+    cluster_rate = None
+    if args.cluster_rows:
+        cluster_rate = standalone_rate(work, args.cluster_rows, min(sizes, key=lambda s: abs(s - args.cluster_rows)))
+
+    report(spark_start, results, cluster_rate)
+    return 0
+
+
+def standalone_rate(work: Path, rows: int, size: int):
+    """Scoring rows/s of the same job on a standalone cluster (one master, two one-core workers)."""
+    from orchestrator.local.standalone import StandaloneCluster
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
+    from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.spark import get_spark
+    from taxi_fares_mlops.summary import JobSummary
+
+    print(f"[bench] {size:,} rows on a standalone cluster (2 workers x 1 core)", file=sys.stderr)
+    with StandaloneCluster(work / "cluster") as cluster:
+        os.environ["MLOPS_SPARK_MASTER"] = cluster.url
+        try:
+            spark = get_spark("bench-standalone")
+            scoring = config(ScoringConfig, SCORING_PARAMETERS, work / f"n{size}", execute_feature_engineering="false")
+            run_job(scoring, spark)  # the first run starts the executors' Python workers
             summary = JobSummary.from_dict(run_job(scoring, spark))
-        stage, features = summary.stages["batch_scoring"], summary.stages["feature_engineering"]
+            spark.stop()
+        finally:
+            os.environ.pop("MLOPS_SPARK_MASTER", None)
+    stage = summary.stages["batch_scoring"]
+    return size, stage.outputs["rows"] / stage.duration_s
 
-        sample = min(size, 1_000_000)
-        frame = np.random.default_rng(0).random((sample, len(MODEL_FEATURES)))
-        import pandas as pd
 
-        pdf = pd.DataFrame(frame, columns=list(MODEL_FEATURES))
-        t0 = time.perf_counter()
-        model.predict(pdf)
-        predict_rate = sample / (time.perf_counter() - t0)
-        rows.append((size, stage.outputs["rows"], stage.duration_s, features.duration_s, memory.peak_rss,
-                     memory.peak_heap, predict_rate))
-
+def report(spark_start: float, results, cluster_rate) -> None:
     print()
-    print("Batch scoring (local[2]; scoring = read + point-in-time join + spark_udf + Delta replaceWhere)")
+    print(f"Batch scoring on local[2]; Spark session start {spark_start:.1f}s (not in the figures below)")
     print(f"{'rows':>10} {'scored/s':>10} {'scoring s':>10} {'features s':>10} {'py driver MiB':>14} "
           f"{'JVM heap MiB':>13} {'predict/s':>11} {'ratio':>6}")
-    for size, scored, seconds, fe_seconds, rss, heap, predict_rate in rows:
-        rate = scored / seconds
-        print(f"{size:>10,} {rate:>10,.0f} {seconds:>10.1f} {fe_seconds:>10.1f} {rss / 2**20:>14.0f} "
+    for size, summary, _, rss, heap, predict_rate in results:
+        stage = summary.stages["batch_scoring"]
+        rate = stage.outputs["rows"] / stage.duration_s
+        print(f"{size:>10,} {rate:>10,.0f} {stage.duration_s:>10.1f} "
+              f"{summary.stages['feature_engineering'].duration_s:>10.1f} {rss / 2**20:>14.0f} "
               f"{heap / 2**20:>13.0f} {predict_rate:>11,.0f} {rate / predict_rate:>6.3f}")
-    if len(rows) >= 2:
-        first, last = rows[0], rows[-1]
-        print(f"\n{last[0] / first[0]:.0f}x the rows: python driver peak RSS x{last[4] / first[4]:.2f}, "
-              f"scoring throughput x{(last[1] / last[2]) / (first[1] / first[2]):.2f}")
-    spark.stop()
-    return 0
+    print("\nWhere the scoring stage's seconds go (read, join and predict run as one Spark job in the stage; here "
+          "each is timed apart; Blob publish comes on top when a storage connection is configured)")
+    names = list(results[0][2])
+    print(f"{'rows':>10} " + " ".join(f"{n:>13}" for n in names))
+    for size, _, parts, *_ in results:
+        print(f"{size:>10,} " + " ".join(f"{parts[n]:>13.2f}" for n in names))
+    if len(results) >= 2:
+        first, last = results[0], results[-1]
+        rate = [r[1].stages["batch_scoring"].outputs["rows"] / r[1].stages["batch_scoring"].duration_s
+                for r in (first, last)]
+        print(f"\n{last[0] / first[0]:.0f}x the rows: python driver peak RSS x{last[3] / first[3]:.2f}, "
+              f"scoring throughput x{rate[1] / rate[0]:.2f}")
+    if cluster_rate is not None:
+        size, rate = cluster_rate
+        local = next(r for r in results if r[0] == size)[1].stages["batch_scoring"]
+        print(f"\nStandalone cluster (1 master, 2 workers x 1 core, loopback), {size:,} rows: {rate:,.0f} rows/s "
+              f"(local[2]: {local.outputs['rows'] / local.duration_s:,.0f} rows/s)")
 
 
 if __name__ == "__main__":
