@@ -184,8 +184,7 @@ def test_join_features_never_counts_the_trip_itself(spark, make_trips):
 
 
 @pytest.mark.parametrize("grid_max_rows", [2_000_000, 50_000], ids=["both-grids", "pickup-grid-dropoff-sorted"])
-def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, make_trips, monkeypatch,
-                                                                        grid_max_rows):
+def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, make_trips, monkeypatch, grid_max_rows):
     """The grid join (equi-join on filled (zip, slot) rows) against the sorted as-of join on the same inputs.
 
     The features have gaps of every kind: rows dropped at random, a zip whose rows stop mid-range, a zip with
