@@ -20,6 +20,7 @@ setup(
         "numpy>=1.26",
         "pandas>=2.0,<3",
         "scikit-learn>=1.4,<2",
+        "scipy>=1.11",
     ],
     extras_require={
         # Provided by the Databricks runtime; install locally with `pip install taxi_fares[spark]`.

@@ -51,15 +51,47 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
     if args.end <= args.start:
         raise ConfigurationError(f"--end ({args.end}) must be after --start ({args.start})")
+    shift = _shifts(args.shift)
+    if not 0 <= args.outliers <= 1:
+        raise ConfigurationError(f"--outliers must be a share in [0, 1], got {args.outliers}")
     lakehouse = Lakehouse(lakehouse_root(), args.table_schema)
     started = time.monotonic()
     progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
     spark = get_spark("mlops-data-generate", persistent_catalog=bool(args.table_schema))
-    trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed)
-    lakehouse.write(trips, RAW_TRIPS)
+    trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed, shift=shift,
+                           outliers=args.outliers)
+    if args.append and lakehouse.exists(spark, RAW_TRIPS):
+        from pyspark.sql import functions as F
+
+        # New ids after the existing ones: a trip id names one trip.
+        offset = (lakehouse.read(spark, RAW_TRIPS).agg(F.max("trip_id")).first()[0] or -1) + 1
+        trips = trips.withColumn("trip_id", F.col("trip_id") + F.lit(offset))
+    lakehouse.write(trips, RAW_TRIPS, mode="append" if args.append else "overwrite")
     progress(f"wrote table '{RAW_TRIPS}' at {lakehouse.location(RAW_TRIPS)} "
              f"in {time.monotonic() - started:.1f}s")
     return 0
+
+
+def _shifts(specs: list[str]) -> dict[str, float]:
+    """``--shift COLUMN=FACTOR`` options as {column: factor}; every malformed one named at once."""
+    from taxi_fares.synthetic import SHIFTABLE
+
+    shifts, problems = {}, []
+    for spec in specs:
+        column, _, factor = spec.partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = None
+        if column not in SHIFTABLE:
+            problems.append(f"--shift {spec}: column must be one of {', '.join(SHIFTABLE)}")
+        elif value is None or not (0 < value < float("inf")):
+            problems.append(f"--shift {spec}: factor must be a number > 0")
+        else:
+            shifts[column] = value
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+    return shifts
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--start", type=_date, default=dt.date(2016, 1, 1), help="first day (YYYY-MM-DD)")
     generate.add_argument("--end", type=_date, default=dt.date(2016, 3, 1), help="day after the last (YYYY-MM-DD)")
     generate.add_argument("--seed", type=int, default=42, help="random seed (same seed, same rows)")
+    generate.add_argument("--shift", action="append", default=[], metavar="COLUMN=FACTOR",
+                          help="scale a column to make a drifted range, e.g. trip_distance=1.5 (repeatable)")
+    generate.add_argument("--outliers", type=float, default=0.0, metavar="SHARE",
+                          help="share of trips made extreme (distance x25, fare x8), e.g. 0.03")
+    generate.add_argument("--append", action="store_true", help="add the trips to raw_trips instead of replacing it")
     generate.add_argument("--table-schema", default="", metavar="CATALOG.SCHEMA",
                           help="write raw_trips by name there (what jobs given table_schema read)")
     generate.set_defaults(handler=cmd_data_generate)

@@ -24,6 +24,9 @@ FEATURE_ENGINEERING = "feature_engineering"
 TRAINING = "training"
 PROMOTION = "promotion"
 BATCH_SCORING = "batch_scoring"
+MONITORING = "monitoring"
+VALIDATION = "validation"
+VALIDATION_MODES = ("disabled", "dry_run", "enabled")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -116,6 +119,12 @@ def _table_schema(text: str) -> str:
     return text
 
 
+def _optional_float(low: float) -> Callable[[str], Optional[float]]:
+    def parse(text: str) -> Optional[float]:
+        return None if not text.strip() else _float(low, float("inf"), low_open=True)(text.strip())
+    return parse
+
+
 def _optional_version(text: str) -> Optional[int]:
     if not text.strip():
         return None
@@ -171,6 +180,12 @@ TRAINING_PARAMETERS = COMMON + (
     Parameter("promotion_margin", _float(0.0, 1.0, high_open=True), "0.0",
               "Relative rmse gain the challenger needs over the champion"),
     Parameter("force_promote", _bool, "false", "Promote the challenger whatever its score", ("true", "false")),
+    Parameter("model_validation", _choice(*VALIDATION_MODES), "dry_run",
+              "Validate the challenger before promotion: record only, or block a failing one", VALIDATION_MODES),
+    Parameter("max_rmse", _optional_float(0.0), "", "Highest holdout rmse a challenger may have (empty: none)"),
+    Parameter("min_r2", _float(float("-inf"), 1.0), "0.0", "Lowest holdout r2 a challenger may have"),
+    Parameter("regression_margin", _float(0.0, float("inf")), "0.05",
+              "Relative rmse by which a challenger may trail the champion, overall and per pickup-hour slice"),
 ) + HYPERPARAMETERS
 
 SCORING_PARAMETERS = COMMON + (
@@ -181,6 +196,16 @@ SCORING_PARAMETERS = COMMON + (
               "Publish to Blob storage (auto: when a storage connection is configured)", ("auto", "true", "false")),
     Parameter("blob_container", _container, "taxi-fares-predictions", "Blob container for published predictions"),
     Parameter("blob_rows_per_part", _int(1), "1000000", "Rows per published Parquet part"),
+    Parameter("execute_monitoring", _bool, "false", "Run monitoring on the scored range", ("true", "false")),
+    Parameter("psi_threshold", _float(0.0, float("inf"), low_open=True), "0.2",
+              "PSI above which a feature has drifted"),
+    Parameter("ks_threshold", _float(0.0, 1.0, low_open=True), "0.1",
+              "KS statistic above which a numeric feature has drifted"),
+    Parameter("outlier_rate_threshold", _float(0.0, 1.0), "0.05",
+              "Share of trips the outlier detector flags above which the range is DRIFT"),
+    Parameter("rmse_degradation", _float(0.0, float("inf")), "0.25",
+              "Realized rmse this fraction above the holdout's: DEGRADED"),
+    Parameter("min_rows", _int(1), "1000", "Fewer scored rows in the range: INSUFFICIENT_DATA"),
 )
 
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
@@ -305,10 +330,18 @@ class TrainingConfig(JobConfig):
     max_training_rows: int = 1_000_000
     promotion_margin: float = 0.0
     force_promote: bool = False
+    model_validation: str = "dry_run"
+    max_rmse: Optional[float] = None
+    min_r2: float = 0.0
+    regression_margin: float = 0.05
     model_params: ModelParams = field(default_factory=ModelParams)
 
     job: str = field(init=False, default=TRAINING_JOB)
-    STAGES = (FEATURE_ENGINEERING, TRAINING, PROMOTION)
+    STAGES = (FEATURE_ENGINEERING, TRAINING, VALIDATION, PROMOTION)
+
+    @property
+    def execute_validation(self) -> bool:
+        return self.model_validation != "disabled"
 
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:
@@ -333,9 +366,15 @@ class ScoringConfig(JobConfig):
     publish_predictions: str = "auto"
     blob_container: str = "taxi-fares-predictions"
     blob_rows_per_part: int = 1_000_000
+    execute_monitoring: bool = False
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.1
+    outlier_rate_threshold: float = 0.05
+    rmse_degradation: float = 0.25
+    min_rows: int = 1000
 
     job: str = field(init=False, default=SCORING_JOB)
-    STAGES = (FEATURE_ENGINEERING, BATCH_SCORING)
+    STAGES = (FEATURE_ENGINEERING, BATCH_SCORING, MONITORING)
 
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:

@@ -13,13 +13,14 @@ from typing import Any, Optional, Union
 import mlflow
 from pyspark.sql import SparkSession
 
-from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, PROMOTION, TRAINING,
-                                     ScoringConfig, TrainingConfig, known)
+from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION, TRAINING,
+                                     VALIDATION, ScoringConfig, TrainingConfig, known)
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
 from taxi_fares_mlops.stage import StageContext, skip
-from taxi_fares_mlops.stages import batch_scoring, feature_engineering, promotion, training
+from taxi_fares_mlops.stages import (batch_scoring, feature_engineering, monitoring, promotion, training,
+                                     validation)
 from taxi_fares_mlops.storage import Lakehouse
 from taxi_fares_mlops.summary import SUCCESS, JobSummary
 from taxi_fares_mlops.tracking import Tracking, setup_experiment
@@ -31,6 +32,8 @@ STAGE_FUNCTIONS = {
     TRAINING: training,
     PROMOTION: promotion,
     BATCH_SCORING: batch_scoring,
+    MONITORING: monitoring,
+    VALIDATION: validation,
 }
 
 JobConfigType = Union[TrainingConfig, ScoringConfig]

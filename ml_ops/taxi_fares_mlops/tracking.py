@@ -43,7 +43,7 @@ def setup_experiment(name: str) -> str:
     return experiment_id
 
 
-def log_model(model, input_example: pd.DataFrame, registered_name: str) -> str:
+def log_model(model, input_example: pd.DataFrame, registered_name: str, artifact: str = "model") -> str:
     """Log a fitted scikit-learn model with its signature and input example, and register it.
 
     Saved with cloudpickle: MLflow 3.8 (Databricks Runtime 18 LTS ML) offers pickle and cloudpickle only; the
@@ -53,7 +53,7 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str) -> str:
     signature = infer_signature(input_example, model.predict(input_example))
     info = mlflow.sklearn.log_model(
         model,
-        name="model",
+        name=artifact,
         signature=signature,
         input_example=input_example,
         serialization_format="cloudpickle",
@@ -77,6 +77,19 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}"
 
 
+# The training run's profile of its holdout features and predictions, which monitoring compares ranges with.
+REFERENCE_PROFILE = "monitoring/reference_profile.json"
+# The outlier detector trained with a fare model is registered as "<model>_outliers"; each version names the
+# other in a version tag, so a mismatch is detected rather than scored.
+OUTLIERS_SUFFIX = "_outliers"
+FARE_VERSION_TAG = "fare_model_version"
+OUTLIER_VERSION_TAG = "outlier_model_version"
+
+
+def outlier_model_name(model_name: str) -> str:
+    return model_name + OUTLIERS_SUFFIX
+
+
 class Tracking:
     """The job's MLflow run, as the stages see it: metrics, tags, artifacts, and the model registry. Built once
     by ``run_job`` and handed to every stage in its context, so no stage talks to MLflow by itself."""
@@ -94,11 +107,29 @@ class Tracking:
     def log_artifact(self, path: Path, folder: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
 
+    def log_dict(self, data: dict, path: str) -> None:
+        mlflow.log_dict(data, path)
+
+    def input_schema(self, model: "ModelRef") -> list:
+        """The model version's input signature as JSON data ([] when it was logged without one)."""
+        signature = mlflow.models.get_model_info(model.uri).signature
+        return signature.inputs.to_dict() if signature is not None else []
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(MlflowClient().get_run(run_id).data.metrics)
+
+    def load_dict(self, run_id: str, path: str) -> Optional[dict]:
+        """The JSON artifact ``path`` of run ``run_id``, or None when the run has no such artifact."""
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+        except (MlflowException, OSError):
+            return None
+
     def registry(self, model_name: str) -> "Registry":
         return Registry(model_name)
 
-    def log_model(self, model, input_example: pd.DataFrame, registered_name: str) -> str:
-        return log_model(model, input_example, registered_name)
+    def log_model(self, model, input_example: pd.DataFrame, registered_name: str, artifact: str = "model") -> str:
+        return log_model(model, input_example, registered_name, artifact)
 
     def score(self, spark: SparkSession, df: DataFrame, model: "ModelRef", output_col: str = "prediction"
               ) -> DataFrame:
@@ -107,6 +138,21 @@ class Tracking:
 
 class Registry:
     """The registered model ``name`` and its ``champion``/``challenger`` aliases."""
+
+    def outlier_companion(self, fare: "ModelRef") -> Optional["ModelRef"]:
+        """The outlier detector trained with fare model version ``fare``; None for a version trained before
+        detectors existed. A RegistryError naming both versions when the two do not belong together."""
+        version = self.version_tags(fare.version).get(OUTLIER_VERSION_TAG)
+        if version is None:
+            return None
+        companion = Registry(outlier_model_name(self.name), self.client)
+        detector = companion.by_version(int(version))
+        belongs_to = companion.version_tags(detector.version).get(FARE_VERSION_TAG)
+        if belongs_to != fare.version:
+            raise RegistryError(f"model '{companion.name}' version {detector.version} belongs to '{self.name}' version "
+                                f"{belongs_to}, not version {fare.version}: retrain, or repair the "
+                                f"'{OUTLIER_VERSION_TAG}' tag of '{self.name}' version {fare.version}")
+        return detector
 
     def __init__(self, name: str, client: Optional[MlflowClient] = None):
         self.name = name
@@ -137,6 +183,12 @@ class Registry:
         if ref is None:
             raise RegistryError(f"model '{self.name}' has no alias '{alias}'")
         return ref
+
+    def set_version_tag(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(self.name, version, key, value)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.name, version).tags or {})
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, version)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -26,6 +26,8 @@ MANHATTAN_ZIPS = (10001, 10002, 10003, 10009, 10010, 10011, 10012, 10013, 10014,
 OUTER_ZIPS = (11201, 11211, 11215, 11217, 11101, 11106, 11375, 11377)
 AIRPORT_ZIPS = (11371, 11430)  # LaGuardia, JFK
 ALL_ZIPS = MANHATTAN_ZIPS + OUTER_ZIPS + AIRPORT_ZIPS
+# Numeric columns a drift specification may scale.
+SHIFTABLE = (DISTANCE, FARE)
 
 BASE_FARE = 3.0
 PER_MILE = 2.5
@@ -59,10 +61,25 @@ def _pick(values: tuple, u: Column) -> Column:
 
 
 def generate_trips(spark: SparkSession, rows: int, start: DateLike, end: DateLike, seed: int = 42,
-                   partitions: Optional[int] = None) -> DataFrame:
-    """``rows`` synthetic trips with pickups in [start, end) (UTC), with ``trip_id`` plus the raw-trip schema."""
+                   partitions: Optional[int] = None, shift: Optional[Mapping[str, float]] = None,
+                   outliers: float = 0.0) -> DataFrame:
+    """``rows`` synthetic trips with pickups in [start, end) (UTC), with ``trip_id`` plus the raw-trip schema.
+
+    ``shift`` multiplies numeric columns (``{"trip_distance": 1.5}``) after generation: a drifted range for the
+    monitoring to find (the fares stay those of the unshifted trips, as when a meter is miscalibrated).
+    ``outliers`` is the share of trips made extreme (distance x25, fare x8): valid values no model has seen.
+    """
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
+    shift = dict(shift or {})
+    unknown = sorted(set(shift) - set(SHIFTABLE))
+    if unknown:
+        raise ValueError(f"cannot shift column(s) {unknown}: shiftable columns are {', '.join(SHIFTABLE)}")
+    bad = {k: v for k, v in shift.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}
+    if bad:
+        raise ValueError(f"shift factors must be finite numbers > 0, got {bad}")
+    if not (isinstance(outliers, (int, float)) and 0 <= outliers <= 1):
+        raise ValueError(f"outliers must be a share in [0, 1], got {outliers!r}")
     start_dt, end_dt = to_datetime(start), to_datetime(end)
     if end_dt <= start_dt:
         raise ValueError(f"end ({end_dt.date()}) must be after start ({start_dt.date()})")
@@ -129,6 +146,12 @@ def generate_trips(spark: SparkSession, rows: int, start: DateLike, end: DateLik
         PICKUP_ZIP: pickup_zip,
         DROPOFF_ZIP: dropoff_zip,
     }
+    for name, factor in shift.items():
+        columns[name] = columns[name] * F.lit(float(factor))
+    if outliers:
+        extreme = _uniform(seed, 20) < F.lit(float(outliers))  # a draw no other column uses
+        columns[DISTANCE] = F.when(extreme, columns[DISTANCE] * 25).otherwise(columns[DISTANCE])
+        columns[FARE] = F.when(extreme, columns[FARE] * 8).otherwise(columns[FARE])
     types = {f.name: f.dataType for f in RAW_TRIP_SCHEMA.fields}
     return base.select(columns[TRIP_ID].cast("long").alias(TRIP_ID),
                        *[columns[name].cast(data_type).alias(name) for name, data_type in types.items()])

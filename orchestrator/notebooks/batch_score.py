@@ -2,7 +2,8 @@
 # MAGIC %md
 # MAGIC # Taxi fares: batch scoring job
 # MAGIC
-# MAGIC Feature engineering and batch scoring for one date range. All logic lives in the wheels.
+# MAGIC Feature engineering, batch scoring and (optionally) monitoring for one date range. All logic lives in the
+# MAGIC wheels.
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
@@ -17,6 +18,10 @@
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `model_alias`, `model_version` | the model to score with: an alias, or a version number that overrides it |
 # MAGIC | `publish_predictions`, `blob_container`, `blob_rows_per_part` | Blob output (`auto`: when storage is set up) |
+# MAGIC | `execute_monitoring` | compare the scored range with the model's training profile (`true`/`false`) |
+# MAGIC | `psi_threshold`, `ks_threshold` | PSI or KS statistic above which a feature has drifted |
+# MAGIC | `outlier_rate_threshold` | share of trips the outlier detector flags above which the range is DRIFT |
+# MAGIC | `rmse_degradation`, `min_rows` | rmse excess over the holdout that is DEGRADED; fewer rows: no verdict |
 
 # COMMAND ----------
 

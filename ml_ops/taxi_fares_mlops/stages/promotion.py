@@ -1,7 +1,9 @@
 """Promotion: challenger vs champion on the same holdout; 'champion' moves only if the challenger is better.
 
 The challenger wins when no champion exists, when ``force_promote`` is set (recorded as such), or when its rmse
-is at least ``promotion_margin`` (relative) below the champion's. Both scores and the decision go to MLflow.
+is at least ``promotion_margin`` (relative) below the champion's, unless validation ran with
+``model_validation=enabled`` and failed: then the champion stays (``blocked_by_validation``), forced or not.
+Both scores and the decision go to MLflow; scores the validation stage computed are not computed again.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from pyspark.sql import SparkSession
 from taxi_fares.features import LABEL
 from taxi_fares.model import spark_regression_metrics
 from taxi_fares_mlops import telemetry
-from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, TrainingConfig
+from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, VALIDATION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
+from taxi_fares_mlops.summary import SUCCESS
 
 logger = logging.getLogger(__name__)
 
 PROMOTED, KEPT, FORCED, FIRST, ALREADY = "promoted", "kept_champion", "forced", "first_champion", "already_champion"
+BLOCKED = "blocked_by_validation"
 
 
 def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, force: bool) -> str:
@@ -43,15 +47,26 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
         context.tracking.set_tags({"promotion.decision": ALREADY})
         return _outcome(ALREADY, champion.version, challenger.version, None, None)
 
-    _, holdout = training_and_holdout(spark, context.lakehouse, config)
-    holdout = holdout.cache()
-    try:
-        challenger_rmse = _rmse(spark, context, holdout, challenger)
-        champion_rmse = _rmse(spark, context, holdout, champion) if champion else None
-    finally:
-        holdout.unpersist()
+    validated = context.results.get(VALIDATION)
+    validated = validated.outputs if validated is not None and validated.status == SUCCESS else None
+    if validated and validated["challenger_version"] == challenger.version and (
+            validated["champion_version"] == (champion.version if champion else None)):
+        challenger_rmse, champion_rmse = validated["challenger_rmse"], validated["champion_rmse"]
+    else:
+        _, holdout = training_and_holdout(spark, context.lakehouse, config)
+        holdout = holdout.cache()
+        try:
+            challenger_rmse = _rmse(spark, context, holdout, challenger)
+            champion_rmse = _rmse(spark, context, holdout, champion) if champion else None
+        finally:
+            holdout.unpersist()
 
     decision = decide(challenger_rmse, champion_rmse, config.promotion_margin, config.force_promote)
+    failed_validation = validated and validated["mode"] == "enabled" and validated["validation_status"] != "PASSED"
+    if failed_validation:
+        logger.warning("promotion: challenger v%s failed validation (%s): the champion stays", challenger.version,
+                       validated["failed"])
+        decision = BLOCKED
     metrics = {"promotion.challenger_rmse": challenger_rmse}
     if champion_rmse is not None:
         metrics["promotion.champion_rmse"] = champion_rmse
@@ -61,10 +76,13 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
                                "promotion.challenger_version": challenger.version,
                                "promotion.champion_version": champion.version if champion else ""})
     if decision in (PROMOTED, FORCED, FIRST):
+        detector = registry.outlier_companion(challenger)  # refuses a mismatched pair before any alias moves
         registry.set_alias(CHAMPION, challenger.version)
+        if detector is not None:
+            context.tracking.registry(detector.name).set_alias(CHAMPION, detector.version)
         champion_version = challenger.version
     else:
-        champion_version = champion.version
+        champion_version = champion.version if champion else None
     logger.info("promotion: %s (challenger v%s rmse %.4f, champion %s rmse %s)", decision, challenger.version,
                 challenger_rmse, f"v{champion.version}" if champion else "none",
                 f"{champion_rmse:.4f}" if champion_rmse is not None else "-")

@@ -7,13 +7,16 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from taxi_fares import drift
 from taxi_fares.features import LABEL, MODEL_FEATURES
 from taxi_fares.model import bounded_sample, predict_spark, spark_regression_metrics, train_model
+from taxi_fares.outliers import fit_outlier_detector
 from taxi_fares_mlops import reports, telemetry
 from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import DataError
 from taxi_fares_mlops.stage import StageContext, stage
+from taxi_fares_mlops.tracking import FARE_VERSION_TAG, OUTLIER_VERSION_TAG, REFERENCE_PROFILE, outlier_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         step.set_attribute("rows", holdout_rows)
     metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
     context.tracking.log_metrics(metrics)
+    with telemetry.span("profile holdout for monitoring", rows=holdout_rows):
+        context.tracking.log_dict(drift.profile(scored), REFERENCE_PROFILE)
 
     with tempfile.TemporaryDirectory() as tmp:
         plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
@@ -52,6 +57,17 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     with telemetry.span("log and register model") as step:
         version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
         step.set_attribute("model_version", version)
-    context.tracking.registry(config.model_name).set_alias(CHALLENGER, version)
+    with telemetry.span("fit and register outlier detector", rows=len(sample)) as step:
+        detector = fit_outlier_detector(sample, seed)
+        companion = outlier_model_name(config.model_name)
+        detector_version = context.tracking.log_model(detector, sample[list(MODEL_FEATURES)].head(5).fillna(0.0),
+                                                      companion, artifact="outliers")
+        registry = context.tracking.registry(config.model_name)
+        registry.set_version_tag(version, OUTLIER_VERSION_TAG, detector_version)
+        context.tracking.registry(companion).set_version_tag(detector_version, FARE_VERSION_TAG, version)
+        step.set_attribute("model_version", detector_version)
+    registry.set_alias(CHALLENGER, version)
+    context.tracking.registry(companion).set_alias(CHALLENGER, detector_version)
     return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
+            "outlier_model_version": detector_version,
             "metrics": {k: round(v, 4) for k, v in metrics.items()}}

@@ -1,0 +1,149 @@
+"""Monitoring: the scored range against the model's training profile: feature and prediction drift, and, where
+the fares are known, the realized error against the holdout's.
+
+Runs at the end of the batch-scoring job (``execute_monitoring=true``) on the predictions the job wrote for the
+range. Every statistic is one Spark aggregation over the range (``taxi_fares.drift``); nothing is collected but
+per-feature counts. Results replace the range's rows of ``drift_metrics`` and ``performance_metrics`` (one row
+per window, model version, feature and metric; a rerun never duplicates), go to MLflow as metrics and the
+``monitoring.status`` tag, and to telemetry: the stage's span carries the summary and each drifted feature is
+a warning log with its statistic, which Log Analytics can chart and alert on.
+
+The outlier detector registered with the model version (``<model>_outliers``, linked by version tags; a
+mismatched pair is refused) flags trips; their share goes to ``outlier_metrics``.
+
+Status: ``INSUFFICIENT_DATA`` (fewer than ``min_rows`` scored rows: nothing is judged), ``DEGRADED`` (realized
+rmse above the holdout's by more than ``rmse_degradation``), ``DRIFT`` (some feature's PSI above
+``psi_threshold`` or KS statistic above ``ks_threshold``, or an outlier share above ``outlier_rate_threshold``),
+else ``OK``.
+"""
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from taxi_fares import drift
+from taxi_fares.features import LABEL, MODEL_FEATURES, in_range, join_features, model_input_columns
+from taxi_fares.model import spark_regression_metrics
+from taxi_fares.outliers import OUTLIER
+from taxi_fares.schema import PICKUP_TS
+from taxi_fares_mlops import telemetry
+from taxi_fares_mlops.config import MONITORING, ScoringConfig
+from taxi_fares_mlops.datasets import feature_tables
+from taxi_fares_mlops.errors import DataError, RegistryError
+from taxi_fares_mlops.stage import StageContext, stage
+from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, PREDICTIONS
+from taxi_fares_mlops.tracking import REFERENCE_PROFILE
+
+logger = logging.getLogger(__name__)
+
+OK, DRIFT, DEGRADED, INSUFFICIENT_DATA = "OK", "DRIFT", "DEGRADED", "INSUFFICIENT_DATA"
+STATUS_TAG = "monitoring.status"
+
+
+@stage(MONITORING)
+def monitoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
+    model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
+    reference = context.tracking.load_dict(model.run_id, REFERENCE_PROFILE)
+    if reference is None:
+        raise RegistryError(f"model '{model.name}' version {model.version} has no reference profile "
+                            f"({REFERENCE_PROFILE} in run {model.run_id}): retrain it to monitor it")
+    start, end = config.time_range
+    if not context.lakehouse.exists(spark, PREDICTIONS):
+        raise DataError(f"table '{PREDICTIONS}' does not exist: run the job with execute_batch_scoring=true")
+    scored = (context.lakehouse.read(spark, PREDICTIONS)
+              .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
+    pickup, dropoff = feature_tables(spark, context.lakehouse, config)
+    current = join_features(scored, pickup, dropoff).select(*model_input_columns(), "prediction",
+                                                            F.col(LABEL).cast("double").alias(LABEL))
+
+    detector = context.tracking.registry(config.model_name).outlier_companion(model)
+    with telemetry.span("compare with the training profile", model_version=model.version) as step:
+        rows, features = drift.compare(current, reference)
+        step.set_attribute("rows", rows)
+    outliers = {}
+    if detector is not None and rows:
+        with telemetry.span("flag outliers", model_version=detector.version):
+            flagged = context.tracking.score(spark, current.na.fill(0.0, subset=list(MODEL_FEATURES)), detector,
+                                             "outlier")
+            share = flagged.agg(F.avg((F.col("outlier") == OUTLIER).cast("double"))).first()[0]
+            outliers = {"outlier_share": float(share), "outlier_model_version": detector.version}
+    window = {"window_start": config.start_date, "window_end": config.end_date, "model_name": model.name,
+              "model_version": model.version}
+    if rows < config.min_rows:
+        status, drifted, performance, many_outliers = INSUFFICIENT_DATA, [], {}, False
+        logger.info("monitoring: %d scored rows in %s..%s, fewer than min_rows=%d: nothing judged",
+                    rows, config.start_date, config.end_date, config.min_rows)
+    else:
+        drifted = [f for f in features if _drifted(f, config)]
+        many_outliers = outliers.get("outlier_share", 0.0) > config.outlier_rate_threshold
+        if many_outliers:
+            logger.warning("outliers: %.2f%% of the range's trips (threshold %.2f%%)", 100 * outliers["outlier_share"],
+                           100 * config.outlier_rate_threshold,
+                           extra={"outlier_share": outliers["outlier_share"], "model_version": model.version})
+        for f in drifted:
+            statistics = {k: v for k, v in (("psi", f.psi), ("ks", f.ks)) if drift.finite(v) is not None}
+            logger.warning("drift in feature %s: %s", f.feature,
+                           ", ".join(f"{k} {v:.4f}" for k, v in statistics.items()),
+                           extra={"feature": f.feature, "model_version": model.version, **statistics})
+        performance = _performance(current, context, model.run_id)
+        degraded = performance.get("rmse_ratio") is not None and \
+            performance["rmse_ratio"] > 1 + config.rmse_degradation
+        status = DEGRADED if degraded else DRIFT if drifted or many_outliers else OK
+
+    metric_rows = [(f.feature, name, drift.finite(value), _threshold(name, config), f in drifted)
+                   for f in features for name, value in f.metrics().items()]
+    perf_rows = [("model", name, drift.finite(value), None, False) for name, value in performance.items()]
+    outlier_rows = [("model", "outlier_share", outliers["outlier_share"], config.outlier_rate_threshold,
+                     many_outliers)] if outliers else []
+    _replace(spark, context, DRIFT_METRICS, metric_rows, window, config)
+    _replace(spark, context, OUTLIER_METRICS, outlier_rows, window, config)
+    _replace(spark, context, PERFORMANCE_METRICS, perf_rows, window, config)
+    context.tracking.log_metrics({f"drift.{f.feature}.{name}": value for f in features
+                                  for name, value in f.metrics().items() if drift.finite(value) is not None})
+    context.tracking.log_metrics({f"performance.{k}": v for k, v in performance.items() if v is not None})
+    if outliers:
+        context.tracking.log_metrics({"outliers.share": outliers["outlier_share"]})
+    context.tracking.set_tags({STATUS_TAG: status})
+    logger.info("monitoring status %s for %s..%s (model version %s, %d rows)", status, config.start_date,
+                config.end_date, model.version, rows)
+    # The stage's span carries the scalar outputs: status, rows, version and the drifted features' names.
+    return {"monitoring_status": status, "rows": rows, "model_version": model.version,
+            "drifted": ",".join(f.feature for f in drifted), "drifted_features": [f.feature for f in drifted],
+            **({"rmse_ratio": round(performance["rmse_ratio"], 4)} if performance.get("rmse_ratio") else {}),
+            **({"outlier_share": round(outliers["outlier_share"], 4)} if outliers else {}),
+            "performance": {k: round(v, 4) for k, v in performance.items() if v is not None}}
+
+
+def _drifted(f: drift.FeatureDrift, config: ScoringConfig) -> bool:
+    return f.psi > config.psi_threshold or (f.ks is not None and f.ks > config.ks_threshold)
+
+
+def _threshold(metric: str, config: ScoringConfig):
+    return {"psi": config.psi_threshold, "ks": config.ks_threshold}.get(metric)
+
+
+def _performance(current, context: StageContext, run_id: str) -> dict:
+    """Realized rmse/mae on the range's trips with a known fare, and the ratio to the holdout's rmse."""
+    try:
+        realized = spark_regression_metrics(current.filter(F.col(LABEL).isNotNull()), LABEL, "prediction")
+    except ValueError:  # no trip of the range has its fare yet
+        return {}
+    holdout = context.tracking.run_metrics(run_id)
+    out = {"rows": float(realized["rows"]), "rmse": realized["rmse"], "mae": realized["mae"],
+           "holdout_rmse": holdout.get("rmse"), "holdout_mae": holdout.get("mae")}
+    out["rmse_ratio"] = out["rmse"] / out["holdout_rmse"] if out["holdout_rmse"] else None
+    return out
+
+
+def _replace(spark, context: StageContext, table: str, rows, window: dict, config: ScoringConfig) -> None:
+    """The window's rows of ``table`` replaced by ``rows`` in one commit (a rerun never duplicates)."""
+    schema = ("window_start date, window_end date, model_name string, model_version string, feature string, "
+              "metric string, value double, threshold double, breached boolean, mlflow_run_id string")
+    data = [(window["window_start"], window["window_end"], window["model_name"], str(window["model_version"]),
+             feature, metric, value, threshold, breached, context.mlflow_run_id)
+            for feature, metric, value, threshold, breached in rows]
+    df = spark.createDataFrame(data, schema).withColumn("computed_at", F.current_timestamp())
+    context.lakehouse.replace_range(spark, df, table, "window_start", config.start_date, config.end_date)
+    context.wrote(table)
