@@ -15,7 +15,8 @@ version; Delta write is the stage's "score and write" span minus the same pipeli
 the rest of the stage (registry, checks, commit). Blob publish is not in the stage's figure (the stage publishes
 only when a storage connection is configured): it is the stage's publish step run on the written predictions
 against a local Azurite. The denominator is ``model.predict`` on the same model, in this process, on rows
-already in memory. Then the scoring job runs again on a Spark standalone cluster on loopback (one master, two
+already in memory. The monitoring stage then runs alone on the scored range (rows/s and driver memory). Then the
+scoring job runs again on a Spark standalone cluster on loopback (one master, two
 one-core workers) beside ``local[2]``. Figures are ratios measured in one run on one machine; printed, never
 asserted.
 """
@@ -191,9 +192,16 @@ def main(argv=None) -> int:
             print(f"[bench] {size:,} rows: feature engineering + batch scoring", file=sys.stderr)
             with MemorySampler(spark) as memory:
                 summary = JobSummary.from_dict(run_job(config(ScoringConfig, SCORING_PARAMETERS, home), spark))
+            print(f"[bench] {size:,} rows: monitoring", file=sys.stderr)
+            with MemorySampler(spark) as watched:
+                monitored = JobSummary.from_dict(run_job(config(
+                    ScoringConfig, SCORING_PARAMETERS, home, execute_feature_engineering="false",
+                    execute_batch_scoring="false", execute_monitoring="true"), spark)).stages["monitoring"]
+            monitoring = (monitored.outputs["rows"] / monitored.duration_s, watched.peak_rss)
             print(f"[bench] {size:,} rows: stage breakdown", file=sys.stderr)
             parts = breakdown(spark, home, summary, model_uri, azurite.connection_string)
-            results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model)))
+            results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model),
+                            monitoring))
     spark.stop()
 
     cluster_rate = None
@@ -232,7 +240,7 @@ def report(spark_start: float, results, cluster_rate) -> None:
     print(f"Batch scoring on local[2]; Spark session start {spark_start:.1f}s (not in the figures below)")
     print(f"{'rows':>10} {'scored/s':>10} {'scoring s':>10} {'features s':>10} {'py driver MiB':>14} "
           f"{'JVM heap MiB':>13} {'predict/s':>11} {'ratio':>6}")
-    for size, summary, _, rss, heap, predict_rate in results:
+    for size, summary, _, rss, heap, predict_rate, _ in results:
         stage = summary.stages["batch_scoring"]
         rate = stage.outputs["rows"] / stage.duration_s
         print(f"{size:>10,} {rate:>10,.0f} {stage.duration_s:>10.1f} "
@@ -244,6 +252,10 @@ def report(spark_start: float, results, cluster_rate) -> None:
     print(f"{'rows':>10} " + " ".join(f"{n:>13}" for n in names))
     for size, _, parts, *_ in results:
         print(f"{size:>10,} " + " ".join(f"{parts[n]:>13.2f}" for n in names))
+    print("\nMonitoring stage (drift against the training profile, outlier share, realized error) on the same rows")
+    print(f"{'rows':>10} {'rows/s':>10} {'py driver MiB':>14}")
+    for size, *_, (rate, rss) in results:
+        print(f"{size:>10,} {rate:>10,.0f} {rss / 2**20:>14.0f}")
     if len(results) >= 2:
         first, last = results[0], results[-1]
         rate = [r[1].stages["batch_scoring"].outputs["rows"] / r[1].stages["batch_scoring"].duration_s

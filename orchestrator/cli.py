@@ -94,6 +94,30 @@ def _shifts(specs: list[str]) -> dict[str, float]:
     return shifts
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Approve a held promotion in the local registry: recorded on the version (who, when), then champion."""
+    import datetime as dt
+    import getpass
+
+    import mlflow
+
+    from orchestrator.local.runner import tracking_uri
+    from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.tracking import Registry
+
+    uri = tracking_uri(lakehouse_root())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    approver = os.environ.get("MLOPS_APPROVER") or getpass.getuser()
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        fare = Registry(args.model).approve(args.version, approver, when)
+    except RegistryError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when}; it is the champion")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
@@ -260,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
+
+    approve = commands.add_parser("approve", help="approve a promotion held by require_approval (local registry)")
+    approve.add_argument("--model", required=True, help="registered model name")
+    approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")
+    approve.set_defaults(handler=cmd_approve)
 
     demo = commands.add_parser("demo", help="generate data and run the ML logic end to end, printing metrics")
     demo.add_argument("--rows", type=_positive_int, default=200_000)

@@ -180,6 +180,8 @@ TRAINING_PARAMETERS = COMMON + (
     Parameter("promotion_margin", _float(0.0, 1.0, high_open=True), "0.0",
               "Relative rmse gain the challenger needs over the champion"),
     Parameter("force_promote", _bool, "false", "Promote the challenger whatever its score", ("true", "false")),
+    Parameter("require_approval", _bool, "false",
+              "Hold a winning challenger until an operator runs `mlops approve`", ("true", "false")),
     Parameter("model_validation", _choice(*VALIDATION_MODES), "dry_run",
               "Validate the challenger before promotion: record only, or block a failing one", VALIDATION_MODES),
     Parameter("max_rmse", _optional_float(0.0), "", "Highest holdout rmse a challenger may have (empty: none)"),
@@ -330,6 +332,7 @@ class TrainingConfig(JobConfig):
     max_training_rows: int = 1_000_000
     promotion_margin: float = 0.0
     force_promote: bool = False
+    require_approval: bool = False
     model_validation: str = "dry_run"
     max_rmse: Optional[float] = None
     min_r2: float = 0.0

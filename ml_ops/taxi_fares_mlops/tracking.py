@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares.features import model_input_columns
+from taxi_fares_mlops.config import CHAMPION
 from taxi_fares_mlops.errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ REFERENCE_PROFILE = "monitoring/reference_profile.json"
 OUTLIERS_SUFFIX = "_outliers"
 FARE_VERSION_TAG = "fare_model_version"
 OUTLIER_VERSION_TAG = "outlier_model_version"
+
+
+APPROVAL_TAG = "approval.status"
+PENDING, APPROVED = "PENDING", "APPROVED"
 
 
 def outlier_model_name(model_name: str) -> str:
@@ -183,6 +188,26 @@ class Registry:
         if ref is None:
             raise RegistryError(f"model '{self.name}' has no alias '{alias}'")
         return ref
+
+    def promote(self, fare: "ModelRef") -> None:
+        """Move ``champion`` to ``fare`` and to its outlier detector (a mismatched pair is refused first)."""
+        detector = self.outlier_companion(fare)
+        self.set_alias(CHAMPION, fare.version)
+        if detector is not None:
+            Registry(detector.name, self.client).set_alias(CHAMPION, detector.version)
+
+    def approve(self, version: int, approver: str, when: str) -> "ModelRef":
+        """An operator's approval of a version promotion held (``approval.status`` PENDING): recorded on the
+        version (who, when), then the version becomes champion. A RegistryError for anything not pending."""
+        fare = self.by_version(version)
+        status = self.version_tags(fare.version).get(APPROVAL_TAG)
+        if status != PENDING:
+            raise RegistryError(f"model '{self.name}' version {version} is not waiting for approval "
+                                f"({APPROVAL_TAG}: {status or 'not set'})")
+        self.promote(fare)
+        for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when)):
+            self.set_version_tag(fare.version, key, value)
+        return fare
 
     def set_version_tag(self, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(self.name, version, key, value)

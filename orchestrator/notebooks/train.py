@@ -17,6 +17,7 @@
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `holdout_fraction`, `max_training_rows` | holdout share; training sample bound (driver memory) |
 # MAGIC | `promotion_margin`, `force_promote` | relative rmse gain needed to replace the champion; operator override |
+# MAGIC | `require_approval` | hold a winning challenger until an operator runs `mlops approve --model M --version N` |
 # MAGIC | `model_validation` | check the challenger before promotion: `disabled`, `dry_run`, `enabled` (blocks) |
 # MAGIC | `max_rmse`, `min_r2`, `regression_margin` | validation thresholds; the margin applies per hour slice too |
 # MAGIC | `learning_rate`, `max_iter`, `max_depth`, `max_leaf_nodes` | hyperparameters |

@@ -53,3 +53,33 @@ def test_validation_parameters_are_checked(training_config):
     assert "model_validation: 'strict' is not one of disabled, dry_run, enabled" in message
     assert "max_rmse: -1.0 is outside (0.0, inf]" in message
     assert "regression_margin: 'x' is not a number" in message
+
+
+def test_require_approval_holds_a_winner_until_mlops_approve(
+        spark, trips_lakehouse, mlflow_store, training_config, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    first = run_job(training_config(), spark)
+    champion = first["stages"]["promotion"]["champion_version"]
+    held = run_job(training_config(require_approval="true", max_iter="150", execute_feature_engineering="false"),
+                   spark)
+    version = held["stages"]["training"]["model_version"]
+    assert held["stages"]["promotion"]["decision"] == "awaiting_approval"
+    assert held["model"]["aliases"]["champion"] == champion
+    client = MlflowClient()
+    assert client.get_model_version("taxi_fares", version).tags["approval.status"] == "PENDING"
+
+    monkeypatch.setenv("MLOPS_APPROVER", "ops.person@example.com")
+    assert main(["approve", "--model", "taxi_fares", "--version", version]) == 0
+    tags = client.get_model_version("taxi_fares", version).tags
+    assert (tags["approval.status"], tags["approval.by"], tags["approval.decision"]) == (
+        "APPROVED", "ops.person@example.com", "promoted")
+    assert tags["approval.at"].startswith("20")
+    assert str(client.get_registered_model("taxi_fares").aliases["champion"]) == str(version)
+    detector = held["stages"]["training"]["outlier_model_version"]
+    assert str(client.get_registered_model("taxi_fares_outliers").aliases["champion"]) == str(detector)
+
+    capsys.readouterr()
+    assert main(["approve", "--model", "taxi_fares", "--version", version]) == 2
+    assert (f"model 'taxi_fares' version {version} is not waiting for approval (approval.status: APPROVED)"
+            in capsys.readouterr().err)

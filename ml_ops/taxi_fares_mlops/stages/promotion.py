@@ -3,6 +3,8 @@
 The challenger wins when no champion exists, when ``force_promote`` is set (recorded as such), or when its rmse
 is at least ``promotion_margin`` (relative) below the champion's, unless validation ran with
 ``model_validation=enabled`` and failed: then the champion stays (``blocked_by_validation``), forced or not.
+With ``require_approval`` a winning challenger is held (``awaiting_approval``, version tag ``approval.status``
+PENDING) until an operator runs ``mlops approve``.
 Both scores and the decision go to MLflow; scores the validation stage computed are not computed again.
 """
 from __future__ import annotations
@@ -19,11 +21,13 @@ from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.summary import SUCCESS
+from taxi_fares_mlops.tracking import APPROVAL_TAG, PENDING
 
 logger = logging.getLogger(__name__)
 
 PROMOTED, KEPT, FORCED, FIRST, ALREADY = "promoted", "kept_champion", "forced", "first_champion", "already_champion"
 BLOCKED = "blocked_by_validation"
+AWAITING = "awaiting_approval"
 
 
 def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, force: bool) -> str:
@@ -67,6 +71,12 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
         logger.warning("promotion: challenger v%s failed validation (%s): the champion stays", challenger.version,
                        validated["failed"])
         decision = BLOCKED
+    if decision in (PROMOTED, FORCED, FIRST) and config.require_approval:
+        registry.set_version_tag(challenger.version, APPROVAL_TAG, PENDING)
+        registry.set_version_tag(challenger.version, "approval.decision", decision)
+        logger.warning("promotion: challenger v%s would be %s; it waits for `mlops approve --model %s --version %s`",
+                       challenger.version, decision, config.model_name, challenger.version)
+        decision = AWAITING
     metrics = {"promotion.challenger_rmse": challenger_rmse}
     if champion_rmse is not None:
         metrics["promotion.champion_rmse"] = champion_rmse
@@ -76,10 +86,7 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
                                "promotion.challenger_version": challenger.version,
                                "promotion.champion_version": champion.version if champion else ""})
     if decision in (PROMOTED, FORCED, FIRST):
-        detector = registry.outlier_companion(challenger)  # refuses a mismatched pair before any alias moves
-        registry.set_alias(CHAMPION, challenger.version)
-        if detector is not None:
-            context.tracking.registry(detector.name).set_alias(CHAMPION, detector.version)
+        registry.promote(challenger)
         champion_version = challenger.version
     else:
         champion_version = champion.version if champion else None
