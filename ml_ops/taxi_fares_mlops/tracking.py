@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares.features import model_input_columns
-from taxi_fares_mlops.config import CHAMPION
+from taxi_fares_mlops.config import CHALLENGER, CHAMPION
 from taxi_fares_mlops.errors import RegistryError
 
 logger = logging.getLogger(__name__)
@@ -208,6 +208,14 @@ class Registry:
         for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when)):
             self.set_version_tag(fare.version, key, value)
         return fare
+
+    def contenders(self) -> tuple[ModelRef, Optional[ModelRef]]:
+        """(challenger, champion or None); a RegistryError when there is no challenger to judge."""
+        challenger = self.by_alias(CHALLENGER)
+        if challenger is None:
+            raise RegistryError(f"model '{self.name}' has no '{CHALLENGER}' version: run the job with "
+                                f"execute_training=true")
+        return challenger, self.by_alias(CHAMPION)
 
     def set_version_tag(self, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(self.name, version, key, value)

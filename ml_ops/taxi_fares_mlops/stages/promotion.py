@@ -16,9 +16,8 @@ from pyspark.sql import SparkSession
 from taxi_fares.features import LABEL
 from taxi_fares.model import spark_regression_metrics
 from taxi_fares_mlops import telemetry
-from taxi_fares_mlops.config import CHALLENGER, CHAMPION, PROMOTION, VALIDATION, TrainingConfig
+from taxi_fares_mlops.config import PROMOTION, VALIDATION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
-from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.summary import SUCCESS
 from taxi_fares_mlops.tracking import APPROVAL_TAG, PENDING
@@ -42,11 +41,7 @@ def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, f
 @stage(PROMOTION)
 def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
     registry = context.tracking.registry(config.model_name)
-    challenger = registry.by_alias(CHALLENGER)
-    if challenger is None:
-        raise RegistryError(f"model '{config.model_name}' has no '{CHALLENGER}' version: run the job with "
-                            f"execute_training=true")
-    champion = registry.by_alias(CHAMPION)
+    challenger, champion = registry.contenders()
     if champion is not None and champion.version == challenger.version:
         context.tracking.set_tags({"promotion.decision": ALREADY})
         return _outcome(ALREADY, champion.version, challenger.version, None, None)

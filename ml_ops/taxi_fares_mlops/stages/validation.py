@@ -20,9 +20,8 @@ from pyspark.sql import functions as F
 from taxi_fares.features import LABEL, PICKUP_HOUR
 from taxi_fares.model import spark_regression_metrics
 from taxi_fares_mlops import telemetry
-from taxi_fares_mlops.config import CHALLENGER, CHAMPION, VALIDATION, TrainingConfig
+from taxi_fares_mlops.config import VALIDATION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
-from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import MODEL_VALIDATIONS
 
@@ -52,12 +51,7 @@ def slice_rmse(scored: DataFrame) -> dict[str, float]:
 
 @stage(VALIDATION)
 def validation(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
-    registry = context.tracking.registry(config.model_name)
-    challenger = registry.by_alias(CHALLENGER)
-    if challenger is None:
-        raise RegistryError(f"model '{config.model_name}' has no '{CHALLENGER}' version: run the job with "
-                            f"execute_training=true")
-    champion = registry.by_alias(CHAMPION)
+    challenger, champion = context.tracking.registry(config.model_name).contenders()
     if champion is not None and champion.version == challenger.version:
         champion = None  # nothing to compare with: the challenger already is the champion
 
