@@ -96,18 +96,14 @@ def _shifts(specs: list[str]) -> dict[str, float]:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     """Approve a held promotion in the local registry: recorded on the version (who, when), then champion."""
-    import datetime as dt
     import getpass
-
-    import mlflow
 
     from orchestrator.local.runner import tracking_uri
     from taxi_fares_mlops.errors import RegistryError
     from taxi_fares_mlops.tracking import Registry
 
     uri = tracking_uri(lakehouse_root())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     approver = os.environ.get("MLOPS_APPROVER") or getpass.getuser()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
@@ -221,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="output folder (emptied first)")
     build.set_defaults(handler=cmd_build)
 
-    jobs = ["training", "batch_scoring"]
+    from orchestrator.templates import JOBS
+
+    jobs = list(JOBS)
     run = commands.add_parser("run", help="run a job locally or on a deployment target")
     run.add_argument("job", choices=jobs)
     where = run.add_mutually_exclusive_group(required=True)

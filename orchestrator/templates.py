@@ -21,11 +21,15 @@ from orchestrator.build import wheel_names
 from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
-JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json"}
+JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json",
+        "monitoring": "taxi_fares_monitoring.json"}
+# Jobs another job starts (run_job_task): the template names the started job's id ``${training_job_id}``; a plan
+# renders it as 0 and the deployer puts the id of the job it just created or reset (the local runner, its name).
+JOB_ID_VARIABLES = {"training_job_id": "training"}
 TARGETS_FILE_ENV = "MLOPS_TARGETS_FILE"  # another targets file (tests, forks); default job_templates/targets.yml
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
-             "notification_emails", "secret_scope")
+             "notification_emails", "secret_scope", *JOB_ID_VARIABLES)
 # Target settings that configure the tool, not the templates.
 TARGET_SETTINGS = ("host", "existing_cluster_id", "compute", "serverless_environment_version")
 COMPUTE = ("job_cluster", "existing_cluster", "serverless")
@@ -103,6 +107,7 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     fill = {"repo": str(REPO_ROOT), "lakehouse": lakehouse or ""}
     variables = {k: v.format(**fill) if isinstance(v, str) else v for k, v in settings.items()}
     variables["wheel_version"] = version or project_version()
+    variables.update({name: 0 for name in JOB_ID_VARIABLES})  # until the deployer knows the ids
     return variables
 
 
@@ -137,6 +142,8 @@ def render_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any]
         return settings
     settings.pop("job_clusters", None)
     for task in settings["tasks"]:
+        if "notebook_task" not in task:  # condition and run-job tasks run on no compute of the job's
+            continue
         task.pop("job_cluster_key", None)
         if compute == "existing_cluster":
             task["existing_cluster_id"] = target["existing_cluster_id"]
@@ -200,6 +207,20 @@ def notebook_task(settings: dict) -> dict:
     if len(tasks) != 1:
         raise TemplateError(f"job '{settings.get('name')}' must have exactly one notebook task")
     return tasks[0]["notebook_task"]
+
+
+def started_jobs(job: str) -> dict[str, str]:
+    """task key -> the job (a key of ``JOBS``) that the task's run_job_task starts, read from the template's
+    ``${<job>_job_id}`` placeholder."""
+    started = {}
+    for task in load_template(job).get("tasks", []):
+        if "run_job_task" in task:
+            placeholder = _PLACEHOLDER.fullmatch(str(task["run_job_task"].get("job_id", "")))
+            if placeholder is None or placeholder.group(1) not in JOB_ID_VARIABLES:
+                raise TemplateError(f"job '{job}' task '{task['task_key']}': run_job_task.job_id must be one of "
+                                    f"{', '.join('${' + v + '}' for v in JOB_ID_VARIABLES)}")
+            started[task["task_key"]] = JOB_ID_VARIABLES[placeholder.group(1)]
+    return started
 
 
 def job_parameters(settings: dict) -> dict[str, str]:

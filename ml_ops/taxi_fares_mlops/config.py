@@ -18,7 +18,8 @@ from taxi_fares_mlops.errors import ConfigError
 
 TRAINING_JOB = "training"
 SCORING_JOB = "batch_scoring"
-JOBS = (TRAINING_JOB, SCORING_JOB)
+MONITORING_JOB = "monitoring"
+JOBS = (TRAINING_JOB, SCORING_JOB, MONITORING_JOB)
 
 FEATURE_ENGINEERING = "feature_engineering"
 TRAINING = "training"
@@ -188,17 +189,16 @@ TRAINING_PARAMETERS = COMMON + (
     Parameter("min_r2", _float(float("-inf"), 1.0), "0.0", "Lowest holdout r2 a challenger may have"),
     Parameter("regression_margin", _float(0.0, float("inf")), "0.05",
               "Relative rmse by which a challenger may trail the champion, overall and per pickup-hour slice"),
+    Parameter("retrain_reason", _text, "", "Why this run retrains (tagged on the run; the monitoring job sets it)"),
+    Parameter("triggered_by", _text, "", "The MLflow run that started this one (the monitoring job sets it)"),
 ) + HYPERPARAMETERS
 
-SCORING_PARAMETERS = COMMON + (
-    _toggle("execute_batch_scoring", "Run batch scoring"),
-    Parameter("model_alias", _choice(*ALIASES), CHAMPION, "Model alias to score with", ALIASES),
+MODEL_CHOICE = (
+    Parameter("model_alias", _choice(*ALIASES), CHAMPION, "Model alias to use", ALIASES),
     Parameter("model_version", _optional_version, "", "Model version (overrides the alias when set)"),
-    Parameter("publish_predictions", _choice("auto", "true", "false"), "auto",
-              "Publish to Blob storage (auto: when a storage connection is configured)", ("auto", "true", "false")),
-    Parameter("blob_container", _container, "taxi-fares-predictions", "Blob container for published predictions"),
-    Parameter("blob_rows_per_part", _int(1), "1000000", "Rows per published Parquet part"),
-    Parameter("execute_monitoring", _bool, "false", "Run monitoring on the scored range", ("true", "false")),
+)
+
+MONITORING_THRESHOLDS = (
     Parameter("psi_threshold", _float(0.0, float("inf"), low_open=True), "0.2",
               "PSI above which a feature has drifted"),
     Parameter("ks_threshold", _float(0.0, 1.0, low_open=True), "0.1",
@@ -209,6 +209,20 @@ SCORING_PARAMETERS = COMMON + (
               "Realized rmse this fraction above the holdout's: DEGRADED"),
     Parameter("min_rows", _int(1), "1000", "Fewer scored rows in the range: INSUFFICIENT_DATA"),
 )
+
+SCORING_PARAMETERS = COMMON + (_toggle("execute_batch_scoring", "Run batch scoring"),) + MODEL_CHOICE + (
+    Parameter("publish_predictions", _choice("auto", "true", "false"), "auto",
+              "Publish to Blob storage (auto: when a storage connection is configured)", ("auto", "true", "false")),
+    Parameter("blob_container", _container, "taxi-fares-predictions", "Blob container for published predictions"),
+    Parameter("blob_rows_per_part", _int(1), "1000000", "Rows per published Parquet part"),
+    Parameter("execute_monitoring", _bool, "false", "Run monitoring on the scored range", ("true", "false")),
+) + MONITORING_THRESHOLDS
+
+MONITORING_PARAMETERS = COMMON + (_toggle("execute_monitoring", "Run monitoring"),) + MODEL_CHOICE + \
+    MONITORING_THRESHOLDS + (
+        Parameter("retrain_on_drift", _bool, "true", "Start the training job when the status is DRIFT or DEGRADED",
+                  ("true", "false")),
+    )
 
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
 WHEEL_PARAMETERS = ("wheel_base_path", "wheel_version")
@@ -241,7 +255,7 @@ def _widget_reader(dbutils) -> Callable[[str], Optional[str]]:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """What both jobs share."""
+    """What every job shares."""
 
     start_date: dt.date
     end_date: dt.date
@@ -262,6 +276,10 @@ class JobConfig:
     def time_range(self) -> tuple[dt.datetime, dt.datetime]:
         """[start_date, end_date) as midnight datetimes, the form Spark filters take."""
         return (dt.datetime.combine(self.start_date, dt.time()), dt.datetime.combine(self.end_date, dt.time()))
+
+    def run_tags(self) -> dict[str, str]:
+        """Extra tags for the job's MLflow run."""
+        return {}
 
     def stage_enabled(self, stage: str) -> bool:
         return bool(getattr(self, f"execute_{stage}"))
@@ -337,6 +355,8 @@ class TrainingConfig(JobConfig):
     max_rmse: Optional[float] = None
     min_r2: float = 0.0
     regression_margin: float = 0.05
+    retrain_reason: str = ""
+    triggered_by: str = ""
     model_params: ModelParams = field(default_factory=ModelParams)
 
     job: str = field(init=False, default=TRAINING_JOB)
@@ -345,6 +365,11 @@ class TrainingConfig(JobConfig):
     @property
     def execute_validation(self) -> bool:
         return self.model_validation != "disabled"
+
+    def run_tags(self) -> dict[str, str]:
+        """What started this training run, when something other than its schedule did."""
+        tags = {"retraining.reason": self.retrain_reason, "retraining.triggered_by": self.triggered_by}
+        return {k: v for k, v in tags.items() if v}
 
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:
@@ -389,4 +414,24 @@ class ScoringConfig(JobConfig):
         return f"version {self.model_version}" if self.model_version else f"alias '{self.model_alias}'"
 
 
-CONFIGS = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig}
+@dataclass(frozen=True)
+class MonitoringConfig(JobConfig):
+    execute_monitoring: bool = True
+    model_alias: str = CHAMPION
+    model_version: Optional[int] = None
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.1
+    outlier_rate_threshold: float = 0.05
+    rmse_degradation: float = 0.25
+    min_rows: int = 1000
+    retrain_on_drift: bool = True
+
+    job: str = field(init=False, default=MONITORING_JOB)
+    STAGES = (MONITORING,)
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return MONITORING_PARAMETERS
+
+
+CONFIGS = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig, MONITORING_JOB: MonitoringConfig}

@@ -14,7 +14,7 @@ import mlflow
 from pyspark.sql import SparkSession
 
 from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION, TRAINING,
-                                     VALIDATION, ScoringConfig, TrainingConfig, known)
+                                     VALIDATION, MonitoringConfig, ScoringConfig, TrainingConfig, known)
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
@@ -36,7 +36,7 @@ STAGE_FUNCTIONS = {
     VALIDATION: validation,
 }
 
-JobConfigType = Union[TrainingConfig, ScoringConfig]
+JobConfigType = Union[TrainingConfig, ScoringConfig, MonitoringConfig]
 
 
 def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets: Any = None) -> dict:
@@ -52,7 +52,7 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
     experiment_id = setup_experiment(config.mlflow_experiment)
     run_name = f"{config.job} {config.start_date}..{config.end_date}"
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
-    with mlflow.start_run(run_name=run_name, tags={"job": config.job}) as run:
+    with mlflow.start_run(run_name=run_name, tags={"job": config.job, **config.run_tags()}) as run:
         mlflow.log_params(config.as_params())
         context = StageContext(lakehouse, Tracking(run.info.run_id, experiment_id), credentials=credentials)
         observed = _start_telemetry(config, context)

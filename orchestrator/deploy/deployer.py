@@ -10,6 +10,7 @@ unless ``reset_schedule`` is set.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Plan:
     notebooks: list[Upload]
     experiment: str
     jobs: dict[str, dict] = field(default_factory=dict)
+    # job name -> {task key -> name of the job that task starts}; those ids are known only once that job exists
+    starts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The plan as JSON-ready data (what --dry-run prints)."""
@@ -81,14 +84,16 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     root = variables["workspace_root"].rstrip("/")
     notebooks = [Upload(src, f"{root}/{folder}/{src.stem}")
                  for folder in NOTEBOOK_SOURCES for src in sorted((REPO_ROOT / folder).glob("*.py"))]
-    jobs = {}
+    jobs, keys = {}, {}
     for job in templates.JOBS:
         settings = templates.render_job(job, variables, target)
         templates.validate(settings)
-        jobs[settings["name"]] = settings
+        jobs[settings["name"]], keys[job] = settings, settings["name"]
+    starts = {keys[job]: {task: keys[started] for task, started in templates.started_jobs(job).items()}
+              for job in templates.JOBS}
     return Plan(target, workspace_host(target), version, wheels, sums,
                 wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
-                variables["mlflow_experiment"], jobs)
+                variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s})
 
 
 def workspace_path(path: str) -> str:
@@ -161,6 +166,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
 
     job_ids = {}
     for name, settings in plan.jobs.items():
+        settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
         with translate_errors(host, f"create or reset job {name}"):
             existing = [j.job_id for j in w.jobs.list(name=name)]
             if existing:
@@ -178,6 +184,22 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
         job_ids[name] = job_id
         say(f"job {name}: {action} {job_id}  {host}/jobs/{job_id}")
     return job_ids
+
+
+def _with_started_job_ids(name: str, settings: dict, starts: dict[str, str], job_ids: dict[str, int]) -> dict:
+    """``settings`` with each run_job_task pointing at the job it starts, deployed before it (templates.JOBS
+    lists a started job first)."""
+    if not starts:
+        return settings
+    settings = copy.deepcopy(settings)
+    for task in settings["tasks"]:
+        if task["task_key"] in starts:
+            started = starts[task["task_key"]]
+            if started not in job_ids:
+                raise ConfigurationError(f"job {name}: task {task['task_key']} starts job {started}, which must be "
+                                         f"deployed first")
+            task["run_job_task"]["job_id"] = job_ids[started]
+    return settings
 
 
 def _create_arguments(w: WorkspaceClient, settings: dict) -> dict:

@@ -7,6 +7,8 @@
 * ``notebook.exit(value)`` ends the notebook with ``value``; ``notebook.run(path, timeout, args)`` runs another
   notebook (relative to the current one) and returns its exit value.
 * ``library.restartPython()`` forgets the notebook's state and re-reads installed packages.
+* ``jobs.taskValues.set(key, value)`` records a value for later tasks of the job (``{{tasks.<task>.values.<key>}}``);
+  values must be JSON-serializable, as on Databricks.
 """
 from __future__ import annotations
 
@@ -103,8 +105,28 @@ class Library:
         raise RestartPython()
 
 
+class TaskValues:
+    def __init__(self):
+        self.values: dict[str, object] = {}
+
+    def set(self, key: str, value: object) -> None:
+        import json
+
+        json.dumps(value)  # Databricks refuses what it cannot serialize
+        self.values[key] = value
+
+    def get(self, taskKey: str, key: str, default: object = None, debugValue: object = None) -> object:
+        return self.values.get(key, default) if taskKey is None else debugValue
+
+
+class Jobs:
+    def __init__(self):
+        self.taskValues = TaskValues()
+
+
 class LocalDbutils:
     def __init__(self, params: Mapping[str, str], run_notebook, secrets_file: Optional[Path] = None):
+        self.jobs = Jobs()
         self.widgets = Widgets(params)
         self.secrets = Secrets(secrets_file)
         self.notebook = Notebook(run_notebook)

@@ -74,11 +74,13 @@ class Kernel:
     def __init__(self, secrets_file: Optional[Path] = None):
         self.secrets_file = secrets_file
         self.baseline_modules = set(sys.modules)
+        self.task_values: dict[str, object] = {}
 
     def run(self, path: Path, params: Mapping[str, str]) -> Optional[str]:
         """Run the notebook at ``path`` with widget values ``params``; return its exit value (or None)."""
         cells = nb.load(path)
         dbutils = LocalDbutils(params, lambda p, t, a: self._run_child(path, p, a), self.secrets_file)
+        self.task_values = dbutils.jobs.taskValues.values
         namespace = self._namespace(dbutils)
         for cell in cells:
             label = f"{path.name} cell {cell.index}" + (f" ({cell.title})" if cell.title else "")
@@ -159,9 +161,10 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     params = json.loads(args.params.read_text())
+    kernel = Kernel(args.secrets_file)
     try:
-        value = Kernel(args.secrets_file).run(args.notebook, params)
-        result = {"status": "SUCCESS", "exit_value": value}
+        value = kernel.run(args.notebook, params)
+        result = {"status": "SUCCESS", "exit_value": value, "task_values": kernel.task_values}
     except Exception as exc:  # the notebook failed: report it, the runner decides the exit code
         if os.environ.get("MLOPS_VERBOSE"):
             traceback.print_exc()

@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 import time
 import venv
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -102,6 +102,7 @@ class RunResult:
     exit_value: Optional[str]
     error: Optional[str]
     seconds: float
+    task_values: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def summary(self) -> Optional[dict]:
@@ -135,9 +136,74 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResu
     settings = templates.render_job(job, variables)
     templates.validate(settings)
     params = merge_parameters(templates.job_parameters(settings), overrides)
-    notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
     progress(f"running job {settings['name']} locally")
-    return run_notebook(notebook, params, lakehouse, env, started)
+    if len(settings["tasks"]) == 1:
+        notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
+        return run_notebook(notebook, params, lakehouse, env, started)
+    return _run_tasks(job, settings, params, lakehouse, env, started)
+
+
+_REFERENCE = re.compile(r"\{\{\s*(tasks\.([\w-]+)\.values\.(\w+)|job\.parameters\.(\w+))\s*\}\}")
+
+
+def _resolve(text: str, params: Mapping[str, str], values: Mapping[str, Mapping[str, object]]) -> str:
+    """A task field with Databricks' dynamic value references filled in (task values, job parameters)."""
+    def value(match: re.Match) -> str:
+        if match.group(4):
+            if match.group(4) not in params:
+                raise ConfigurationError(f"{match.group(0)}: the job has no parameter '{match.group(4)}'")
+            return str(params[match.group(4)])
+        task, key = match.group(2), match.group(3)
+        if key not in values.get(task, {}):
+            raise ConfigurationError(f"{match.group(0)}: task '{task}' set no value '{key}'")
+        return str(values[task][key])
+    return _REFERENCE.sub(value, text)
+
+
+def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: str, env: "JobEnvironment",
+               started: float) -> RunResult:
+    """A job of several tasks, in their order, as the Jobs service runs them: notebook tasks, condition tasks
+    (their outcome gates the tasks that depend on it) and run-job tasks (the started job runs locally too).
+    The result is the notebook task's; a task that fails ends the run."""
+    values: dict[str, Mapping[str, object]] = {}
+    outcomes: dict[str, str] = {}
+    ran: set[str] = set()
+    result: Optional[RunResult] = None
+    starts = templates.started_jobs(job)
+    for task in settings["tasks"]:
+        key = task["task_key"]
+        blocked = [d["task_key"] for d in task.get("depends_on", [])
+                   if d["task_key"] not in ran or ("outcome" in d and outcomes.get(d["task_key"]) != d["outcome"])]
+        if blocked:
+            progress(f"task {key}: excluded ({', '.join(blocked)} did not lead here)")
+            continue
+        if "notebook_task" in task:
+            result = run_notebook(Path(task["notebook_task"]["notebook_path"] + ".py"), params, lakehouse, env,
+                                  started)
+            if result.status != "SUCCESS":
+                return result
+            values[key] = result.task_values
+        elif "condition_task" in task:
+            condition = task["condition_task"]
+            left, right = (_resolve(condition[k], params, values) for k in ("left", "right"))
+            tests = {"EQUAL_TO": left == right, "NOT_EQUAL": left != right}
+            if condition["op"] not in tests:
+                raise ConfigurationError(f"task {key}: the local runner does not evaluate op {condition['op']}")
+            outcomes[key] = "true" if tests[condition["op"]] else "false"
+            progress(f"task {key}: {left!r} {condition['op']} {right!r} is {outcomes[key]}")
+        elif "run_job_task" in task:
+            arguments = {k: _resolve(v, params, values)
+                         for k, v in task["run_job_task"].get("job_parameters", {}).items()}
+            progress(f"task {key}: starting job {starts[key]}")
+            other = run_local(starts[key], arguments, lakehouse)
+            if other.status != "SUCCESS":
+                return RunResult("FAILED", result.exit_value if result else None,
+                                 f"task {key}: job {starts[key]} failed: {other.error}", time.monotonic() - started)
+        else:
+            raise ConfigurationError(f"task {key}: the local runner runs notebook, condition and run-job tasks only")
+        ran.add(key)
+    return replace(result, seconds=time.monotonic() - started) if result else RunResult(
+        "FAILED", None, "the job has no notebook task", time.monotonic() - started)
 
 
 def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env: JobEnvironment,
@@ -165,7 +231,8 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
             return RunResult("FAILED", None, "the notebook kernel died before reporting a result",
                              time.monotonic() - started)
         result = json.loads(result_file.read_text())
-    return RunResult(result["status"], result.get("exit_value"), result.get("error"), time.monotonic() - started)
+    return RunResult(result["status"], result.get("exit_value"), result.get("error"), time.monotonic() - started,
+                     result.get("task_values") or {})
 
 
 def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:

@@ -603,9 +603,9 @@ class WorkspaceEmulator:
             raise invalid(f"Job {job_id} does not exist.")
         return self.jobs[job_id]
 
-    @staticmethod
-    def _check_settings(settings: dict) -> dict:
-        """What the service checks beyond the schema: compute references and unique keys."""
+    def _check_settings(self, settings: dict) -> dict:
+        """What the service checks beyond the schema: compute references, unique keys, jobs a task starts."""
+        known_jobs = set(self.jobs)
         clusters = {c["job_cluster_key"] for c in settings.get("job_clusters", [])}
         environments = {e["environment_key"] for e in settings.get("environments", [])}
         keys = [t["task_key"] for t in settings.get("tasks", [])]
@@ -622,6 +622,9 @@ class WorkspaceEmulator:
             if task.get("job_cluster_key") and task["job_cluster_key"] not in clusters:
                 raise invalid(f"Task {task['task_key']} refers to job cluster {task['job_cluster_key']}, which "
                               f"is not defined in job_clusters")
+            started = (task.get("run_job_task") or {}).get("job_id")
+            if started is not None and started not in known_jobs:
+                raise invalid(f"Task {task['task_key']} runs job {started}, which does not exist")
             if task.get("environment_key") and task["environment_key"] not in environments:
                 raise invalid(f"Task {task['task_key']} refers to environment {task['environment_key']}, which "
                               f"is not defined in environments")

@@ -59,7 +59,7 @@ def test_dry_run_calls_nothing_and_round_trips_through_jobsettings(workspace, ml
     assert code == 0
     plan = json.loads(out)
     assert workspace.requests == []
-    assert set(plan["jobs"]) == {"taxi_fares_training", "taxi_fares_batch_scoring"}
+    assert set(plan["jobs"]) == {"taxi_fares_training", "taxi_fares_batch_scoring", "taxi_fares_monitoring"}
     for settings in plan["jobs"].values():
         assert JobSettings.from_dict(settings).as_dict() == settings
     assert [u["destination"] for u in plan["uploads"]][:2] == [
@@ -80,7 +80,8 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
 
     imports = [r.json() for r in workspace.calls("POST", "/api/2.0/workspace/import")]
     assert sorted(i["path"] for i in imports) == [
-        f"{ROOT}/orchestrator/notebooks/batch_score", f"{ROOT}/orchestrator/notebooks/train",
+        f"{ROOT}/orchestrator/notebooks/batch_score", f"{ROOT}/orchestrator/notebooks/monitor",
+        f"{ROOT}/orchestrator/notebooks/train",
         f"{ROOT}/tests/notebooks/test_batch_score", f"{ROOT}/tests/notebooks/test_train"]
     for body in imports:
         assert (body["format"], body["language"], body["overwrite"]) == ("SOURCE", "PYTHON", True)
@@ -90,6 +91,11 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
     assert [r.json() for r in workspace.calls("POST", "/api/2.0/mlflow/experiments/create")] == [
         {"name": "/Shared/taxi_fares/experiments/staging"}]
     created = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/create")]
+    training_id = next(i for i, s in workspace.jobs.items() if s["name"] == "taxi_fares_training")
+    for task in expected_jobs["taxi_fares_monitoring"]["tasks"]:  # the plan cannot know the id yet
+        if "run_job_task" in task:
+            assert task["run_job_task"]["job_id"] == 0
+            task["run_job_task"]["job_id"] = training_id
     assert {c["name"]: c for c in created} == expected_jobs
     for job_id, settings in workspace.jobs.items():
         assert f"job {settings['name']}: created {job_id}  {workspace.url}/jobs/{job_id}" in err
@@ -103,12 +109,13 @@ def test_redeploy_of_the_same_version_uploads_nothing_and_keeps_one_job_per_name
     assert code == 0
     assert workspace.uploads() == []
     assert "wheels " + VERSION + ": unchanged, nothing uploaded" in err
-    assert "notebooks: 0 imported, 4 unchanged" in err
+    assert "notebooks: 0 imported, 5 unchanged" in err
     assert workspace.calls("POST", "/api/2.2/jobs/create") == []
     resets = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/reset")]
     assert sorted(r["job_id"] for r in resets) == sorted(jobs_before)
     assert workspace.jobs == jobs_before
-    assert sorted(s["name"] for s in workspace.jobs.values()) == ["taxi_fares_batch_scoring", "taxi_fares_training"]
+    assert sorted(s["name"] for s in workspace.jobs.values()) == ["taxi_fares_batch_scoring", "taxi_fares_monitoring",
+                                                                  "taxi_fares_training"]
 
 
 def test_version_bump_uploads_to_a_new_folder_and_resets_the_jobs(workspace, mlops, tmp_path):
@@ -228,8 +235,8 @@ def test_throttling_and_unavailability_are_retried(workspace, mlops, status):
     workspace.fail("GET", "/api/2.2/jobs/list", status, times=1, retry_after=1)
     code, _, err = mlops("deploy", "--target", "staging")
     assert code == 0, err
-    assert len(workspace.calls("GET", "/api/2.2/jobs/list")) == 3  # one refused, then one per job
-    assert len(workspace.jobs) == 2
+    assert len(workspace.calls("GET", "/api/2.2/jobs/list")) == 4  # one refused, then one per job
+    assert len(workspace.jobs) == 3
 
 
 def test_401_names_authentication(workspace, mlops):
@@ -423,7 +430,10 @@ def test_a_serverless_target_deploys_jobs_the_workspace_accepts(workspace, mlops
     for job_id in jobs.values():
         settings = workspace.jobs[job_id]
         assert "job_clusters" not in settings
-        assert {t["environment_key"] for t in settings["tasks"]} == {"taxi_fares"}
+        # notebook tasks run in the environment; condition and run-job tasks run on no compute of the job's
+        assert {t.get("environment_key") for t in settings["tasks"]} == {"taxi_fares"} | (
+            {None} if len(settings["tasks"]) > 1 else set())
+        assert all("environment_key" in t for t in settings["tasks"] if "notebook_task" in t)
         assert settings["environments"][0]["spec"]["dependencies"] == [
             f"{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl", f"{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl"]
 
@@ -448,3 +458,17 @@ def test_each_documented_exit_code(workspace, mlops, expected, meaning):
         code, _, err = mlops("run", "training", "--target", "staging")
         assert "not allowed to list jobs" in err
     assert code == expected, err
+
+
+def test_the_monitoring_job_starts_the_deployed_training_job(workspace, mlops):
+    """Its run_job_task names the training job by the id the deploy just got (the emulator, like the service,
+    refuses a task starting a job that does not exist, so the plan's placeholder id 0 would fail here)."""
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    by_name = {s["name"]: (job_id, s) for job_id, s in workspace.jobs.items()}
+    training_id = by_name["taxi_fares_training"][0]
+    tasks = {t["task_key"]: t for t in by_name["taxi_fares_monitoring"][1]["tasks"]}
+    assert tasks["retrain"]["run_job_task"]["job_id"] == training_id
+    assert tasks["retrain"]["depends_on"] == [{"task_key": "drifted", "outcome": "true"}]
+    assert tasks["drifted"]["condition_task"]["left"] == "{{tasks.monitor.values.retrain}}"
+    assert "job_cluster_key" not in tasks["drifted"] and "job_cluster_key" in tasks["monitor"]

@@ -345,3 +345,15 @@ def test_experiments_have_a_lifecycle_stage_and_names_are_unique(emu, w):
     assert w.experiments.get_experiment(experiment_id).experiment.lifecycle_stage == "active"
     with pytest.raises(ResourceDoesNotExist):
         w.experiments.get_by_name("/Shared/other")
+
+
+def test_a_run_job_task_must_start_an_existing_job(emu):
+    runs_job = {"task_key": "start", "run_job_task": {"job_id": 424242}}
+    refused(call(emu, "POST", "/api/2.2/jobs/create", job_settings(tasks=[runs_job])), 400,
+            "INVALID_PARAMETER_VALUE", "Task start runs job 424242, which does not exist")
+    status, created = call(emu, "POST", "/api/2.2/jobs/create", job_settings())
+    assert status == 200
+    status, _ = call(emu, "POST", "/api/2.2/jobs/create",
+                     job_settings(name="starter", tasks=[{"task_key": "start",
+                                                          "run_job_task": {"job_id": created["job_id"]}}]))
+    assert status == 200

@@ -1,12 +1,13 @@
 """Monitoring: the scored range against the model's training profile: feature and prediction drift, and, where
 the fares are known, the realized error against the holdout's.
 
-Runs at the end of the batch-scoring job (``execute_monitoring=true``) on the predictions the job wrote for the
-range. Every statistic is one Spark aggregation over the range (``taxi_fares.drift``); nothing is collected but
-per-feature counts. Results replace the range's rows of ``drift_metrics`` and ``performance_metrics`` (one row
-per window, model version, feature and metric; a rerun never duplicates), go to MLflow as metrics and the
-``monitoring.status`` tag, and to telemetry: the stage's span carries the summary and each drifted feature is
-a warning log with its statistic, which Log Analytics can chart and alert on.
+Runs as the monitoring job (daily, after scoring), or at the end of the batch-scoring job
+(``execute_monitoring=true``), on the predictions written for the range. Every statistic is one Spark
+aggregation over the range (``taxi_fares.drift``); nothing is collected but per-feature counts. Results replace
+the range's rows of ``drift_metrics`` and ``performance_metrics`` (one row per window, model version, feature
+and metric; a rerun never duplicates), go to MLflow as metrics and the ``monitoring.status`` tag, and to
+telemetry: the stage's span carries the summary and each drifted feature is a warning log with its statistic,
+which Log Analytics can chart and alert on.
 
 The outlier detector registered with the model version (``<model>_outliers``, linked by version tags; a
 mismatched pair is refused) flags trips; their share goes to ``outlier_metrics``.
@@ -19,6 +20,7 @@ else ``OK``.
 from __future__ import annotations
 
 import logging
+from typing import Union
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -29,7 +31,7 @@ from taxi_fares.model import spark_regression_metrics
 from taxi_fares.outliers import OUTLIER
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import telemetry
-from taxi_fares_mlops.config import MONITORING, ScoringConfig
+from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
 from taxi_fares_mlops.datasets import feature_tables
 from taxi_fares_mlops.errors import DataError, RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
@@ -43,7 +45,7 @@ STATUS_TAG = "monitoring.status"
 
 
 @stage(MONITORING)
-def monitoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
+def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfig], context: StageContext) -> dict:
     model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
     reference = context.tracking.load_dict(model.run_id, REFERENCE_PROFILE)
     if reference is None:
@@ -116,11 +118,11 @@ def monitoring(spark: SparkSession, config: ScoringConfig, context: StageContext
             "performance": {k: round(v, 4) for k, v in performance.items() if v is not None}}
 
 
-def _drifted(f: drift.FeatureDrift, config: ScoringConfig) -> bool:
+def _drifted(f: drift.FeatureDrift, config) -> bool:
     return f.psi > config.psi_threshold or (f.ks is not None and f.ks > config.ks_threshold)
 
 
-def _threshold(metric: str, config: ScoringConfig):
+def _threshold(metric: str, config):
     return {"psi": config.psi_threshold, "ks": config.ks_threshold}.get(metric)
 
 
@@ -137,7 +139,7 @@ def _performance(current, context: StageContext, run_id: str) -> dict:
     return out
 
 
-def _replace(spark, context: StageContext, table: str, rows, window: dict, config: ScoringConfig) -> None:
+def _replace(spark, context: StageContext, table: str, rows, window: dict, config) -> None:
     """The window's rows of ``table`` replaced by ``rows`` in one commit (a rerun never duplicates)."""
     schema = ("window_start date, window_end date, model_name string, model_version string, feature string, "
               "metric string, value double, threshold double, breached boolean, mlflow_run_id string")
@@ -147,3 +149,18 @@ def _replace(spark, context: StageContext, table: str, rows, window: dict, confi
     df = spark.createDataFrame(data, schema).withColumn("computed_at", F.current_timestamp())
     context.lakehouse.replace_range(spark, df, table, "window_start", config.start_date, config.end_date)
     context.wrote(table)
+
+
+RETRAIN_ON = (DRIFT, DEGRADED)
+
+
+def retraining_task_values(summary: dict, config: MonitoringConfig) -> dict[str, str]:
+    """What the monitoring job's next tasks read (``{{tasks.monitor.values.<key>}}``): the status, whether to
+    retrain (``retrain_on_drift`` and a DRIFT or DEGRADED status), this MLflow run, and the reason to tag."""
+    monitored = summary["stages"].get(MONITORING, {})
+    status = monitored.get("monitoring_status", "")
+    cause = monitored.get("drifted") or ("error above the holdout's" if status == DEGRADED else "")
+    return {"status": status,
+            "retrain": "true" if config.retrain_on_drift and status in RETRAIN_ON else "false",
+            "mlflow_run_id": summary["mlflow_run_id"],
+            "reason": f"monitoring {status} for {config.start_date}..{config.end_date}: {cause}"}
