@@ -5,6 +5,9 @@
 3. Run the training job again on January and February with other hyperparameters: the promotion gate
    compares the new challenger with the champion on the same holdout and decides.
 4. Run the batch-scoring job on February with the champion, publishing to a local Azurite Blob endpoint.
+5. Add a March whose trip distances drifted (x1.5), score it, and run the monitoring job on it: monitoring
+   reports DRIFT, and the job's run-job task starts the training job, whose validation and promotion gate
+   decide on the retrained model.
 
 Every job runs exactly as on Databricks: rendered from its template, its notebook installing the wheels.
 """
@@ -21,6 +24,7 @@ from orchestrator.local.azurite import Azurite
 from taxi_fares_mlops.summary import JobSummary
 
 DATA_START, DATA_END = "2016-01-01", "2016-03-01"
+DRIFTED = ("2016-03-01", "2016-04-01")
 
 
 def _banner(text: str) -> None:
@@ -41,21 +45,21 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     started = time.monotonic()
-    _banner(f"1/4 generating {rows:,} synthetic trips ({DATA_START} to {DATA_END}, seed {seed})")
+    _banner(f"1/5 generating {rows:,} synthetic trips ({DATA_START} to {DATA_END}, seed {seed})")
     spark = get_spark("mlops-demo")
     Lakehouse(root).write(generate_trips(spark, rows, DATA_START, DATA_END, seed=seed), RAW_TRIPS)
     spark.stop()  # each job below starts its own Spark, as a job cluster would
 
-    _banner("2/4 training job on January (no champion yet: the first model is promoted)")
+    _banner("2/5 training job on January (no champion yet: the first model is promoted)")
     _run("training", root, start_date="2016-01-01", end_date="2016-02-01", max_iter="60")
 
-    _banner("3/4 training job on January and February, more boosting iterations: the promotion gate decides")
+    _banner("3/5 training job on January and February, more boosting iterations: the promotion gate decides")
     second = _run("training", root, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
     promotion = second.stages["promotion"].outputs
     print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
           f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
 
-    _banner("4/4 batch scoring job on February with the champion, publishing to Azurite (local Blob storage)")
+    _banner("4/5 batch scoring job on February with the champion, publishing to Azurite (local Blob storage)")
     with Azurite(Path(root) / "azurite") as azurite:
         os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
         try:
@@ -66,6 +70,17 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     published = scored.stages["batch_scoring"].outputs.get("blob", {})
     print(f"published {published.get('rows')} rows in {published.get('files')} Parquet part(s): container "
           f"{published.get('container')}, {published.get('manifest')}")
+
+    _banner("5/5 a drifted March (trip distances x1.5): scoring, then the monitoring job, which retrains on drift")
+    spark = get_spark("mlops-demo")
+    drifted = generate_trips(spark, rows // 2, *DRIFTED, seed=seed + 1, shift={"trip_distance": 1.5})
+    offset = rows  # the first step's trip ids are 0..rows-1
+    Lakehouse(root).write(drifted.withColumn("trip_id", drifted["trip_id"] + offset), RAW_TRIPS, mode="append")
+    spark.stop()
+    _run("batch_scoring", root, start_date=DRIFTED[0], end_date=DRIFTED[1])
+    monitored = _run("monitoring", root, start_date=DRIFTED[0], end_date=DRIFTED[1]).stages["monitoring"].outputs
+    print(f"monitoring: {monitored['monitoring_status']} (drifted: {monitored.get('drifted') or 'none'}); "
+          f"retraining ran if the status was DRIFT or DEGRADED (see 'task retrain' above)")
 
     print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
     print(f"  lakehouse tables   {root}/tables/")
