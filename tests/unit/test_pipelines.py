@@ -114,6 +114,18 @@ def test_production_is_a_deployment_job_on_the_prod_environment():
     assert steps[0]["parameters"] == {"target": "prod", "unpauseSchedules": True}
 
 
+def test_staging_runs_training_then_scoring_then_monitoring_after_the_notebook_tests():
+    cd = load(PIPELINES_DIR / "cd.yml")
+    staging = next(s for s in cd["stages"] if s["stage"] == "staging")
+    verify = next(j for j in staging["jobs"] if j.get("job") == "verify_staging")
+    runs = [(s["parameters"]["job"], s["parameters"]["jobParameters"]) for s in verify["steps"]
+            if s.get("template") == "templates/run-job.yml"]
+    assert [job for job, _ in runs] == ["training", "batch_scoring", "monitoring"]
+    assert "--param retrain_on_drift=false" in runs[2][1]  # CD checks the job; it does not retrain staging
+    scored, monitored = ([p for p in params if "_date=" in p] for _, params in runs[1:])
+    assert scored == monitored  # monitoring judges exactly the range just scored
+
+
 # --- Microsoft's published JSON Schema ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def validator():
