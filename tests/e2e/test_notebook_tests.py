@@ -23,6 +23,8 @@ def test_notebook_tests_pass_and_write_a_junit_report(tmp_path):
         ("tests/notebooks/test_train.py", "b_retraining_without_feature_engineering"),
         ("tests/notebooks/test_batch_score.py", "a_scoring"),
         ("tests/notebooks/test_batch_score.py", "b_rescoring_without_feature_engineering"),
+        ("tests/notebooks/test_monitor.py", "a_monitoring_a_drifted_week"),
+        ("tests/notebooks/test_monitor.py", "b_rerunning_the_week"),
     }
     assert suites.get("failures") == "0" and suites.get("errors") == "0"
     assert "PASSED  test_train.py::a_first_training" in done.stdout

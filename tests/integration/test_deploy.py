@@ -82,7 +82,8 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
     assert sorted(i["path"] for i in imports) == [
         f"{ROOT}/orchestrator/notebooks/batch_score", f"{ROOT}/orchestrator/notebooks/monitor",
         f"{ROOT}/orchestrator/notebooks/train",
-        f"{ROOT}/tests/notebooks/test_batch_score", f"{ROOT}/tests/notebooks/test_train"]
+        f"{ROOT}/tests/notebooks/test_batch_score", f"{ROOT}/tests/notebooks/test_monitor",
+        f"{ROOT}/tests/notebooks/test_train"]
     for body in imports:
         assert (body["format"], body["language"], body["overwrite"]) == ("SOURCE", "PYTHON", True)
     train = next(i for i in imports if i["path"].endswith("/train"))
@@ -109,7 +110,7 @@ def test_redeploy_of_the_same_version_uploads_nothing_and_keeps_one_job_per_name
     assert code == 0
     assert workspace.uploads() == []
     assert "wheels " + VERSION + ": unchanged, nothing uploaded" in err
-    assert "notebooks: 0 imported, 5 unchanged" in err
+    assert "notebooks: 0 imported, 6 unchanged" in err
     assert workspace.calls("POST", "/api/2.2/jobs/create") == []
     resets = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/reset")]
     assert sorted(r["job_id"] for r in resets) == sorted(jobs_before)
