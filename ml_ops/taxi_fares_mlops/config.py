@@ -364,7 +364,8 @@ class TrainingConfig(JobConfig):
 
     @property
     def execute_validation(self) -> bool:
-        return self.model_validation != "disabled"
+        """Validation judges the challenger for promotion: it runs when promotion does (and is not disabled)."""
+        return self.model_validation != "disabled" and self.execute_promotion
 
     def run_tags(self) -> dict[str, str]:
         """What started this training run, when something other than its schedule did."""

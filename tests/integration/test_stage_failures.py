@@ -43,7 +43,8 @@ def test_training_without_feature_tables_says_which_stage_to_turn_on(
 
 def test_promotion_without_a_challenger_says_which_stage_to_turn_on(
         spark, trips_lakehouse, mlflow_store, training_config):
-    expected = "stage 'promotion' failed: RegistryError: .*no 'challenger' version.*execute_training=true"
+    # validation, which runs with promotion, is the first stage to need the challenger
+    expected = "stage 'validation' failed: RegistryError: .*no 'challenger' version.*execute_training=true"
     with pytest.raises(StageError, match=expected):
         run_job(training_config(execute_training=False), spark)
     run = _last_run()
