@@ -57,8 +57,16 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     scored = (context.lakehouse.read(spark, PREDICTIONS)
               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
     pickup, dropoff = feature_tables(spark, context.lakehouse, config)
+    # Read by several aggregations below (profile comparison, category counts, outliers, error): joined once.
     current = join_features(scored, pickup, dropoff).select(*model_input_columns(), "prediction",
-                                                            F.col(LABEL).cast("double").alias(LABEL))
+                                                            F.col(LABEL).cast("double").alias(LABEL)).cache()
+    try:
+        return _judge(spark, config, context, model, reference, current)
+    finally:
+        current.unpersist()
+
+
+def _judge(spark, config, context: StageContext, model, reference: dict, current) -> dict:
 
     detector = context.tracking.registry(config.model_name).outlier_companion(model)
     with telemetry.span("compare with the training profile", model_version=model.version) as step:
