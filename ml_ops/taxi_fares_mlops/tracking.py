@@ -5,7 +5,9 @@ runner); artifacts then go next to the database. On Databricks the workspace (or
 """
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -19,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
 from taxi_fares.features import model_input_columns
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
 from taxi_fares_mlops.errors import RegistryError
@@ -80,19 +83,66 @@ class ModelRef:
 
 # The training run's profile of its holdout features and predictions, which monitoring compares ranges with.
 REFERENCE_PROFILE = "monitoring/reference_profile.json"
-# The outlier detector trained with a fare model is registered as "<model>_outliers"; each version names the
-# other in a version tag, so a mismatch is detected rather than scored.
-OUTLIERS_SUFFIX = "_outliers"
+# Two companion models are trained with each fare model and registered beside it: the outlier detector
+# ("<model>_outliers") and the drift detector ("<model>_drift"). Each version names the other in a version tag
+# (the fare version's "<kind>_model_version", the companion's "fare_model_version"), so a mismatch is detected
+# rather than scored, and promotion moves "champion" on all three together.
+OUTLIERS, DRIFT = "outliers", "drift"
+COMPANIONS = {OUTLIERS: "outlier_model_version", DRIFT: "drift_model_version"}
 FARE_VERSION_TAG = "fare_model_version"
-OUTLIER_VERSION_TAG = "outlier_model_version"
+OUTLIER_VERSION_TAG = COMPANIONS[OUTLIERS]
 
 
 APPROVAL_TAG = "approval.status"
 PENDING, APPROVED = "PENDING", "APPROVED"
 
 
+def companion_name(model_name: str, kind: str) -> str:
+    return f"{model_name}_{kind}"
+
+
 def outlier_model_name(model_name: str) -> str:
-    return model_name + OUTLIERS_SUFFIX
+    return companion_name(model_name, OUTLIERS)
+
+
+class DriftModel(mlflow.pyfunc.PythonModel):
+    """``<model>_drift`` as an MLflow pyfunc: the training profile (an artifact) in a ``DriftDetector``.
+
+    ``predict`` takes a frame of the profiled columns (the model's inputs and its prediction) and returns one row
+    per feature with its PSI, KS statistic, chi-square p-value, null share and whether it drifted; the params
+    ``psi_threshold`` and ``ks_threshold`` override the registered defaults."""
+
+    detector: Optional[DriftDetector] = None
+
+    def load_context(self, context) -> None:
+        with open(context.artifacts["reference_profile"]) as f:
+            self.detector = DriftDetector(json.load(f))
+
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
+        params = params or {}
+        detector = self.detector.with_thresholds(params.get("psi_threshold"), params.get("ks_threshold"))
+        return detector.predict(model_input)
+
+
+def log_drift_model(reference: dict, example: pd.DataFrame, registered_name: str) -> str:
+    """Log and register the drift detector built from ``reference``; returns the new version."""
+    detector = DriftDetector(reference)
+    signature = infer_signature(example, detector.predict(example),
+                                params={"psi_threshold": PSI_THRESHOLD, "ks_threshold": KS_THRESHOLD})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference_profile.json"
+        path.write_text(json.dumps(reference))
+        info = mlflow.pyfunc.log_model(
+            name=DRIFT,
+            python_model=DriftModel(),
+            artifacts={"reference_profile": str(path)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"{package}=={installed_version(package)}" for package in
+                              ("taxi_fares", "taxi_fares_mlops", "pandas", "numpy", "scipy")],
+            registered_model_name=registered_name,
+        )
+    return str(info.registered_model_version)
 
 
 class Tracking:
@@ -136,6 +186,13 @@ class Tracking:
     def log_model(self, model, input_example: pd.DataFrame, registered_name: str, artifact: str = "model") -> str:
         return log_model(model, input_example, registered_name, artifact)
 
+    def log_drift_model(self, reference: dict, example: pd.DataFrame, registered_name: str) -> str:
+        return log_drift_model(reference, example, registered_name)
+
+    def drift_detector(self, model: "ModelRef") -> DriftDetector:
+        """The ``DriftDetector`` inside registered drift model version ``model``."""
+        return mlflow.pyfunc.load_model(model.uri).unwrap_python_model().detector
+
     def score(self, spark: SparkSession, df: DataFrame, model: "ModelRef", output_col: str = "prediction"
               ) -> DataFrame:
         return score(spark, df, model, output_col)
@@ -144,20 +201,38 @@ class Tracking:
 class Registry:
     """The registered model ``name`` and its ``champion``/``challenger`` aliases."""
 
-    def outlier_companion(self, fare: "ModelRef") -> Optional["ModelRef"]:
-        """The outlier detector trained with fare model version ``fare``; None for a version trained before
-        detectors existed. A RegistryError naming both versions when the two do not belong together."""
-        version = self.version_tags(fare.version).get(OUTLIER_VERSION_TAG)
+    def companion(self, fare: "ModelRef", kind: str) -> Optional["ModelRef"]:
+        """The ``kind`` companion (``outliers``, ``drift``) trained with fare model version ``fare``; None for a
+        version trained before that companion existed. A RegistryError naming both versions when the two do not
+        belong together."""
+        tag = COMPANIONS[kind]
+        version = self.version_tags(fare.version).get(tag)
         if version is None:
             return None
-        companion = Registry(outlier_model_name(self.name), self.client)
+        companion = Registry(companion_name(self.name, kind), self.client)
         detector = companion.by_version(int(version))
         belongs_to = companion.version_tags(detector.version).get(FARE_VERSION_TAG)
         if belongs_to != fare.version:
             raise RegistryError(f"model '{companion.name}' version {detector.version} belongs to '{self.name}' version "
                                 f"{belongs_to}, not version {fare.version}: retrain, or repair the "
-                                f"'{OUTLIER_VERSION_TAG}' tag of '{self.name}' version {fare.version}")
+                                f"'{tag}' tag of '{self.name}' version {fare.version}")
         return detector
+
+    def outlier_companion(self, fare: "ModelRef") -> Optional["ModelRef"]:
+        return self.companion(fare, OUTLIERS)
+
+    def link(self, fare_version: str, kind: str, companion_version: str) -> None:
+        """Record that ``companion_version`` of the ``kind`` companion was trained with ``fare_version``."""
+        self.set_version_tag(fare_version, COMPANIONS[kind], companion_version)
+        Registry(companion_name(self.name, kind), self.client).set_version_tag(companion_version, FARE_VERSION_TAG,
+                                                                               fare_version)
+
+    def set_aliases(self, alias: str, fare: "ModelRef") -> None:
+        """Point ``alias`` at ``fare`` and at its companions, all checked to belong together before any moves."""
+        companions = [c for c in (self.companion(fare, kind) for kind in COMPANIONS) if c is not None]
+        self.set_alias(alias, fare.version)
+        for c in companions:
+            Registry(c.name, self.client).set_alias(alias, c.version)
 
     def __init__(self, name: str, client: Optional[MlflowClient] = None):
         self.name = name
@@ -190,11 +265,8 @@ class Registry:
         return ref
 
     def promote(self, fare: "ModelRef") -> None:
-        """Move ``champion`` to ``fare`` and to its outlier detector (a mismatched pair is refused first)."""
-        detector = self.outlier_companion(fare)
-        self.set_alias(CHAMPION, fare.version)
-        if detector is not None:
-            Registry(detector.name, self.client).set_alias(CHAMPION, detector.version)
+        """Move ``champion`` to ``fare`` and to its companions (a mismatched pair is refused first)."""
+        self.set_aliases(CHAMPION, fare)
 
     def approve(self, version: int, approver: str, when: str) -> "ModelRef":
         """An operator's approval of a version promotion held (``approval.status`` PENDING): recorded on the

@@ -1,17 +1,34 @@
-"""The monitoring job end to end, as a person runs it: `mlops run monitoring --local` on a scored week whose trip
-distances drifted. Its notebook task reports DRIFT, its condition task passes, and its run-job task starts the
-training job exactly once, tagged with the monitoring run and the reason."""
+"""The monitoring job end to end, as a person runs it: `mlops run monitoring --local` on scored weeks.
+
+One lakehouse, trained once and scored once over three weeks (one like the training data, one whose trip
+distances are 1.5x, one with 3% injected extremes), then monitored week by week through the CLI:
+
+* the same distribution is OK, and a rerun of the range leaves the monitoring tables' counts unchanged;
+* fewer rows than ``min_rows`` is INSUFFICIENT_DATA: nothing judged, no drift warning, no retraining;
+* 3% extremes give an outlier share within [2%, 6%];
+* the shifted week is DRIFT naming trip_distance; its notebook task reports it, the condition task passes, and
+  the run-job task starts the training job exactly once, tagged with the monitoring run and the reason. The
+  alert queries read only dimensions that run emitted.
+"""
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, Lakehouse
 
 START, END = "2016-01-04", "2016-01-18"
-WEEK = ("2016-01-18", "2016-01-25")
+SAME_WEEK = ("2016-01-18", "2016-01-25")
+SHIFTED_WEEK = ("2016-01-25", "2016-02-01")
+OUTLIER_WEEK = ("2016-02-01", "2016-02-08")
 MLOPS = [sys.executable, "-m", "orchestrator.cli"]
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 
 pytestmark = pytest.mark.slow
 
@@ -25,34 +42,115 @@ def mlops(root, *args):
     return done
 
 
-def run_json(root, job, start, end, *params):
+def run(root, job, start, end, *params):
+    """(summary, stderr) of `mlops run JOB --local --json` on the range."""
     args = [f"--param={p}" for p in (f"start_date={start}", f"end_date={end}", "mlflow_experiment=e2e", *params)]
-    return json.loads(mlops(root, "run", job, "--local", "--json", *args).stdout)
+    done = mlops(root, "run", job, "--local", "--json", *args)
+    return json.loads(done.stdout), done.stderr
 
 
-def test_drift_starts_exactly_one_training_run_tagged_with_the_monitoring_run(tmp_path):
-    root = tmp_path / "lakehouse"
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A lakehouse with a trained champion and three scored weeks."""
+    root = tmp_path_factory.mktemp("monitoring") / "lakehouse"
     mlops(root, "data", "generate", "--rows", "20000", "--start", START, "--end", END, "--seed", "5")
-    mlops(root, "data", "generate", "--rows", "10000", "--start", WEEK[0], "--end", WEEK[1], "--seed", "6",
-          "--shift", "trip_distance=1.5", "--append")
-    run_json(root, "training", START, END, "max_iter=40")
-    run_json(root, "batch_scoring", *WEEK)
+    for week, seed, drift in ((SAME_WEEK, "6", ()), (SHIFTED_WEEK, "7", ("--shift", "trip_distance=1.5")),
+                              (OUTLIER_WEEK, "8", ("--outliers", "0.03"))):
+        mlops(root, "data", "generate", "--rows", "10000", "--start", week[0], "--end", week[1], "--seed", seed,
+              *drift, "--append")
+    run(root, "training", START, END, "max_iter=40")
+    run(root, "batch_scoring", SAME_WEEK[0], OUTLIER_WEEK[1])
+    return root
 
-    done = mlops(root, "run", "monitoring", "--local", "--json", f"--param=start_date={WEEK[0]}",
-                 f"--param=end_date={WEEK[1]}", "--param=mlflow_experiment=e2e")
-    summary = json.loads(done.stdout)
+
+def _counts(spark, root):
+    lakehouse = Lakehouse(str(root))
+    return {t: lakehouse.read(spark, t).count() for t in (DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS)}
+
+
+def _telemetry(root, run_id):
+    path = Path(Lakehouse(str(root)).path("runs", run_id, "telemetry.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_same_distribution_is_ok_and_a_rerun_replaces_its_rows(spark, scored):
+    summary, stderr = run(scored, "monitoring", *SAME_WEEK)
+    monitored = summary["stages"]["monitoring"]
+    assert monitored["monitoring_status"] == "OK", monitored
+    assert monitored["drifted_features"] == [] and monitored["outlier_share"] < 0.03
+    assert 9_000 < monitored["rows"] <= 10_000
+    assert 0.5 < monitored["performance"]["rmse_ratio"] < 1.25
+    assert "task drifted: 'false' EQUAL_TO 'true' is false" in stderr
+    run_id = summary["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{scored}/mlflow.db")
+    assert client.get_run(run_id).data.tags["monitoring.status"] == "OK"
+
+    counts = _counts(spark, scored)
+    rerun, _ = run(scored, "monitoring", *SAME_WEEK)
+    assert rerun["stages"]["monitoring"]["monitoring_status"] == "OK"
+    assert _counts(spark, scored) == counts
+    window = Lakehouse(str(scored)).read(spark, DRIFT_METRICS).filter(F.col("window_start") == SAME_WEEK[0])
+    assert [r[0] for r in window.select("mlflow_run_id").distinct().collect()] == [rerun["mlflow_run_id"]]
+    assert window.groupBy("feature", "metric").count().filter("count > 1").count() == 0
+
+
+def test_too_few_rows_is_insufficient_data_with_no_alert_and_no_retraining(scored):
+    summary, stderr = run(scored, "monitoring", *SHIFTED_WEEK, "min_rows=1000000")
+    monitored = summary["stages"]["monitoring"]
+    assert monitored["monitoring_status"] == "INSUFFICIENT_DATA" and monitored["drifted_features"] == []
+    assert "task drifted: 'false' EQUAL_TO 'true' is false" in stderr
+    assert "task retrain: excluded (drifted did not lead here)" in stderr
+    assert "starting job training" not in stderr
+    warnings = [r for r in _telemetry(scored, summary["mlflow_run_id"])
+                if r["type"] == "log" and r["severity"].startswith("WARN")]
+    assert warnings == []
+
+
+def test_injected_extremes_give_an_outlier_share_near_their_rate(spark, scored):
+    summary, _ = run(scored, "monitoring", *OUTLIER_WEEK, "retrain_on_drift=false")
+    share = summary["stages"]["monitoring"]["outlier_share"]
+    assert 0.02 <= share <= 0.06, summary["stages"]["monitoring"]
+    rows = Lakehouse(str(scored)).read(spark, OUTLIER_METRICS).filter(F.col("window_start") == OUTLIER_WEEK[0])
+    assert [(r["metric"], round(r["value"], 4)) for r in rows.collect()] == [("outlier_share", share)]
+
+
+def test_drift_starts_exactly_one_training_run_tagged_with_the_monitoring_run(spark, scored):
+    summary, stderr = run(scored, "monitoring", *SHIFTED_WEEK)
     monitored = summary["stages"]["monitoring"]
     assert monitored["monitoring_status"] in ("DRIFT", "DEGRADED")
     assert "trip_distance" in monitored["drifted_features"]
-    assert "task drifted: 'true' EQUAL_TO 'true' is true" in done.stderr
-    assert "task retrain: starting job training" in done.stderr
+    assert "pickup_zip" not in monitored["drifted_features"]
+    assert "task drifted: 'true' EQUAL_TO 'true' is true" in stderr
+    assert "task retrain: starting job training" in stderr
+    distance = {r["metric"]: r for r in Lakehouse(str(scored)).read(spark, DRIFT_METRICS).filter(
+        (F.col("window_start") == SHIFTED_WEEK[0]) & (F.col("feature") == "trip_distance")).collect()}
+    assert distance["psi"]["value"] > 0.2 and distance["psi"]["breached"] and distance["ks"]["value"] > 0.1
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{scored}/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
     retrains = client.search_runs(experiments, f"tags.`retraining.triggered_by` = '{summary['mlflow_run_id']}'")
     assert len(retrains) == 1
     retrain = retrains[0]
     assert retrain.data.tags["job"] == "training" and retrain.info.status == "FINISHED"
     assert retrain.data.tags["retraining.reason"].startswith(f"monitoring {monitored['monitoring_status']} for "
-                                                             f"{WEEK[0]}..{WEEK[1]}: ")
-    assert retrain.data.params["end_date"] == WEEK[1]
+                                                             f"{SHIFTED_WEEK[0]}..{SHIFTED_WEEK[1]}: ")
+    assert retrain.data.params["end_date"] == SHIFTED_WEEK[1]
+    _alerts_read_only_what_the_stage_emits(_telemetry(scored, summary["mlflow_run_id"]))
+
+
+def _alerts_read_only_what_the_stage_emits(rows):
+    """Every custom dimension the alert queries read is one this run emitted, and the ARM rules run the .kql."""
+    drift_logs = [r for r in rows if r["type"] == "log" and r["body"].startswith("drift in feature")]
+    stage_span = next(r for r in rows if r["type"] == "span" and r["name"] == "stage monitoring")
+    assert {r["attributes"]["feature"] for r in drift_logs} >= {"trip_distance"}
+    emitted = {"drift.kql": set().union(*(r["attributes"] for r in drift_logs)),
+               "monitoring_status.kql": set(stage_span["attributes"])}
+    for name, names in emitted.items():
+        query = (MONITORING / "kql" / name).read_text()
+        read = set(re.findall(r"Properties\.(\w+)", query))
+        assert read and read <= names, f"{name} reads {sorted(read - names)}, which the stage does not emit"
+    rules = json.loads((MONITORING / "alerts" / "scheduled_query_rules.json").read_text())["resources"]
+    queries = {r["properties"]["criteria"]["allOf"][0]["query"] for r in rules}
+    files = {"\n".join(line for line in (MONITORING / "kql" / n).read_text().splitlines()
+                       if not line.startswith("//")).strip() for n in emitted}
+    assert queries == files

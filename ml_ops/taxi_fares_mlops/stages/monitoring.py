@@ -9,8 +9,10 @@ and metric; a rerun never duplicates), go to MLflow as metrics and the ``monitor
 telemetry: the stage's span carries the summary and each drifted feature is a warning log with its statistic,
 which Log Analytics can chart and alert on.
 
-The outlier detector registered with the model version (``<model>_outliers``, linked by version tags; a
-mismatched pair is refused) flags trips; their share goes to ``outlier_metrics``.
+Drift is judged by the drift model registered with the model version (``<model>_drift``: the training profile
+and the rule of ``taxi_fares.drift_detector``, with this run's thresholds); the outlier detector registered with
+it (``<model>_outliers``) flags trips, and their share goes to ``outlier_metrics``. Both are linked to the fare
+model by version tags; a mismatched pair is refused.
 
 Status: ``INSUFFICIENT_DATA`` (fewer than ``min_rows`` scored rows: nothing is judged), ``DEGRADED`` (realized
 rmse above the holdout's by more than ``rmse_degradation``), ``DRIFT`` (some feature's PSI above
@@ -36,7 +38,7 @@ from taxi_fares_mlops.datasets import feature_tables
 from taxi_fares_mlops.errors import DataError, RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, PREDICTIONS
-from taxi_fares_mlops.tracking import REFERENCE_PROFILE
+from taxi_fares_mlops.tracking import DRIFT as DRIFT_MODEL, REFERENCE_PROFILE
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +48,9 @@ STATUS_TAG = "monitoring.status"
 
 @stage(MONITORING)
 def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfig], context: StageContext) -> dict:
-    model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
-    reference = context.tracking.load_dict(model.run_id, REFERENCE_PROFILE)
-    if reference is None:
-        raise RegistryError(f"model '{model.name}' version {model.version} has no reference profile "
-                            f"({REFERENCE_PROFILE} in run {model.run_id}): retrain it to monitor it")
+    registry = context.tracking.registry(config.model_name)
+    model = registry.resolve(config.model_alias, config.model_version)
+    judge = _drift_detector(context, registry, model).with_thresholds(config.psi_threshold, config.ks_threshold)
     start, end = config.time_range
     if not context.lakehouse.exists(spark, PREDICTIONS):
         raise DataError(f"table '{PREDICTIONS}' does not exist: run the job with execute_batch_scoring=true")
@@ -61,16 +61,29 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     current = join_features(scored, pickup, dropoff).select(*model_input_columns(), "prediction",
                                                             F.col(LABEL).cast("double").alias(LABEL)).cache()
     try:
-        return _judge(spark, config, context, model, reference, current)
+        return _judge(spark, config, context, model, judge, current)
     finally:
         current.unpersist()
 
 
-def _judge(spark, config, context: StageContext, model, reference: dict, current) -> dict:
+def _drift_detector(context: StageContext, registry, model) -> drift.DriftDetector:
+    """The drift model registered with ``model`` (``<model>_drift``); for a version trained before drift models
+    were registered, a detector on the profile its training run logged."""
+    companion = registry.companion(model, DRIFT_MODEL)
+    if companion is not None:
+        return context.tracking.drift_detector(companion)
+    reference = context.tracking.load_dict(model.run_id, REFERENCE_PROFILE)
+    if reference is None:
+        raise RegistryError(f"model '{model.name}' version {model.version} has no drift model and no reference "
+                            f"profile ({REFERENCE_PROFILE} in run {model.run_id}): retrain it to monitor it")
+    return drift.DriftDetector(reference)
+
+
+def _judge(spark, config, context: StageContext, model, judge: drift.DriftDetector, current) -> dict:
 
     detector = context.tracking.registry(config.model_name).outlier_companion(model)
     with telemetry.span("compare with the training profile", model_version=model.version) as step:
-        rows, features = drift.compare(current, reference)
+        rows, features = drift.compare(current, judge)
         step.set_attribute("rows", rows)
     outliers = {}
     if detector is not None and rows:
@@ -86,7 +99,7 @@ def _judge(spark, config, context: StageContext, model, reference: dict, current
         logger.info("monitoring: %d scored rows in %s..%s, fewer than min_rows=%d: nothing judged",
                     rows, config.start_date, config.end_date, config.min_rows)
     else:
-        drifted = [f for f in features if _drifted(f, config)]
+        drifted = [f for f in features if judge.drifted(f)]
         many_outliers = outliers.get("outlier_share", 0.0) > config.outlier_rate_threshold
         if many_outliers:
             logger.warning("outliers: %.2f%% of the range's trips (threshold %.2f%%)", 100 * outliers["outlier_share"],
@@ -124,10 +137,6 @@ def _judge(spark, config, context: StageContext, model, reference: dict, current
             **({"rmse_ratio": round(performance["rmse_ratio"], 4)} if performance.get("rmse_ratio") else {}),
             **({"outlier_share": round(outliers["outlier_share"], 4)} if outliers else {}),
             "performance": {k: round(v, 4) for k, v in performance.items() if v is not None}}
-
-
-def _drifted(f: drift.FeatureDrift, config) -> bool:
-    return f.psi > config.psi_threshold or (f.ks is not None and f.ks > config.ks_threshold)
 
 
 def _threshold(metric: str, config):

@@ -16,7 +16,7 @@ from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import DataError
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.tracking import FARE_VERSION_TAG, OUTLIER_VERSION_TAG, REFERENCE_PROFILE, outlier_model_name
+from taxi_fares_mlops.tracking import DRIFT, OUTLIERS, REFERENCE_PROFILE, ModelRef, companion_name
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
     context.tracking.log_metrics(metrics)
     with telemetry.span("profile holdout for monitoring", rows=holdout_rows):
-        context.tracking.log_dict(drift.profile(scored), REFERENCE_PROFILE)
+        reference = drift.profile(scored)
+        context.tracking.log_dict(reference, REFERENCE_PROFILE)
 
     with tempfile.TemporaryDirectory() as tmp:
         plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
@@ -57,17 +58,19 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     with telemetry.span("log and register model") as step:
         version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
         step.set_attribute("model_version", version)
+    registry = context.tracking.registry(config.model_name)
     with telemetry.span("fit and register outlier detector", rows=len(sample)) as step:
         detector = fit_outlier_detector(sample, seed)
-        companion = outlier_model_name(config.model_name)
         detector_version = context.tracking.log_model(detector, sample[list(MODEL_FEATURES)].head(5).fillna(0.0),
-                                                      companion, artifact="outliers")
-        registry = context.tracking.registry(config.model_name)
-        registry.set_version_tag(version, OUTLIER_VERSION_TAG, detector_version)
-        context.tracking.registry(companion).set_version_tag(detector_version, FARE_VERSION_TAG, version)
+                                                      companion_name(config.model_name, OUTLIERS), artifact=OUTLIERS)
+        registry.link(version, OUTLIERS, detector_version)
         step.set_attribute("model_version", detector_version)
-    registry.set_alias(CHALLENGER, version)
-    context.tracking.registry(companion).set_alias(CHALLENGER, detector_version)
+    with telemetry.span("register drift detector") as step:
+        example = scored.select(*reference["numeric"], *reference["categorical"]).limit(5).toPandas()
+        drift_version = context.tracking.log_drift_model(reference, example, companion_name(config.model_name, DRIFT))
+        registry.link(version, DRIFT, drift_version)
+        step.set_attribute("model_version", drift_version)
+    registry.set_aliases(CHALLENGER, ModelRef(config.model_name, version, context.mlflow_run_id))
     return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
-            "outlier_model_version": detector_version,
+            "outlier_model_version": detector_version, "drift_model_version": drift_version,
             "metrics": {k: round(v, 4) for k, v in metrics.items()}}
