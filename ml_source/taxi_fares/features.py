@@ -21,30 +21,19 @@ from typing import Sequence, Union
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from taxi_fares.schema import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP
+from taxi_fares.columns import (DROPOFF_COUNT, DROPOFF_FEATURE_COLUMNS, DROPOFF_IS_WEEKEND, DROPOFF_LOOKUP_TS,
+                                DROPOFF_TS, DROPOFF_WINDOW_SECONDS, DROPOFF_ZIP, FARE, FEATURE_KEYS, LABEL,
+                                MODEL_FEATURES, PICKUP_COUNT, PICKUP_FEATURE_COLUMNS, PICKUP_HOUR, PICKUP_LOOKUP_TS,
+                                PICKUP_MEAN_FARE, PICKUP_SLIDE_SECONDS, PICKUP_TS, PICKUP_WEEKDAY,
+                                PICKUP_WINDOW_SECONDS, PICKUP_ZIP, TS, ZIP)
 
 DateLike = Union[str, dt.date, dt.datetime]
-
-ZIP = "zip"
-TS = "ts"
-FEATURE_KEYS = (ZIP, TS)
-
-PICKUP_WINDOW_SECONDS = 3600
-PICKUP_SLIDE_SECONDS = 900
-DROPOFF_WINDOW_SECONDS = 1800
-
-PICKUP_MEAN_FARE = "mean_fare_window_1h_pickup_zip"
-PICKUP_COUNT = "count_trips_window_1h_pickup_zip"
-DROPOFF_COUNT = "count_trips_window_30m_dropoff_zip"
-DROPOFF_IS_WEEKEND = "dropoff_is_weekend"
-
-PICKUP_FEATURE_COLUMNS = (PICKUP_MEAN_FARE, PICKUP_COUNT)
-DROPOFF_FEATURE_COLUMNS = (DROPOFF_COUNT, DROPOFF_IS_WEEKEND)
-
-PICKUP_LOOKUP_TS = "pickup_lookup_ts"
-DROPOFF_LOOKUP_TS = "dropoff_lookup_ts"
-PICKUP_HOUR = "pickup_hour"
-PICKUP_WEEKDAY = "pickup_weekday"
+# Names re-exported for callers that read them from here.
+__all__ = ["DROPOFF_COUNT", "DROPOFF_IS_WEEKEND", "FEATURE_KEYS", "LABEL", "MODEL_FEATURES", "PICKUP_COUNT",
+           "PICKUP_MEAN_FARE", "PICKUP_HOUR", "PICKUP_WEEKDAY", "DROPOFF_LOOKUP_TS", "PICKUP_LOOKUP_TS",
+           "add_lookup_keys", "add_time_features", "dropoff_features", "filled_grid", "in_range", "join_features",
+           "model_input_columns", "pickup_features", "point_in_time_join", "round_down", "to_datetime",
+           "DateLike", "GRID_MAX_ROWS"]
 
 
 def to_datetime(value: DateLike) -> dt.datetime:
@@ -230,21 +219,6 @@ def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid:
         on = (F.col(zip_col) == F.col("_grid_zip")) & (F.col(key) == F.col("_grid_key"))
         joined = joined.join(filled, on, "left").drop("_grid_zip", "_grid_key")
     return joined
-
-
-# Model input columns, in order. All are cast to double so the MLflow signature is one simple type.
-MODEL_FEATURES = (
-    DISTANCE,
-    PICKUP_ZIP,
-    DROPOFF_ZIP,
-    PICKUP_HOUR,
-    PICKUP_WEEKDAY,
-    PICKUP_MEAN_FARE,
-    PICKUP_COUNT,
-    DROPOFF_COUNT,
-    DROPOFF_IS_WEEKEND,
-)
-LABEL = FARE
 
 
 def model_input_columns() -> list[Column]:

@@ -13,13 +13,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-PICKUP_TS = "tpep_pickup_datetime"
-DROPOFF_TS = "tpep_dropoff_datetime"
-DISTANCE = "trip_distance"
-FARE = "fare_amount"
-PICKUP_ZIP = "pickup_zip"
-DROPOFF_ZIP = "dropoff_zip"
-TRIP_ID = "trip_id"
+from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP, TRIP_ID
+
+__all__ = ["DISTANCE", "DROPOFF_TS", "DROPOFF_ZIP", "FARE", "PICKUP_TS", "PICKUP_ZIP", "TRIP_ID"]
 
 RAW_TRIP_SCHEMA = T.StructType([
     T.StructField(PICKUP_TS, T.TimestampType(), True),

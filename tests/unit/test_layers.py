@@ -118,3 +118,17 @@ def test_every_third_party_import_is_a_declared_requirement(distribution):
                 if not dists & (declared | RUNTIME_PROVIDED):
                     missing.add(f"{top} (from {path.relative_to(REPO_ROOT)}; distribution {sorted(dists)})")
     assert sorted(missing) == []
+
+
+# What an online service imports from the ML wheel: it must load where pyspark is not installed.
+SPARK_FREE = ("taxi_fares.columns", "taxi_fares.online", "taxi_fares.drift_detector")
+
+
+def test_the_online_modules_import_without_spark():
+    import subprocess
+    blocked = "import sys; sys.modules['pyspark'] = None; "
+    done = subprocess.run([sys.executable, "-c", blocked + "; ".join(f"import {m}" for m in SPARK_FREE)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    leaked = subprocess.run([sys.executable, "-c", blocked + "import taxi_fares.features"], capture_output=True)
+    assert leaked.returncode != 0  # the block works: the Spark modules do need pyspark
