@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 
 .PHONY: install demo test lint dist bench clean
 
-$(STAMP): requirements/runtime.txt requirements/dev.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
+$(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
 		package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

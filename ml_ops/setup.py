@@ -32,5 +32,8 @@ setup(
     extras_require={
         # Provided by the Databricks runtime; installed locally by requirements/runtime.txt.
         "spark": ["pyspark>=3.5", "delta-spark>=3.2"],
+        # The online service (taxi_fares_mlops.serving): no Spark, no JVM; its container installs this extra.
+        "serving": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "deltalake>=1.0", "prometheus-client>=0.20",
+                    "cloudpickle>=3.0", "scikit-learn>=1.4,<2", "numpy>=1.26"],
     },
 )

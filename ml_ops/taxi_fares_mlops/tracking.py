@@ -310,6 +310,12 @@ class Registry:
         return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 
+def download_model(model: ModelRef, destination: Path) -> Path:
+    """The registered version's MLflow model folder (MLmodel, the pickle, artifacts), copied to ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(destination)))
+
+
 def score(spark: SparkSession, df: DataFrame, model: ModelRef, output_col: str = "prediction") -> DataFrame:
     """``df`` with the registered model's predictions, computed on the executors (``mlflow.pyfunc.spark_udf``).
 

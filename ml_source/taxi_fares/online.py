@@ -27,8 +27,10 @@ __all__ = ["model_inputs", "latest_rows"]
 
 
 def _utc(values: pd.Series) -> pd.Series:
-    """Instants in UTC; naive values are read as UTC (as the local Spark session reads them)."""
-    return pd.to_datetime(values, utc=True)
+    """Instants in UTC at nanosecond precision; naive values are read as UTC (as the local Spark session reads
+    them). One precision for all: delta-rs reads Delta timestamps as microseconds, and an as-of merge needs
+    both sides alike."""
+    return pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
 
 
 def _epoch_seconds(ts: pd.Series) -> np.ndarray:

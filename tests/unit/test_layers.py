@@ -33,6 +33,8 @@ RULES = [
 # Distributions (wheels) and the packages whose imports they must declare.
 DISTRIBUTIONS = {"taxi_fares": ["taxi_fares"], "taxi_fares_mlops": ["taxi_fares_mlops"],
                  "taxi_fares_orchestrator": ["orchestrator"]}
+# Subpackages whose imports are declared by an extra of their distribution rather than its requirements.
+EXTRAS = {"taxi_fares_mlops.serving": "serving"}
 # Provided by the Databricks runtime outside pip's view: declared as the `spark` extra, not as requirements.
 RUNTIME_PROVIDED = {"pyspark", "delta-spark"}
 
@@ -104,29 +106,33 @@ def _distribution(requirement: str) -> str:
 
 @pytest.mark.parametrize("distribution", sorted(DISTRIBUTIONS))
 def test_every_third_party_import_is_a_declared_requirement(distribution):
-    declared = {_distribution(r) for r in md.requires(distribution) or [] if "extra ==" not in r}
+    requirements = md.requires(distribution) or []
+    declared = {_distribution(r) for r in requirements if "extra ==" not in r}
     own = set(PACKAGES)
     providers = md.packages_distributions()
     missing = set()
     for package in DISTRIBUTIONS[distribution]:
         for module, path in modules(package, PACKAGES[package]):
+            extra = next((e for prefix, e in EXTRAS.items() if module.startswith(prefix)), None)
+            allowed = declared | {_distribution(r) for r in requirements if f'extra == "{extra}"' in r}
             for name in imports_of(path, module):
                 top = name.split(".")[0]
                 if top in own or top in sys.stdlib_module_names or top == "__future__":
                     continue
                 dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
-                if not dists & (declared | RUNTIME_PROVIDED):
+                if not dists & (allowed | RUNTIME_PROVIDED):
                     missing.add(f"{top} (from {path.relative_to(REPO_ROOT)}; distribution {sorted(dists)})")
     assert sorted(missing) == []
 
 
-# What an online service imports from the ML wheel: it must load where pyspark is not installed.
-SPARK_FREE = ("taxi_fares.columns", "taxi_fares.online", "taxi_fares.drift_detector")
+# What the online service imports: it must load where neither pyspark nor mlflow is installed.
+SPARK_FREE = ("taxi_fares.columns", "taxi_fares.online", "taxi_fares.drift_detector",
+              "taxi_fares_mlops.serving.app", "taxi_fares_mlops.serving.__main__")
 
 
-def test_the_online_modules_import_without_spark():
+def test_the_online_modules_import_without_spark_or_mlflow():
     import subprocess
-    blocked = "import sys; sys.modules['pyspark'] = None; "
+    blocked = "import sys; sys.modules['pyspark'] = None; sys.modules['mlflow'] = None; "
     done = subprocess.run([sys.executable, "-c", blocked + "; ".join(f"import {m}" for m in SPARK_FREE)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -44,6 +44,14 @@ def test_latest_rows_keep_what_a_lookup_after_since_can_take(week):
     pd.testing.assert_frame_equal(model_inputs(late, *kept), model_inputs(late, pickup, dropoff), check_exact=True)
 
 
+def test_feature_rows_in_microseconds_with_a_zone_give_the_same_inputs(week):
+    """delta-rs reads Delta timestamps as microseconds in UTC; Spark's toPandas gives naive nanoseconds."""
+    trips, pickup, dropoff, batch = week
+    as_delta_rs = [f.assign(ts=f["ts"].dt.tz_localize("UTC").astype("datetime64[us, UTC]")) for f in (pickup, dropoff)]
+    pd.testing.assert_frame_equal(model_inputs(trips, *as_delta_rs), batch[list(MODEL_FEATURES)].astype("float64"),
+                                  check_exact=True)
+
+
 def test_trips_without_a_needed_column_are_refused():
     with pytest.raises(ValueError, match=r"trips are missing column\(s\) \['trip_distance'\]"):
         model_inputs(pd.DataFrame({"tpep_pickup_datetime": [], "tpep_dropoff_datetime": [], "pickup_zip": [],

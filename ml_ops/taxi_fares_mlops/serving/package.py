@@ -1,0 +1,102 @@
+"""``mlops serving package``: the fare model behind an alias, its companions and the online feature rows, from the
+registry and the lakehouse into a serving bundle (``taxi_fares_mlops.serving.bundle``).
+
+The bundle is built in a sibling folder and renamed into place once its manifest is written: an interrupted
+package leaves no half bundle where a service would look. A fare model without companions (trained before they
+existed) cannot be served: the message says to retrain it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from pyspark.sql import SparkSession, Window
+from pyspark.sql import functions as F
+
+from taxi_fares.columns import TS, ZIP
+from taxi_fares_mlops.errors import RegistryError
+from taxi_fares_mlops.serving.bundle import (DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
+                                             PICKUP, REFERENCE_PROFILE, checksums)
+from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, Lakehouse
+from taxi_fares_mlops.tracking import COMPANIONS, FARE_VERSION_TAG, Registry, download_model
+
+DEFAULT_LOOKBACK_HOURS = 24.0
+
+
+def feature_rows(spark: SparkSession, lakehouse: Lakehouse, table: str, lookback_hours: float):
+    """The rows an online lookup can take (see ``taxi_fares.online.latest_rows``), computed in Spark: the
+    last ``lookback_hours`` before the newest row and each zip's latest row before those. Bounded by zips x
+    slots of the lookback, however long the table's history."""
+    features = lakehouse.read(spark, table)
+    newest = features.agg(F.max(TS)).first()[0]
+    if newest is None:
+        raise RegistryError(f"table '{table}' has no rows: run feature engineering before packaging")
+    since = newest - dt.timedelta(hours=lookback_hours)
+    latest_before = (features.filter(F.col(TS) < F.lit(since))
+                     .withColumn("_rank", F.row_number().over(Window.partitionBy(ZIP).orderBy(F.col(TS).desc())))
+                     .filter("_rank = 1").drop("_rank"))
+    return features.filter(F.col(TS) >= F.lit(since)).unionByName(latest_before).orderBy(ZIP, TS).toPandas(), since
+
+
+def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_name: str, alias: str = "champion",
+            version: Optional[int] = None, lookback_hours: float = DEFAULT_LOOKBACK_HOURS) -> dict:
+    """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``;
+    returns its manifest. An existing bundle there is replaced only once the new one is complete."""
+    registry = Registry(model_name)
+    fare = registry.resolve(alias, version)
+    companions = {}
+    for kind in COMPANIONS:
+        ref = registry.companion(fare, kind)
+        if ref is None:
+            raise RegistryError(f"model '{model_name}' version {fare.version} has no {kind} model: it was trained "
+                                f"before companions existed; retrain it to serve it")
+        companions[kind] = ref
+    destination = Path(destination).resolve()
+    building = destination.with_name(f".{destination.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        models = {}
+        for kind, ref in ((FARE, fare), (OUTLIERS, companions["outliers"]), (DRIFT, companions["drift"])):
+            path = f"models/{kind}"
+            download_model(ref, building / path)
+            models[kind] = {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "path": path}
+            if kind != FARE:
+                belongs = Registry(ref.name).version_tags(ref.version).get(FARE_VERSION_TAG)
+                models[kind]["fare_model_version"] = belongs
+        for kind in (FARE, OUTLIERS):
+            if not (building / models[kind]["path"] / PICKLE).is_file():
+                raise RegistryError(f"model '{models[kind]['name']}' version {models[kind]['version']} has no "
+                                    f"{PICKLE}: it was not logged as a scikit-learn pickle")
+        if not (building / models[DRIFT]["path"] / REFERENCE_PROFILE).is_file():
+            raise RegistryError(f"model '{models[DRIFT]['name']}' version {models[DRIFT]['version']} has no "
+                                f"{REFERENCE_PROFILE}")
+        rows = {}
+        since = None
+        for kind, table in ((PICKUP, PICKUP_FEATURES), ("dropoff", DROPOFF_FEATURES)):
+            frame, since = feature_rows(spark, lakehouse, table, lookback_hours)
+            target = building / FEATURE_FILES[kind]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(target, index=False)
+            rows[kind] = len(frame)
+        manifest = {
+            "format": FORMAT, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_name": model_name, "alias": alias if version is None else None, "models": models,
+            "features": {"source": lakehouse.location(PICKUP_FEATURES).rsplit("/", 1)[0],
+                         "snapshot_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                         "since": since.isoformat(), "lookback_hours": lookback_hours, "rows": rows},
+            "files": checksums(building)}
+        (building / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            destination.rename(old)
+            building.rename(destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            building.rename(destination)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return manifest

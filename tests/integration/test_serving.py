@@ -1,0 +1,213 @@
+"""The online service on a real bundle, over real HTTP: a champion trained and batch-scored in process, packaged
+from the sqlite registry and the Delta feature tables, then served by `python -m taxi_fares_mlops.serving` in a
+subprocess where pyspark and mlflow cannot be imported (the service must need neither)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxi_fares_mlops.serving.bundle import BundleError, verify
+
+START, END = "2016-01-04", "2016-01-18"
+# The bundle keeps the features of the whole range, so every scored trip can be compared with batch.
+LOOKBACK_HOURS = 15 * 24
+MAX_TRIPS, WINDOW, MIN_ROWS = 200, 1000, 500
+BLOCK_SPARK_AND_MLFLOW = ("import sys; sys.modules['pyspark'] = None; sys.modules['mlflow'] = None; "
+                          "from taxi_fares_mlops.serving.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url, body=None, timeout=30):
+    """(status, JSON or text, headers) of a GET, or a POST of ``body`` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        status, raw, headers = error.code, error.read(), error.headers
+    text = raw.decode()
+    return status, (json.loads(text) if headers.get("content-type", "").startswith("application/json") else text), \
+        headers
+
+
+def serve(bundle, *args, wait=True):
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(bundle), "--port",
+                                str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while wait and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the service exited {process.returncode}:\n{process.stdout.read()}")
+        try:
+            if call(url + "/health/ready", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def served(spark, tmp_path_factory):
+    """A lakehouse with a trained and batch-scored champion, its bundle, and the service running on it."""
+    from taxi_fares.synthetic import generate_trips
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig, TrainingConfig
+    from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.serving.package import package
+    from taxi_fares_mlops.storage import MLOPS_HOME_ENV, PREDICTIONS, RAW_TRIPS, Lakehouse
+    import mlflow
+
+    root = tmp_path_factory.mktemp("serving")
+    lakehouse = Lakehouse(str(root / "lakehouse"))
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MLOPS_HOME_ENV, lakehouse.root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        lakehouse.write(generate_trips(spark, 20_000, START, END, seed=5), RAW_TRIPS)
+        common = dict(start_date=START, end_date=END, lakehouse_root=lakehouse.root, mlflow_experiment="serving")
+        training = {**{p.name: p.default for p in TRAINING_PARAMETERS}, **common, "max_iter": "40"}
+        version = run_job(TrainingConfig.from_mapping(training), spark)["stages"]["training"]["model_version"]
+        scoring = {**{p.name: p.default for p in SCORING_PARAMETERS}, **common}
+        run_job(ScoringConfig.from_mapping(scoring), spark)
+        batch = lakehouse.read(spark, PREDICTIONS).orderBy("trip_id").toPandas()
+        manifest = package(spark, lakehouse, root / "bundle", "taxi_fares", lookback_hours=LOOKBACK_HOURS)
+    process, url = serve(root / "bundle", "--max-trips", str(MAX_TRIPS), "--drift-window", str(WINDOW),
+                         "--drift-min-rows", str(MIN_ROWS), "--feature-tables", lakehouse.path("tables"),
+                         "--lookback-hours", str(LOOKBACK_HOURS),
+                         "--telemetry-file", str(root / "telemetry.jsonl"))
+    yield {"url": url, "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
+           "telemetry": root / "telemetry.jsonl", "process": process}
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _trips(frame: pd.DataFrame, distance_factor=1.0) -> list[dict]:
+    return [{"pickup_time": r.tpep_pickup_datetime.isoformat(), "dropoff_time": r.tpep_dropoff_datetime.isoformat(),
+             "pickup_zip": int(r.pickup_zip), "dropoff_zip": int(r.dropoff_zip),
+             "trip_distance": float(r.trip_distance) * distance_factor} for r in frame.itertuples()]
+
+
+def test_the_service_returns_batch_scorings_predictions(served):
+    batch, url = served["batch"], served["url"]
+    assert 18_000 < len(batch) <= 20_000
+    online = []
+    for start in range(0, len(batch), MAX_TRIPS):
+        status, body, headers = call(url + "/v1/predict", {"trips": _trips(batch.iloc[start:start + MAX_TRIPS])})
+        assert status == 200, body
+        assert body["model_name"] == "taxi_fares" and body["model_version"] == served["version"]
+        assert headers["X-Request-Id"] == body["request_id"] and len(body["request_id"]) == 32
+        online += body["predictions"]
+    assert len(online) == len(batch)
+    worst = max(abs(p["fare_amount"] - b) for p, b in zip(online, batch["prediction"]))
+    assert worst <= 1e-9, f"online and batch predictions differ by up to {worst}"
+    assert all(isinstance(p["outlier"], bool) and isinstance(p["outlier_score"], float) for p in online)
+    assert sum(p["outlier"] for p in online) < 0.1 * len(online)
+
+
+def test_the_drift_status_is_judged_on_a_window_of_recent_trips(served):
+    url = served["url"]
+    sample = served["batch"].sample(WINDOW, random_state=3)  # trips from the whole range, like the training data
+    statuses = [call(url + "/v1/predict", {"trips": _trips(sample.iloc[i:i + MAX_TRIPS])})[1]["drift"]
+                for i in range(0, WINDOW, MAX_TRIPS)]
+    assert statuses[-1]["status"] == "OK", statuses[-1]
+    for start in range(0, WINDOW, MAX_TRIPS):  # the window filled with trips 1.5x as long
+        drift = call(url + "/v1/predict", {"trips": _trips(sample.iloc[start:start + MAX_TRIPS], 1.5)})[1]["drift"]
+    assert drift["status"] == "DRIFT" and "trip_distance" in drift["drifted_features"], drift
+    assert drift["window_rows"] == WINDOW
+    metrics = call(url + "/metrics")[1]
+    assert 'taxi_fares_drift_status{taxi_fares_drift_status="DRIFT"} 1.0' in metrics
+    assert f'taxi_fares_model_info{{model_name="taxi_fares",model_version="{served["version"]}"}} 1.0' in metrics
+    assert 'taxi_fares_requests_total{code="200",endpoint="/v1/predict"}' in metrics
+    assert "taxi_fares_request_duration_seconds_bucket" in metrics
+
+
+def test_bad_input_gets_a_422_naming_each_field_and_too_many_trips_a_413(served):
+    url, good = served["url"], _trips(served["batch"].iloc[:1])[0]
+    status, body, _ = call(url + "/v1/predict", {"trips": [
+        {**good, "pickup_zip": 0}, {k: v for k, v in good.items() if k != "trip_distance"},
+        {**good, "dropoff_time": "2016-01-01T00:00:00"}, {**good, "pickup_time": "yesterday"},
+        {**good, "extra": 1}]})
+    assert status == 422
+    located = {(tuple(e["loc"]), e["type"]) for e in body["detail"]}
+    assert located >= {(("body", "trips", 0, "pickup_zip"), "greater_than_equal"),
+                       (("body", "trips", 1, "trip_distance"), "missing"),
+                       (("body", "trips", 2), "value_error"),
+                       (("body", "trips", 3, "pickup_time"), "datetime_from_date_parsing"),
+                       (("body", "trips", 4, "extra"), "extra_forbidden")}, located
+    assert any("dropoff_time is before pickup_time" in e["msg"] for e in body["detail"])
+    assert call(url + "/v1/predict", {"trips": []})[0] == 422
+    status, body, _ = call(url + "/v1/predict", {"trips": [good] * (MAX_TRIPS + 1)})
+    assert status == 413 and body["detail"] == f"{MAX_TRIPS + 1} trips in one request; at most {MAX_TRIPS} are accepted"
+
+
+def test_health_metadata_and_one_telemetry_span_per_prediction(served):
+    url = served["url"]
+    assert call(url + "/health/live")[:2] == (200, {"status": "live"})
+    assert call(url + "/health/ready")[:2] == (200, {"status": "ready", "model_version": served["version"]})
+    metadata = call(url + "/v1/metadata")[1]
+    assert metadata["manifest"]["models"]["fare"]["version"] == served["version"]
+    assert {metadata["manifest"]["models"][k]["fare_model_version"] for k in ("outliers", "drift")} == \
+        {served["version"]}
+    assert metadata["features"]["source"].endswith("tables") and metadata["features"]["refreshes"] >= 1
+    status, body, _ = call(url + "/v1/predict", {"trips": _trips(served["batch"].iloc[:3])})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = [json.loads(line) for line in served["telemetry"].read_text().splitlines()] \
+            if served["telemetry"].exists() else []
+        mine = [r for r in rows if r["type"] == "span" and r["attributes"].get("request_id") == body["request_id"]]
+        if mine:
+            break
+        time.sleep(0.5)
+    assert len(mine) == 1
+    assert mine[0]["name"] == "POST /v1/predict"
+    assert {k: mine[0]["attributes"][k] for k in ("model_version", "rows", "drift_status")} == \
+        {"model_version": served["version"], "rows": 3, "drift_status": body["drift"]["status"]}
+
+
+def test_an_incomplete_or_mismatched_bundle_is_refused(served, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(served["bundle"], broken)
+    (broken / "features" / "dropoff.parquet").unlink()
+    with pytest.raises(BundleError, match=r"features/dropoff.parquet is missing"):
+        verify(broken)
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(served["bundle"], mismatched)
+    manifest = json.loads((mismatched / "manifest.json").read_text())
+    manifest["models"]["drift"]["fare_model_version"] = "99"
+    (mismatched / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(mismatched)],
+                          capture_output=True, text=True, timeout=60)
+    version = served["version"]
+    assert done.returncode == 2
+    assert (f"model 'taxi_fares_drift' version {version} belongs to 'taxi_fares' version 99, not version {version}"
+            in done.stderr)
+
+    altered = tmp_path / "altered"
+    shutil.copytree(served["bundle"], altered)
+    with open(altered / "models" / "fare" / "model.pkl", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=r"models/fare/model.pkl does not match its checksum"):
+        verify(altered)
+    assert not any(Path(served["bundle"]).parent.glob(".bundle.building-*"))
+    assert os.access(served["bundle"] / "manifest.json", os.R_OK)
