@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint dist bench clean
+.PHONY: install demo test lint dist bench bench-serving clean
 
 $(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
 		package.json package-lock.json
@@ -39,6 +39,10 @@ dist: install
 # cluster (prints figures; asserts nothing). BENCH_ARGS=--with-16m adds 16M rows.
 bench: install
 	$(PY) benchmarks/bench_batch_scoring.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_serving.py
+
+bench-serving: install
+	$(PY) benchmarks/bench_serving.py
 
 clean:
 	rm -rf dist build ml_source/build ml_ops/build .pytest_cache

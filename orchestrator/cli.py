@@ -189,6 +189,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
                             "--host", args.host, "--port", str(args.port)])
 
 
+def _serving(command: str, args: argparse.Namespace) -> int:
+    from orchestrator import serving
+
+    return getattr(serving, command)(args, lakehouse_root())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.",
                                      epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -287,6 +293,34 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--model", required=True, help="registered model name")
     approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")
     approve.set_defaults(handler=cmd_approve)
+
+    serving = commands.add_parser("serving", help="the online service: package a bundle, load-test a service")
+    serving_commands = serving.add_subparsers(dest="serving_command", metavar="SUBCOMMAND", required=True)
+    pack = serving_commands.add_parser("package", help="the champion, its companions and online features as a "
+                                                       "serving bundle")
+    pack.add_argument("--local", action="store_true", help="from the local registry and lakehouse")
+    pack.add_argument("--model", default="taxi_fares", help="registered model name")
+    which = pack.add_mutually_exclusive_group()
+    which.add_argument("--alias", default="champion", help="the version behind this alias (default champion)")
+    which.add_argument("--version", type=_positive_int, help="this version instead of an alias")
+    pack.add_argument("--out", help="bundle folder (default <lakehouse>/serving/bundle)")
+    pack.add_argument("--lookback-hours", type=float, default=24.0,
+                      help="hours of feature rows kept before the newest one (default 24)")
+    pack.set_defaults(handler=lambda a: _serving("cmd_serving_package", a))
+    load = serving_commands.add_parser("loadtest", help="bounded load on a local service: throughput, latency")
+    load.add_argument("--url", required=True, help="the service, on a loopback address")
+    load.add_argument("--requests", type=_positive_int, default=1000)
+    load.add_argument("--concurrency", type=_positive_int, default=8)
+    load.add_argument("--trips", type=_positive_int, default=1, help="trips per request")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(handler=lambda a: _serving("cmd_loadtest", a))
+
+    serve = commands.add_parser("serve", help="run the online service on a packaged bundle")
+    serve.add_argument("--local", action="store_true", help="on this machine, with the local lakehouse's features")
+    serve.add_argument("--bundle", help="bundle folder (default <lakehouse>/serving/bundle)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=lambda a: _serving("cmd_serve", a))
 
     demo = commands.add_parser("demo", help="generate data and run the ML logic end to end, printing metrics")
     demo.add_argument("--rows", type=_positive_int, default=200_000)

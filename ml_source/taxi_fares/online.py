@@ -23,7 +23,7 @@ from taxi_fares.columns import (DISTANCE, DROPOFF_FEATURE_COLUMNS, DROPOFF_LOOKU
                                 PICKUP_HOUR, PICKUP_LOOKUP_TS, PICKUP_SLIDE_SECONDS, PICKUP_TS, PICKUP_WEEKDAY,
                                 PICKUP_ZIP, TS, ZIP)
 
-__all__ = ["model_inputs", "latest_rows"]
+__all__ = ["latest_rows", "model_inputs", "prepare"]
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -43,22 +43,31 @@ def _round_down(ts: pd.Series, seconds: int) -> pd.Series:
     return pd.Series(pd.to_datetime(epoch, unit="s", utc=True), index=ts.index)
 
 
-def _as_of(left: pd.DataFrame, key: str, zip_col: str, features: pd.DataFrame, columns: Sequence[str]
-           ) -> pd.DataFrame:
-    """``left`` with the latest feature row of its zip at or before ``key`` (nulls where there is none)."""
-    rows = features[[ZIP, TS, *columns]].copy()
+def prepare(features: pd.DataFrame) -> pd.DataFrame:
+    """Feature rows as the as-of lookup reads them (int zips, UTC nanosecond times, sorted by time). A service
+    prepares its rows once per refresh and passes ``prepared=True`` to ``model_inputs``."""
+    rows = features.copy()
     rows[TS] = _utc(rows[TS])
     rows[ZIP] = rows[ZIP].astype("int64")
+    return rows.sort_values(TS, kind="stable").reset_index(drop=True)
+
+
+def _as_of(left: pd.DataFrame, key: str, zip_col: str, rows: pd.DataFrame, columns: Sequence[str]
+           ) -> pd.DataFrame:
+    """``left`` with the latest feature row of its zip at or before ``key`` (nulls where there is none)."""
     ordered = left.reset_index().rename(columns={"index": "_order"})
     ordered["_zip"] = ordered[zip_col].astype("int64")
-    merged = pd.merge_asof(ordered.sort_values(key), rows.sort_values(TS).rename(columns={ZIP: "_zip", TS: "_ts"}),
-                           left_on=key, right_on="_ts", by="_zip", direction="backward", allow_exact_matches=True)
+    right = rows[[ZIP, TS, *columns]].rename(columns={ZIP: "_zip", TS: "_ts"})
+    merged = pd.merge_asof(ordered.sort_values(key), right, left_on=key, right_on="_ts", by="_zip",
+                           direction="backward", allow_exact_matches=True)
     return merged.sort_values("_order").set_index("_order").drop(columns=["_zip", "_ts"]).rename_axis(None)
 
 
-def model_inputs(trips: pd.DataFrame, pickup: pd.DataFrame, dropoff: pd.DataFrame) -> pd.DataFrame:
+def model_inputs(trips: pd.DataFrame, pickup: pd.DataFrame, dropoff: pd.DataFrame, prepared: bool = False
+                 ) -> pd.DataFrame:
     """The model's input columns (``MODEL_FEATURES``, all double) for ``trips`` (pickup and dropoff times, zips,
-    distance), in the trips' order, from the pickup and dropoff feature rows given."""
+    distance), in the trips' order, from the pickup and dropoff feature rows given (``prepare``d already when
+    ``prepared``)."""
     missing = [c for c in (PICKUP_TS, DROPOFF_TS, PICKUP_ZIP, DROPOFF_ZIP, DISTANCE) if c not in trips.columns]
     if missing:
         raise ValueError(f"trips are missing column(s) {missing}")
@@ -68,6 +77,8 @@ def model_inputs(trips: pd.DataFrame, pickup: pd.DataFrame, dropoff: pd.DataFram
     frame[DROPOFF_LOOKUP_TS] = _round_down(dropoff_ts, DROPOFF_WINDOW_SECONDS)
     frame[PICKUP_HOUR] = pickup_ts.dt.hour
     frame[PICKUP_WEEKDAY] = (pickup_ts.dt.dayofweek + 1) % 7 + 1
+    if not prepared:
+        pickup, dropoff = prepare(pickup), prepare(dropoff)
     frame = _as_of(frame, PICKUP_LOOKUP_TS, PICKUP_ZIP, pickup, PICKUP_FEATURE_COLUMNS)
     frame = _as_of(frame, DROPOFF_LOOKUP_TS, DROPOFF_ZIP, dropoff, DROPOFF_FEATURE_COLUMNS)
     out = pd.DataFrame(index=frame.index)

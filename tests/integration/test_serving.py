@@ -3,6 +3,7 @@ from the sqlite registry and the Delta feature tables, then served by `python -m
 subprocess where pyspark and mlflow cannot be imported (the service must need neither)."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -96,7 +97,7 @@ def served(spark, tmp_path_factory):
                          "--lookback-hours", str(LOOKBACK_HOURS),
                          "--telemetry-file", str(root / "telemetry.jsonl"))
     yield {"url": url, "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
-           "telemetry": root / "telemetry.jsonl", "process": process}
+           "telemetry": root / "telemetry.jsonl", "process": process, "lakehouse": lakehouse.root, "mlflow": uri}
     process.terminate()
     process.wait(timeout=30)
 
@@ -211,3 +212,86 @@ def test_an_incomplete_or_mismatched_bundle_is_refused(served, tmp_path):
         verify(altered)
     assert not any(Path(served["bundle"]).parent.glob(".bundle.building-*"))
     assert os.access(served["bundle"] / "manifest.json", os.R_OK)
+
+
+def _mlops(served, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+    env.update(MLOPS_HOME=served["lakehouse"], MLFLOW_TRACKING_URI=served["mlflow"])
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_mlops_packages_serves_and_load_tests_the_local_champion(served):
+    packaged = _mlops(served, "serving", "package", "--local")
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
+    bundle = Path(served["lakehouse"]) / "serving" / "bundle"
+    assert f"packaged taxi_fares version {served['version']} with taxi_fares_outliers" in packaged.stderr
+    assert json.loads((bundle / "manifest.json").read_text())["models"]["fare"]["version"] == served["version"]
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+    env["MLOPS_HOME"] = served["lakehouse"]
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--local", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if call(url + "/health/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        status, body, _ = call(url + "/v1/predict", {"trips": _trips(served["batch"].iloc[:5])})
+        assert status == 200 and body["model_version"] == served["version"]
+        load = _mlops(served, "serving", "loadtest", "--url", url, "--requests", "40", "--concurrency", "4",
+                      "--trips", "10", "--json")
+        assert load.returncode == 0, load.stderr
+        figures = json.loads(load.stdout)
+        assert figures["requests"] == 40 and figures["errors"] == 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    refused = _mlops(served, "serving", "loadtest", "--url", "http://10.1.2.3:80", "--requests", "1")
+    assert refused.returncode == 2 and "is not a loopback address" in refused.stderr
+
+
+def test_the_containers_command_runs_from_its_requirements_file_alone(served, tmp_path):
+    """What the Dockerfile installs (serving/requirements.txt, then the two wheels with --no-deps) is enough for
+    the Dockerfile's command: built here as a virtual environment, since no Docker engine runs on this machine."""
+    import venv
+
+    from orchestrator.paths import REPO_ROOT
+
+    dist = tmp_path / "dist"
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), "dist", f"DIST={dist}",
+                    f"VENV={Path(sys.executable).parent.parent}"], check=True, capture_output=True)
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(REPO_ROOT / "serving" / "requirements.txt")], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", *map(str, sorted(dist.glob("*.whl")))], check=True, timeout=300)
+    for absent in ("pyspark", "mlflow"):
+        assert subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True).returncode != 0
+
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", (REPO_ROOT / "serving" / "Dockerfile").read_text(), re.M)[1])
+    port = _free_port()
+    cmd = [str(python) if a == "python" else str(served["bundle"]) if a == "/bundle" else
+           "127.0.0.1" if a == "0.0.0.0" else str(port) if a == "8080" else a for a in cmd]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        ready = None
+        while time.monotonic() < deadline and ready != 200:
+            try:
+                ready = call(url + "/health/ready", timeout=2)[0]
+            except OSError:
+                time.sleep(0.5)
+        status, body, _ = call(url + "/v1/predict", {"trips": _trips(served["batch"].iloc[:20])})
+        assert status == 200
+        expected = served["batch"]["prediction"].iloc[:20].tolist()
+        assert max(abs(p["fare_amount"] - e) for p, e in zip(body["predictions"], expected)) <= 1e-9
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

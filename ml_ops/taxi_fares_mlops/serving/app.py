@@ -43,7 +43,6 @@ from taxi_fares_mlops.serving.window import DRIFT, INSUFFICIENT_DATA, OK, DriftW
 logger = logging.getLogger(__name__)
 
 ROLE = "serving"
-OUTLIER = -1
 
 
 @dataclass(frozen=True)
@@ -158,11 +157,12 @@ class Service:
             PICKUP_ZIP: [t.pickup_zip for t in trips], DROPOFF_ZIP: [t.dropoff_zip for t in trips],
             DISTANCE: [float(t.trip_distance) for t in trips]})
         snapshot = self.features.snapshot
-        inputs = model_inputs(frame, snapshot.pickup, snapshot.dropoff)
+        inputs = model_inputs(frame, snapshot.pickup, snapshot.dropoff, prepared=True)
         fares = np.asarray(self.bundle.fare_model.predict(inputs), dtype=float)
         filled = inputs.fillna(0.0)  # as monitoring scores the detector: no earlier feature row reads as 0
-        flags = self.bundle.outlier_model.predict(filled) == OUTLIER
         scores = self.bundle.outlier_model.score_samples(filled)
+        # IsolationForest.predict's rule (an outlier scores below offset_), without scoring the trees twice.
+        flags = scores - self.bundle.outlier_model.offset_ < 0
         status = self.window.add(inputs.assign(prediction=fares))
         self.metrics.trips.inc(len(trips))
         self.metrics.outliers.inc(int(flags.sum()))

@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 
 from taxi_fares.columns import TS
-from taxi_fares.online import latest_rows
+from taxi_fares.online import latest_rows, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ PICKUP_TABLE, DROPOFF_TABLE = "pickup_features", "dropoff_features"
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Feature rows ready for lookups (``taxi_fares.online.prepare``d), and where they came from."""
+
     pickup: pd.DataFrame
     dropoff: pd.DataFrame
     loaded_at: dt.datetime
@@ -67,7 +69,7 @@ class OnlineFeatures:
                  lookback_hours: float = 24.0):
         self.tables_root = tables_root
         self.lookback_hours = lookback_hours
-        self.snapshot = Snapshot(pickup, dropoff, dt.datetime.now(dt.timezone.utc), "bundle")
+        self.snapshot = Snapshot(prepare(pickup), prepare(dropoff), dt.datetime.now(dt.timezone.utc), "bundle")
         self.refreshes = self.refresh_failures = 0
         self._lock = threading.Lock()
 
@@ -85,7 +87,8 @@ class OnlineFeatures:
                            str(exc)[:300])
             return False
         with self._lock:
-            self.snapshot = Snapshot(pickup, dropoff, dt.datetime.now(dt.timezone.utc), self.tables_root)
+            self.snapshot = Snapshot(prepare(pickup), prepare(dropoff), dt.datetime.now(dt.timezone.utc),
+                                     self.tables_root)
             self.refreshes += 1
         logger.info("online features refreshed: %d pickup and %d dropoff rows, newest %s", len(pickup),
                     len(dropoff), self.snapshot.newest)

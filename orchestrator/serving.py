@@ -1,0 +1,217 @@
+"""``mlops serving package``, ``mlops serve`` and ``mlops serving loadtest``: the online service from the
+operator's side. The service itself is ``taxi_fares_mlops.serving``; these commands build its bundle from the
+local registry and lakehouse, run it on loopback, and measure it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Optional
+
+from orchestrator.console import progress
+from orchestrator.errors import ConfigurationError
+
+MAX_REQUESTS = 100_000
+MAX_CONCURRENCY = 64
+MAX_SECONDS = 600.0
+
+
+def bundle_path(root: str, given: Optional[str]) -> Path:
+    return Path(given) if given else Path(root) / "serving" / "bundle"
+
+
+def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
+    from orchestrator.local.runner import tracking_uri
+    from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.serving.package import package
+    from taxi_fares_mlops.spark import get_spark
+    from taxi_fares_mlops.storage import Lakehouse
+
+    if not args.local:
+        raise ConfigurationError("only --local packaging is available: on Databricks, package from a notebook with "
+                                 "taxi_fares_mlops.serving.package (the CD pipeline does)")
+    if args.lookback_hours <= 0:
+        raise ConfigurationError(f"--lookback-hours must be positive, got {args.lookback_hours}")
+    uri = tracking_uri(root)
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
+    destination = bundle_path(root, args.out)
+    started = time.monotonic()
+    spark = get_spark("mlops-serving-package")
+    try:
+        manifest = package(spark, Lakehouse(root), destination, args.model, alias=args.alias, version=args.version,
+                           lookback_hours=args.lookback_hours)
+    except RegistryError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    models = manifest["models"]
+    progress(f"packaged {models['fare']['name']} version {models['fare']['version']} with "
+             f"{models['outliers']['name']} {models['outliers']['version']} and {models['drift']['name']} "
+             f"{models['drift']['version']}, {sum(manifest['features']['rows'].values()):,} feature rows, "
+             f"at {destination} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def serve_command(bundle: Path, root: Optional[str], host: str, port: int, extra: tuple = ()) -> list[str]:
+    """The service's command line, the one the container runs (with the local lakehouse's feature tables)."""
+    command = [sys.executable, "-m", "taxi_fares_mlops.serving", "--bundle", str(bundle), "--host", host,
+               "--port", str(port), *extra]
+    if root is not None:
+        command += ["--feature-tables", str(Path(root) / "tables"),
+                    "--telemetry-file", str(Path(root) / "serving" / "telemetry.jsonl")]
+    return command
+
+
+def cmd_serve(args: argparse.Namespace, root: str) -> int:
+    if not args.local:
+        raise ConfigurationError("only --local serving is available here: deployed services run on AKS "
+                                 "(serving/k8s, released by the CD pipeline)")
+    bundle = bundle_path(root, args.bundle)
+    if not (bundle / "manifest.json").is_file():
+        raise ConfigurationError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
+    progress(f"serving {bundle} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    return subprocess.call(serve_command(bundle, root, args.host, args.port))
+
+
+# --- load test ------------------------------------------------------------------------------------------------
+
+def _loopback(url: str) -> urllib.parse.SplitResult:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigurationError(f"--url must be http://<loopback host>:<port>, got {url!r}")
+    try:
+        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(f"--url {url!r} is not a loopback address: the load test only runs against a "
+                                 f"service on this machine")
+    return parts
+
+
+def sample_trips(count: int, seed: int, zips: tuple) -> list[dict]:
+    """``count`` plausible trips of January 2016 (the synthetic data's span), the same for the same seed."""
+    rng = random.Random(seed)
+    start = dt.datetime(2016, 1, 4)
+    trips = []
+    for _ in range(count):
+        pickup = start + dt.timedelta(seconds=rng.randrange(14 * 24 * 3600))
+        minutes = rng.uniform(3, 40)
+        trips.append({"pickup_time": pickup.isoformat(),
+                      "dropoff_time": (pickup + dt.timedelta(minutes=minutes)).isoformat(),
+                      "pickup_zip": rng.choice(zips), "dropoff_zip": rng.choice(zips),
+                      "trip_distance": round(minutes * rng.uniform(0.15, 0.4), 2)})
+    return trips
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    concurrency: int
+    trips_per_request: int
+    seconds: float
+    latencies: list = field(default_factory=list)
+    errors: dict = field(default_factory=dict)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def describe(self) -> str:
+        errors = sum(self.errors.values())
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
+        return (f"{self.requests} requests x {self.trips_per_request} trips at concurrency {self.concurrency}: "
+                f"{self.throughput:,.1f} req/s ({self.throughput * self.trips_per_request:,.0f} trips/s), "
+                f"p50 {1000 * self.percentile(.50):.1f} ms, p95 {1000 * self.percentile(.95):.1f} ms, "
+                f"p99 {1000 * self.percentile(.99):.1f} ms, errors {errors}{f' ({detail})' if detail else ''}")
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "concurrency": self.concurrency, "trips": self.trips_per_request,
+                "seconds": round(self.seconds, 3), "throughput_rps": round(self.throughput, 2),
+                "p50_ms": round(1000 * self.percentile(.50), 2), "p95_ms": round(1000 * self.percentile(.95), 2),
+                "p99_ms": round(1000 * self.percentile(.99), 2), "errors": sum(self.errors.values())}
+
+
+def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: int = 7,
+             max_seconds: float = MAX_SECONDS, path: str = "/v1/predict", bodies: Optional[list] = None
+             ) -> LoadResult:
+    """``requests`` POSTs of ``trips`` trips to ``url`` + ``path`` from ``concurrency`` threads, each on its own
+    keep-alive connection; stops early (counting the rest as errors) once ``max_seconds`` have passed. The bodies
+    are 16 requests of synthetic trips unless given (``bodies``: encoded JSON, used in turn)."""
+
+    if not 1 <= requests <= MAX_REQUESTS:
+        raise ConfigurationError(f"--requests must be in 1..{MAX_REQUESTS}, got {requests}")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigurationError(f"--concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
+    parts = _loopback(url)
+    if bodies is None:
+        from taxi_fares.synthetic import ALL_ZIPS
+
+        bodies = [json.dumps({"trips": sample_trips(trips, seed + i, ALL_ZIPS)}).encode() for i in range(16)]
+    result = LoadResult(requests, concurrency, trips, 0.0)
+    lock = threading.Lock()
+    remaining = [requests]
+    deadline = time.monotonic() + max_seconds
+
+    def worker(index: int) -> None:
+        connection = HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
+        n = 0
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    break
+                remaining[0] -= 1
+            if time.monotonic() > deadline:
+                with lock:
+                    result.errors["deadline"] = result.errors.get("deadline", 0) + 1
+                continue
+            body = bodies[(index + n) % len(bodies)]
+            n += 1
+            started = time.perf_counter()
+            try:
+                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                outcome = None if response.status == 200 else f"HTTP {response.status}"
+            except OSError as exc:
+                outcome = type(exc).__name__
+                connection.close()
+                connection = HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if outcome is None:
+                    result.latencies.append(elapsed)
+                else:
+                    result.errors[outcome] = result.errors.get(outcome, 0) + 1
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def cmd_loadtest(args: argparse.Namespace, root: str) -> int:
+    result = loadtest(args.url, args.requests, args.concurrency, args.trips)
+    print(json.dumps(result.as_dict()) if args.json else result.describe())
+    return 0 if not result.errors else 1
