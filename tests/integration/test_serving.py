@@ -48,10 +48,11 @@ def call(url, body=None, timeout=30):
         headers
 
 
-def serve(bundle, *args, wait=True):
+def serve(bundle, *args, wait=True, env=None):
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(bundle), "--port",
-                                str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while wait and time.monotonic() < deadline:
@@ -96,10 +97,11 @@ def served(spark, tmp_path_factory):
                          "--drift-min-rows", str(MIN_ROWS), "--feature-tables", lakehouse.path("tables"),
                          "--lookback-hours", str(LOOKBACK_HOURS),
                          "--telemetry-file", str(root / "telemetry.jsonl"))
-    yield {"url": url, "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
-           "telemetry": root / "telemetry.jsonl", "process": process, "lakehouse": lakehouse.root, "mlflow": uri}
-    process.terminate()
-    process.wait(timeout=30)
+    state = {"url": url, "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
+             "telemetry": root / "telemetry.jsonl", "process": process, "lakehouse": lakehouse.root, "mlflow": uri}
+    yield state
+    state["process"].terminate()
+    state["process"].wait(timeout=30)
 
 
 def _trips(frame: pd.DataFrame, distance_factor=1.0) -> list[dict]:
@@ -159,6 +161,41 @@ def test_bad_input_gets_a_422_naming_each_field_and_too_many_trips_a_413(served)
     assert call(url + "/v1/predict", {"trips": []})[0] == 422
     status, body, _ = call(url + "/v1/predict", {"trips": [good] * (MAX_TRIPS + 1)})
     assert status == 413 and body["detail"] == f"{MAX_TRIPS + 1} trips in one request; at most {MAX_TRIPS} are accepted"
+
+
+def test_an_extreme_trip_is_flagged_as_an_outlier(served):
+    typical = _trips(served["batch"].iloc[:1])[0]
+    # 400 miles in a minute at 3 am between zips no trip has used (so no feature row either). A huge distance
+    # alone is not enough: an isolation forest ranks values beyond its samples' range like the largest of them.
+    extreme = {"pickup_time": "2016-01-10T03:00:00", "dropoff_time": "2016-01-10T03:01:00", "pickup_zip": 99999,
+               "dropoff_zip": 99998, "trip_distance": 400.0}
+    status, body, _ = call(served["url"] + "/v1/predict", {"trips": [typical, extreme]})
+    assert status == 200
+    normal, outlier = body["predictions"]
+    assert outlier["outlier"] is True and normal["outlier"] is False
+    assert outlier["outlier_score"] < normal["outlier_score"]
+
+
+def test_readiness_is_503_until_the_bundle_is_loaded(served):
+    process, url = serve(served["bundle"], wait=False, env={"MLOPS_SERVING_LOAD_DELAY_SECONDS": "4"})
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
+            try:
+                seen.append(call(url + "/health/ready", timeout=2)[:2])
+                if seen[-1][0] == 503 and len(seen) == 1:
+                    assert call(url + "/health/live")[0] == 200
+                    early = call(url + "/v1/predict", {"trips": _trips(served["batch"].iloc[:1])})
+                    assert early[0] == 503 and early[1]["detail"] == "the model is not loaded yet"
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert seen[0] == (503, {"status": "loading", "detail": None})
+        assert seen[-1] == (200, {"status": "ready", "model_version": served["version"]})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_health_metadata_and_one_telemetry_span_per_prediction(served):
@@ -295,3 +332,32 @@ def test_the_containers_command_runs_from_its_requirements_file_alone(served, tm
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_new_champion_reaches_the_service_by_repackaging_and_a_restart(spark, served):
+    """Last in this module: it moves the champion the other tests serve."""
+    import mlflow
+
+    from taxi_fares_mlops.config import TRAINING_PARAMETERS, TrainingConfig
+    from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.serving.package import package
+    from taxi_fares_mlops.storage import MLOPS_HOME_ENV, Lakehouse
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MLOPS_HOME_ENV, served["lakehouse"])
+        patch.setenv("MLFLOW_TRACKING_URI", served["mlflow"])
+        mlflow.set_tracking_uri(served["mlflow"])
+        mlflow.set_registry_uri(served["mlflow"])
+        values = {**{p.name: p.default for p in TRAINING_PARAMETERS}, "start_date": START, "end_date": END,
+                  "lakehouse_root": served["lakehouse"], "mlflow_experiment": "serving", "max_iter": "30",
+                  "execute_feature_engineering": "false", "force_promote": "true"}
+        new = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
+        package(spark, Lakehouse(served["lakehouse"]), served["bundle"], "taxi_fares", lookback_hours=LOOKBACK_HOURS)
+    assert new != served["version"]
+    served["process"].terminate()
+    served["process"].wait(timeout=30)
+    process, url = serve(served["bundle"])
+    served["process"] = process
+    status, body, _ = call(url + "/v1/predict", {"trips": _trips(served["batch"].iloc[:1])})
+    assert status == 200 and body["model_version"] == new
+    assert call(url + "/v1/metadata")[1]["manifest"]["models"]["outliers"]["version"] == new

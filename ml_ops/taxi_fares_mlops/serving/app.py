@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 import uuid
@@ -43,6 +44,7 @@ from taxi_fares_mlops.serving.window import DRIFT, INSUFFICIENT_DATA, OK, DriftW
 logger = logging.getLogger(__name__)
 
 ROLE = "serving"
+LOAD_DELAY_ENV = "MLOPS_SERVING_LOAD_DELAY_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class Service:
         return self.bundle is not None
 
     def load(self) -> None:
+        delay = float(os.environ.get(LOAD_DELAY_ENV) or 0)
+        if delay > 0:  # a fault-injection hook for tests of readiness (off unless the variable is set)
+            time.sleep(delay)
         try:
             bundle = load_bundle(Path(self.settings.bundle))
         except Exception as exc:
