@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     bundle = load_bundle(work / "bundle")
 
     ours_port, mlflow_port = free_port(), free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # `mlflow models serve` starts `uvicorn` by name: the environment's bin folder must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     ours = subprocess.Popen([sys.executable, "-m", "taxi_fares_mlops.serving", "--bundle", str(work / "bundle"),
                              "--port", str(ours_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reference = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",

@@ -14,14 +14,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Optional
 
 from orchestrator.console import progress
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, MlopsError
 
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 64
@@ -32,25 +34,42 @@ def bundle_path(root: str, given: Optional[str]) -> Path:
     return Path(given) if given else Path(root) / "serving" / "bundle"
 
 
-def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
+def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, "object"]:
+    """Point MLflow at the local store (``--local``) or the target's workspace registry (``--target``); returns
+    (model name, the lakehouse the feature tables are read from)."""
     from orchestrator.local.runner import tracking_uri
-    from taxi_fares_mlops.errors import RegistryError
-    from taxi_fares_mlops.serving.package import package
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.templates import target_variables
     from taxi_fares_mlops.storage import Lakehouse
 
+    if args.target:
+        variables = target_variables(args.target)
+        os.environ.update({"MLFLOW_TRACKING_URI": "databricks",
+                           "MLFLOW_REGISTRY_URI": variables.get("mlflow_registry_uri") or "databricks"})
+        return args.model or variables["model_name"], Lakehouse(variables["lakehouse_root"],
+                                                                variables.get("table_schema") or None)
     if not args.local:
-        raise ConfigurationError("only --local packaging is available: on Databricks, package from a notebook with "
-                                 "taxi_fares_mlops.serving.package (the CD pipeline does)")
-    if args.lookback_hours <= 0:
-        raise ConfigurationError(f"--lookback-hours must be positive, got {args.lookback_hours}")
+        raise ConfigurationError("say where the registry is: --local or --target T")
     uri = tracking_uri(root)
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
-    destination = bundle_path(root, args.out)
+    return args.model or "taxi_fares", Lakehouse(root)
+
+
+def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
+    from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.serving.package import package
+    from taxi_fares_mlops.spark import SPARK_REMOTE_ENV, get_spark
+
+    if args.lookback_hours <= 0:
+        raise ConfigurationError(f"--lookback-hours must be positive, got {args.lookback_hours}")
+    if args.target and not os.environ.get(SPARK_REMOTE_ENV):
+        raise ConfigurationError(f"packaging from target '{args.target}' reads its feature tables through Spark "
+                                 f"Connect: set {SPARK_REMOTE_ENV} to the cluster's sc://... URL")
+    model, lakehouse = _use_registry(args, root)
+    destination = Path(args.out) if args.out else bundle_path(root, None)
     started = time.monotonic()
     spark = get_spark("mlops-serving-package")
     try:
-        manifest = package(spark, Lakehouse(root), destination, args.model, alias=args.alias, version=args.version,
+        manifest = package(spark, lakehouse, destination, model, alias=args.alias, version=args.version,
                            lookback_hours=args.lookback_hours)
     except RegistryError as exc:
         raise ConfigurationError(str(exc)) from exc
@@ -60,6 +79,55 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
              f"{models['drift']['version']}, {sum(manifest['features']['rows'].values()):,} feature rows, "
              f"at {destination} in {time.monotonic() - started:.1f}s")
     return 0
+
+
+def cmd_smoke(args: argparse.Namespace, root: str) -> int:
+    """A deployed service's smoke test: ready, one prediction, and the version the registry's champion has."""
+    from taxi_fares.synthetic import ALL_ZIPS
+    from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.tracking import Registry
+
+    parts = _loopback(args.url)
+    model, _ = _use_registry(args, root)
+    try:
+        champion = Registry(model).resolve(args.alias).version
+    except RegistryError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    base = f"http://{parts.hostname}:{parts.port or 80}"
+    deadline = time.monotonic() + args.wait
+    status = None
+    while status != 200:
+        status = _status(base + "/health/ready")
+        if status != 200 and time.monotonic() > deadline:
+            raise SmokeFailure(f"{base}/health/ready answers {status or 'nothing'} after {args.wait:.0f}s")
+        time.sleep(0 if status == 200 else 1)
+    body = json.dumps({"trips": sample_trips(1, 1, ALL_ZIPS)}).encode()
+    request = urllib.request.Request(base + "/v1/predict", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    served = str(answer["model_version"])
+    fare = answer["predictions"][0]["fare_amount"]
+    if served != str(champion):
+        raise SmokeFailure(f"the service answers with {model} version {served}; the registry's {args.alias} is "
+                           f"version {champion}")
+    progress(f"smoke test passed: ready, one prediction ({fare:.2f}), version {served} = {args.alias}")
+    return 0
+
+
+def _status(url: str) -> Optional[int]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+class SmokeFailure(MlopsError):
+    """The deployed service is not what the registry says it should be."""
+
+    exit_code = 1
 
 
 def serve_command(bundle: Path, root: Optional[str], host: str, port: int, extra: tuple = ()) -> list[str]:

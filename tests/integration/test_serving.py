@@ -286,11 +286,18 @@ def test_mlops_packages_serves_and_load_tests_the_local_champion(served):
         assert load.returncode == 0, load.stderr
         figures = json.loads(load.stdout)
         assert figures["requests"] == 40 and figures["errors"] == 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+        smoke = _mlops(served, "serving", "smoke", "--url", url, "--local")
+        assert smoke.returncode == 0, smoke.stderr
+        assert "smoke test passed: ready, one prediction" in smoke.stderr
+        assert f"version {served['version']} = champion" in smoke.stderr
     finally:
         process.terminate()
         process.wait(timeout=30)
     refused = _mlops(served, "serving", "loadtest", "--url", "http://10.1.2.3:80", "--requests", "1")
     assert refused.returncode == 2 and "is not a loopback address" in refused.stderr
+    remote = _mlops(served, "serving", "package", "--target", "staging")
+    assert remote.returncode == 2
+    assert "reads its feature tables through Spark Connect: set MLOPS_SPARK_REMOTE" in remote.stderr
 
 
 def test_the_containers_command_runs_from_its_requirements_file_alone(served, tmp_path):
@@ -354,6 +361,10 @@ def test_a_new_champion_reaches_the_service_by_repackaging_and_a_restart(spark, 
         new = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
         package(spark, Lakehouse(served["lakehouse"]), served["bundle"], "taxi_fares", lookback_hours=LOOKBACK_HOURS)
     assert new != served["version"]
+    stale = _mlops(served, "serving", "smoke", "--url", served["url"], "--local")
+    assert stale.returncode == 1
+    assert (f"the service answers with taxi_fares version {served['version']}; the registry's champion is version "
+            f"{new}") in stale.stderr
     served["process"].terminate()
     served["process"].wait(timeout=30)
     process, url = serve(served["bundle"])

@@ -186,3 +186,25 @@ def test_templates_validate_when_wrapped_as_their_callers_use_them(validator, pa
             steps.extend(value)
     pipeline = {"parameters": content.get("parameters", []), "steps": steps}
     assert _errors(v, _replace_lagging_tasks(pipeline, schema)) == []
+
+
+def test_cd_ships_the_online_service_to_staging_then_behind_the_prod_approval():
+    cd = load(PIPELINES_DIR / "cd.yml")
+    stages = {s["stage"]: s for s in cd["stages"]}
+    serve_staging = next(j for j in stages["staging"]["jobs"] if j.get("job") == "serve_staging")
+    assert serve_staging["dependsOn"] == "verify_staging"
+    assert serve_staging["steps"] == [{"template": "templates/serve.yml", "parameters": {"target": "staging"}}]
+    serve_prod = next(j for j in stages["production"]["jobs"] if j.get("deployment") == "serve_prod")
+    assert serve_prod["environment"] == "prod" and serve_prod["dependsOn"] == "deploy_prod"
+    assert serve_prod["strategy"]["runOnce"]["deploy"]["steps"] == [
+        {"template": "templates/serve.yml", "parameters": {"target": "prod"}}]
+    steps = load(PIPELINES_DIR / "templates" / "serve.yml")["steps"]
+    scripts = [s.get("script") or s.get("inputs", {}).get("inlineScript", "") for s in steps]
+    order = [next(i for i, text in enumerate(scripts) if needle in text) for needle in
+             ("mlops serving package --target", "kubectl apply -k release", "rollout status", "mlops serving smoke")]
+    assert order == sorted(order)
+    docker = [s["inputs"]["command"] for s in steps if s.get("task") == "Docker@2"]
+    assert docker == ["build", "push"]
+    build = next(s for s in steps if s.get("task") == "Docker@2")
+    assert build["inputs"]["Dockerfile"] == "serving/Dockerfile"
+    assert "BUNDLE=serving-bundle" in build["inputs"]["arguments"]
