@@ -1,7 +1,6 @@
 """Build the two wheels (the one implementation behind `make dist` and the local runner's rebuilds)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, project_version
+from taxi_fares_mlops.checksums import sha256  # noqa: F401  (build.sha256: what the tool's callers use)
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,3 @@ def ensure_built(dist: Path) -> list[Path]:
     if is_stale(dist):
         return build(dist)
     return [dist / name for name in wheel_names(project_version())]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -17,7 +17,6 @@ problem. Reading a bundle needs neither Spark nor MLflow: the models are scikit-
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import cloudpickle
 import pandas as pd
 
 from taxi_fares.drift_detector import DriftDetector
+from taxi_fares_mlops.checksums import sha256
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -40,14 +40,6 @@ FEATURE_FILES = {PICKUP: "features/pickup.parquet", DROPOFF: "features/dropoff.p
 
 class BundleError(Exception):
     """The bundle folder cannot be served; the message names what is wrong."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checksums(root: Path) -> dict[str, str]:
