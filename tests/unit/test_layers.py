@@ -126,7 +126,7 @@ def test_every_third_party_import_is_a_declared_requirement(distribution):
 
 
 # What the online service imports: it must load where neither pyspark nor mlflow is installed.
-SPARK_FREE = ("taxi_fares.columns", "taxi_fares.online", "taxi_fares.drift_detector",
+SPARK_FREE = ("taxi_fares.columns", "taxi_fares.online", "taxi_fares.drift_detector", "taxi_fares.outliers",
               "taxi_fares_mlops.serving.app", "taxi_fares_mlops.serving.__main__")
 
 

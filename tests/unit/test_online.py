@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from taxi_fares.columns import MODEL_FEATURES, TRIP_ID
 from taxi_fares.features import dropoff_features, join_features, model_input_columns, pickup_features
-from taxi_fares.online import latest_rows, model_inputs
+from taxi_fares.online import OnlineInputs, latest_rows, model_inputs
 from taxi_fares.synthetic import generate_trips
 
 START, END = "2016-01-04", "2016-01-06"
@@ -33,6 +33,18 @@ def test_online_inputs_equal_batch_inputs(week):
     assert all(online[c].dtype == np.float64 for c in MODEL_FEATURES)
     assert batch[list(MODEL_FEATURES)].isna().any().any()  # the data has gaps
     pd.testing.assert_frame_equal(online, batch[list(MODEL_FEATURES)].astype("float64"), check_exact=True)
+
+
+def test_the_request_path_gives_the_inputs_of_the_merge_path(week):
+    """OnlineInputs (a binary search per trip, what the service runs) against model_inputs and batch: identical,
+    for all the week's trips and for one trip at a time."""
+    trips, pickup, dropoff, batch = week
+    inputs = OnlineInputs(pickup, dropoff)
+    expected = batch[list(MODEL_FEATURES)].astype("float64")
+    pd.testing.assert_frame_equal(inputs(trips), expected, check_exact=True)
+    for i in (0, 1, 1500, 2999):
+        pd.testing.assert_frame_equal(inputs(trips.iloc[[i]]), expected.iloc[[i]].reset_index(drop=True),
+                                      check_exact=True)
 
 
 def test_latest_rows_keep_what_a_lookup_after_since_can_take(week):

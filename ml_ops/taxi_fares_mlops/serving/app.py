@@ -35,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, MODEL_FEATURES, PICKUP_TS, PICKUP_ZIP
-from taxi_fares.online import model_inputs
+from taxi_fares.outliers import OutlierScorer
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.serving.bundle import Bundle, load_bundle
 from taxi_fares_mlops.serving.features import OnlineFeatures
@@ -122,6 +122,7 @@ class Service:
         self.bundle: Optional[Bundle] = None
         self.features: Optional[OnlineFeatures] = None
         self.window: Optional[DriftWindow] = None
+        self.outliers: Optional[OutlierScorer] = None
         self.load_error: Optional[str] = None
         self._stop = threading.Event()
 
@@ -143,6 +144,7 @@ class Service:
                                        self.settings.lookback_hours)
         self.features.refresh()
         self.window = DriftWindow(bundle.drift_detector, self.settings.drift_window, self.settings.drift_min_rows)
+        self.outliers = OutlierScorer(bundle.outlier_model)
         self.metrics.model.labels(bundle.model_name, bundle.model_version).set(1)
         self.bundle = bundle
         logger.info("serving %s version %s from %s", bundle.model_name, bundle.model_version, self.settings.bundle)
@@ -161,13 +163,11 @@ class Service:
             DROPOFF_TS: pd.to_datetime([_utc(t.dropoff_time) for t in trips], utc=True),
             PICKUP_ZIP: [t.pickup_zip for t in trips], DROPOFF_ZIP: [t.dropoff_zip for t in trips],
             DISTANCE: [float(t.trip_distance) for t in trips]})
-        snapshot = self.features.snapshot
-        inputs = model_inputs(frame, snapshot.pickup, snapshot.dropoff, prepared=True)
+        inputs = self.features.snapshot.inputs(frame)
         fares = np.asarray(self.bundle.fare_model.predict(inputs), dtype=float)
         filled = inputs.fillna(0.0)  # as monitoring scores the detector: no earlier feature row reads as 0
-        scores = self.bundle.outlier_model.score_samples(filled)
-        # IsolationForest.predict's rule (an outlier scores below offset_), without scoring the trees twice.
-        flags = scores - self.bundle.outlier_model.offset_ < 0
+        scores = self.outliers.score_samples(filled)
+        flags = self.outliers.is_outlier(scores)
         status = self.window.add(inputs.assign(prediction=fares))
         self.metrics.trips.inc(len(trips))
         self.metrics.outliers.inc(int(flags.sum()))

@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 
 from taxi_fares.columns import TS
-from taxi_fares.online import latest_rows, prepare
+from taxi_fares.online import OnlineInputs, latest_rows
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,13 @@ PICKUP_TABLE, DROPOFF_TABLE = "pickup_features", "dropoff_features"
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Feature rows ready for lookups (``taxi_fares.online.prepare``d), and where they came from."""
+    """Feature rows, the lookups built from them (``taxi_fares.online.OnlineInputs``), and where they came from."""
 
     pickup: pd.DataFrame
     dropoff: pd.DataFrame
     loaded_at: dt.datetime
     source: str
+    inputs: OnlineInputs
 
     @property
     def newest(self) -> Optional[str]:
@@ -69,7 +70,8 @@ class OnlineFeatures:
                  lookback_hours: float = 24.0):
         self.tables_root = tables_root
         self.lookback_hours = lookback_hours
-        self.snapshot = Snapshot(prepare(pickup), prepare(dropoff), dt.datetime.now(dt.timezone.utc), "bundle")
+        self.snapshot = Snapshot(pickup, dropoff, dt.datetime.now(dt.timezone.utc), "bundle",
+                                 OnlineInputs(pickup, dropoff))
         self.refreshes = self.refresh_failures = 0
         self._lock = threading.Lock()
 
@@ -80,6 +82,7 @@ class OnlineFeatures:
         try:
             pickup = read_delta(self.tables_root, PICKUP_TABLE, self.lookback_hours)
             dropoff = read_delta(self.tables_root, DROPOFF_TABLE, self.lookback_hours)
+            inputs = OnlineInputs(pickup, dropoff)
         except Exception as exc:  # storage errors of any kind: keep serving the rows we have
             with self._lock:
                 self.refresh_failures += 1
@@ -87,8 +90,7 @@ class OnlineFeatures:
                            str(exc)[:300])
             return False
         with self._lock:
-            self.snapshot = Snapshot(prepare(pickup), prepare(dropoff), dt.datetime.now(dt.timezone.utc),
-                                     self.tables_root)
+            self.snapshot = Snapshot(pickup, dropoff, dt.datetime.now(dt.timezone.utc), self.tables_root, inputs)
             self.refreshes += 1
         logger.info("online features refreshed: %d pickup and %d dropoff rows, newest %s", len(pickup),
                     len(dropoff), self.snapshot.newest)
