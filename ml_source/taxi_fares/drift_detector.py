@@ -94,6 +94,26 @@ def category_label(value) -> Optional[str]:
     return str(value)
 
 
+def category_counts(values: pd.Series) -> dict[str, int]:
+    """label -> count of a column's non-null values, labelled as ``category_label`` (and Spark) write them.
+    Numeric columns are counted per distinct value first (a window of requests holds few), then labelled."""
+    counts: dict[str, int] = {}
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        integral = pd.api.types.is_integer_dtype(values)
+        array = values.to_numpy(dtype="int64" if integral else "float64")
+        if not integral:
+            array = array[~np.isnan(array)]
+        distinct, seen = np.unique(array, return_counts=True)
+        pairs = zip((str(int(v)) if integral else category_label(float(v)) for v in distinct.tolist()),
+                    seen.tolist())
+    else:
+        pairs = ((category_label(v), 1) for v in values.tolist())
+    for label, k in pairs:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + k
+    return counts
+
+
 class DriftDetector:
     """A reference profile (``taxi_fares.drift.profile``) with the thresholds that call a feature drifted."""
 
@@ -161,14 +181,7 @@ class DriftDetector:
             values = pd.to_numeric(frame[c], errors="coerce").astype(float).to_numpy()
             present = values[~np.isnan(values)]
             numeric[c] = (int(present.size), [int(np.count_nonzero(present <= e)) for e in edges])
-        categorical = {}
-        for c in self.categorical:
-            labels = [category_label(v) for v in frame[c].tolist()]
-            counts: dict[str, int] = {}
-            for label in labels:
-                if label is not None:
-                    counts[label] = counts.get(label, 0) + 1
-            categorical[c] = counts
+        categorical = {c: category_counts(frame[c]) for c in self.categorical}
         return Summary(len(frame), numeric, categorical)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 The two paths must agree exactly on the same rows, and a 1.5x shift of trip distances must be the drift found."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
@@ -77,3 +78,11 @@ def test_a_profile_of_another_version_is_refused(reference):
     without_prediction = pd.DataFrame({c: [1.0] for c in detector.columns if c != "prediction"})
     with pytest.raises(ValueError, match=r"^cannot judge drift: missing column\(s\) \['prediction'\]$"):
         detector.predict(without_prediction)
+
+
+def test_category_counts_label_values_as_spark_and_leave_out_nulls():
+    from taxi_fares.drift_detector import category_counts
+
+    assert category_counts(pd.Series([13.0, 13.0, 2.5, np.nan])) == {"13.0": 2, "2.5": 1}
+    assert category_counts(pd.Series([7, 7, 1], dtype="int64")) == {"7": 2, "1": 1}
+    assert category_counts(pd.Series([True, None, False, True], dtype="object")) == {"true": 2, "false": 1}

@@ -242,8 +242,10 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # async: the work is CPU-bound and short, so it runs on the event loop rather than hopping to a thread pool
+    # where requests would only contend for the interpreter lock.
     @app.post("/v1/predict")
-    def predict(body: PredictRequest, response: Response):
+    async def predict(body: PredictRequest, response: Response):
         request_id = uuid.uuid4().hex
         response.headers["X-Request-Id"] = request_id
         if len(body.trips) > settings.max_trips:
