@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fakes.ingestion import IngestionCapture
 from taxi_fares_mlops.serving.bundle import BundleError, verify
 
 START, END = "2016-01-04", "2016-01-18"
@@ -339,6 +340,46 @@ def test_the_containers_command_runs_from_its_requirements_file_alone(served, tm
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_request_spans_reach_azure_monitor_and_a_stalled_exporter_costs_no_latency(served):
+    """Pointed at a real ingestion endpoint on loopback, each predict call is one `requests` row of role
+    taxi_fares.serving with its dimensions; pointed at one that accepts and never answers, requests still
+    answer in milliseconds (export runs in the background), and the connection string is never echoed."""
+    trips = {"trips": _trips(served["batch"].iloc[:4])}
+    for stall in (False, True):
+        capture = IngestionCapture(stall=stall)
+        process, url = serve(served["bundle"], env={"APPLICATIONINSIGHTS_CONNECTION_STRING":
+                                                    capture.connection_string})
+        try:
+            timings = []
+            for _ in range(20):
+                started = time.monotonic()
+                status, body, _ = call(url + "/v1/predict", trips)
+                timings.append(time.monotonic() - started)
+                assert status == 200
+            assert "IngestionEndpoint" not in json.dumps(call(url + "/v1/metadata")[1])
+            if stall:
+                # The exporter's timeout is 3 s and it exports every 0.5 s: waiting on it would show here.
+                assert max(timings) < 1.0, timings
+                continue
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not [
+                    e for e in capture.of_type("RequestData")
+                    if e["data"]["baseData"]["properties"].get("request_id") == body["request_id"]]:
+                time.sleep(0.5)
+            mine = [e for e in capture.of_type("RequestData")
+                    if e["data"]["baseData"]["properties"].get("request_id") == body["request_id"]]
+            assert len(mine) == 1
+            assert mine[0]["tags"]["ai.cloud.role"] == "taxi_fares.serving"
+            assert mine[0]["data"]["baseData"]["name"] == "POST /v1/predict"
+            properties = mine[0]["data"]["baseData"]["properties"]
+            assert {k: properties[k] for k in ("model_version", "rows", "drift_status")} == \
+                {"model_version": served["version"], "rows": "4", "drift_status": body["drift"]["status"]}
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            capture.stop()
 
 
 def test_a_new_champion_reaches_the_service_by_repackaging_and_a_restart(spark, served):
