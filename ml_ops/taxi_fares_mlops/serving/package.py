@@ -93,7 +93,11 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
         if destination.exists():
             old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
             destination.rename(old)
-            building.rename(destination)
+            try:
+                building.rename(destination)
+            except OSError:
+                old.rename(destination)  # the previous bundle stays where the service looks
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             building.rename(destination)
