@@ -95,19 +95,23 @@ def _shifts(specs: list[str]) -> dict[str, float]:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    """Approve a held promotion in the local registry: recorded on the version (who, when), then champion."""
+    """Approve a held promotion, in the local registry or a target's: recorded on the version (who, when), then
+    the version and its companions become champion."""
     import getpass
 
-    from orchestrator.local.runner import tracking_uri
+    from orchestrator.registry import use_registry
     from taxi_fares_mlops.errors import RegistryError
     from taxi_fares_mlops.tracking import Registry
 
-    uri = tracking_uri(lakehouse_root())
-    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
+    if not (args.model or args.target):
+        raise ConfigurationError("--model is required with the local registry")
+    model = args.model or use_registry(lakehouse_root(), args.target)["model_name"]
+    if args.model:
+        use_registry(lakehouse_root(), args.target)
     approver = os.environ.get("MLOPS_APPROVER") or getpass.getuser()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
-        fare = Registry(args.model).approve(args.version, approver, when)
+        fare = Registry(model).approve(args.version, approver, when)
     except RegistryError as exc:
         raise ConfigurationError(str(exc)) from exc
     progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when}; it is the champion")
@@ -289,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
 
-    approve = commands.add_parser("approve", help="approve a promotion held by require_approval (local registry)")
-    approve.add_argument("--model", required=True, help="registered model name")
+    approve = commands.add_parser("approve", help="approve a promotion held by require_approval")
+    approve.add_argument("--model", help="registered model name (default: the target's model_name)")
+    approve.add_argument("--target", help="a deployment target's registry instead of the local one")
     approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")
     approve.set_defaults(handler=cmd_approve)
 

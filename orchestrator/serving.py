@@ -37,20 +37,13 @@ def bundle_path(root: str, given: Optional[str]) -> Path:
 def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, "object"]:
     """Point MLflow at the local store (``--local``) or the target's workspace registry (``--target``); returns
     (model name, the lakehouse the feature tables are read from)."""
-    from orchestrator.local.runner import tracking_uri
-    from orchestrator.templates import target_variables
+    from orchestrator.registry import use_registry
     from taxi_fares_mlops.storage import Lakehouse
 
+    variables = use_registry(root, args.target, args.local)
     if args.target:
-        variables = target_variables(args.target)
-        os.environ.update({"MLFLOW_TRACKING_URI": "databricks",
-                           "MLFLOW_REGISTRY_URI": variables.get("mlflow_registry_uri") or "databricks"})
         return args.model or variables["model_name"], Lakehouse(variables["lakehouse_root"],
                                                                 variables.get("table_schema") or None)
-    if not args.local:
-        raise ConfigurationError("say where the registry is: --local or --target T")
-    uri = tracking_uri(root)
-    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     return args.model or "taxi_fares", Lakehouse(root)
 
 

@@ -42,6 +42,19 @@ def test_end_before_start_is_refused(lakehouse, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["approve", "--version", "3"], "mlops approve: --model is required with the local registry"),
+    (["approve", "--version", "3", "--target", "nowhere"], "mlops approve: unknown target 'nowhere' (targets: "),
+    (["serving", "package", "--local", "--lookback-hours", "0"], "--lookback-hours must be positive, got 0.0"),
+    (["serving", "loadtest", "--url", "http://192.0.2.1:80"], "is not a loopback address"),
+])
+def test_refusals_before_any_work(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serving", "package"], "one of the arguments --local --target is required"),
+    (["serving", "package", "--local", "--alias", "x", "--version", "2"], "argument --version: not allowed with"),
     (["run", "training"], "one of the arguments --local --target is required"),
     (["run", "training", "--local", "--target", "dev"], "argument --target: not allowed with argument --local"),
     (["test-notebooks"], "one of the arguments --local --target is required"),
