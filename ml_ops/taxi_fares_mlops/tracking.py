@@ -145,6 +145,27 @@ def log_drift_model(reference: dict, example: pd.DataFrame, registered_name: str
     return str(info.registered_model_version)
 
 
+def end_stale_runs(experiment_id: str, job: str, current_run_id: str) -> list[str]:
+    """End as KILLED the runs of ``job`` still RUNNING in the experiment, but the current one, with a note.
+
+    A job runs one at a time (``max_concurrent_runs: 1`` on Databricks, a lock in the local runner), so a run of
+    the same job still RUNNING when another starts is one whose process died without ending it (a lost node, a
+    kill -9). Returns their ids."""
+    client = MlflowClient()
+    stale = [r.info.run_id for r in client.search_runs(
+        [experiment_id], f"tags.job = '{job}' and attributes.status = 'RUNNING'", max_results=100)
+        if r.info.run_id != current_run_id]
+    for run_id in stale:
+        client.set_tag(run_id, "mlops.ended_by", current_run_id)
+        client.set_tag(run_id, "mlops.note", f"left RUNNING by a process that died; marked KILLED when run "
+                                             f"{current_run_id} of job {job} started")
+        client.set_terminated(run_id, "KILLED")
+    if stale:
+        logger.warning("job %s: %d earlier run(s) left RUNNING by a process that died, now KILLED: %s", job,
+                       len(stale), ", ".join(stale))
+    return stale
+
+
 class Tracking:
     """The job's MLflow run, as the stages see it: metrics, tags, artifacts, and the model registry. Built once
     by ``run_job`` and handed to every stage in its context, so no stage talks to MLflow by itself."""

@@ -21,6 +21,7 @@ import sysconfig
 import tempfile
 import time
 import venv
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -136,11 +137,42 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResu
     settings = templates.render_job(job, variables)
     templates.validate(settings)
     params = merge_parameters(templates.job_parameters(settings), overrides)
-    progress(f"running job {settings['name']} locally")
-    if len(settings["tasks"]) == 1:
-        notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
-        return run_notebook(notebook, params, lakehouse, env, started)
-    return _run_tasks(job, settings, params, lakehouse, env, started)
+    with job_lock(lakehouse, job):
+        progress(f"running job {settings['name']} locally")
+        if len(settings["tasks"]) == 1:
+            notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
+            return run_notebook(notebook, params, lakehouse, env, started)
+        return _run_tasks(job, settings, params, lakehouse, env, started)
+
+
+@contextmanager
+def job_lock(lakehouse: str, job: str):
+    """One local run of ``job`` at a time on a lakehouse, as Databricks allows one (``max_concurrent_runs: 1``):
+    an exclusive lock on ``<lakehouse>/locks/<job>.lock``, which the operating system releases when the process
+    ends, however it ends (a killed run leaves no stale lock). A second run is refused before it starts."""
+    import datetime as dt
+    import fcntl
+
+    path = Path(lakehouse) / "locks" / f"{job}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigurationError(f"job {job} is already running on {lakehouse} ({holder}): one run at a time, as "
+                                 f"on Databricks (max_concurrent_runs: 1); wait for it to end") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 _REFERENCE = re.compile(r"\{\{\s*(tasks\.([\w-]+)\.values\.(\w+)|job\.parameters\.(\w+))\s*\}\}")

@@ -15,6 +15,7 @@ from taxi_fares_mlops import reports, telemetry
 from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.errors import DataError
+from taxi_fares_mlops.faults import crash_point
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.tracking import DRIFT, OUTLIERS, REFERENCE_PROFILE, ModelRef, companion_name
 
@@ -58,6 +59,7 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     with telemetry.span("log and register model") as step:
         version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
         step.set_attribute("model_version", version)
+    crash_point("training.after_fare_model_registered")
     registry = context.tracking.registry(config.model_name)
     with telemetry.span("fit and register outlier detector", rows=len(sample)) as step:
         detector = fit_outlier_detector(sample, seed)
