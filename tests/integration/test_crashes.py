@@ -1,7 +1,6 @@
 """Runs that die without a word (SIGKILL at a crash point, `MLOPS_CRASH_AT`), as a lost node ends them, and two
 runs of one job at once. After a kill: no alias points at the half-registered version, the killed MLflow run
 does not stay RUNNING (the next run of the job ends it as KILLED, with a note), and a rerun completes the work."""
-import json
 import os
 import signal
 import subprocess
@@ -13,34 +12,35 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.local.runner import job_lock
+from taxi_fares_mlops.jobs import run_job
 
 START, END = "2016-01-04", "2016-01-18"
-MLOPS = [sys.executable, "-m", "orchestrator.cli"]
 
 pytestmark = pytest.mark.slow
 
 
-def mlops(root, *args, crash_at=None, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_", "MLOPS_CRASH"))}
-    env["MLOPS_HOME"] = str(root)
-    if crash_at:
-        env["MLOPS_CRASH_AT"] = crash_at
-    done = subprocess.run([*MLOPS, *args], capture_output=True, text=True, env=env, timeout=900)
-    if check and done.returncode != 0:
-        raise AssertionError(f"mlops {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
-    return done
+# The killed run: a job process of its own (the stages, MLflow and Spark in one Python process, as on a cluster's
+# driver), so SIGKILL ends all of it. The rerun happens in the test process, on the shared Spark session.
+JOB = """
+import sys
+from taxi_fares_mlops.config import TRAINING_PARAMETERS, TrainingConfig
+from taxi_fares_mlops.jobs import run_job
+values = {p.name: p.default for p in TRAINING_PARAMETERS}
+values.update(start_date=sys.argv[1], end_date=sys.argv[2], lakehouse_root=sys.argv[3], mlflow_experiment="crash",
+              max_iter="20")
+run_job(TrainingConfig.from_mapping(values))
+"""
 
 
-def test_a_run_killed_while_registering_leaves_no_half_champion_and_the_next_run_ends_it(tmp_path):
-    root = tmp_path / "lakehouse"
-    mlops(root, "data", "generate", "--rows", "20000", "--start", START, "--end", END, "--seed", "5")
-    params = [f"--param={p}" for p in (f"start_date={START}", f"end_date={END}", "max_iter=20",
-                                       "mlflow_experiment=crash")]
-    killed = mlops(root, "run", "training", "--local", *params, crash_at="training.after_fare_model_registered",
-                   check=False)
-    assert killed.returncode == 1, killed.stderr[-3000:]
+def test_a_run_killed_while_registering_leaves_no_half_champion_and_the_next_run_ends_it(
+        spark, trips_lakehouse, mlflow_store, training_config):
+    root = trips_lakehouse.root
+    env = {**os.environ, "MLOPS_CRASH_AT": "training.after_fare_model_registered"}
+    killed = subprocess.run([sys.executable, "-c", JOB, START, END, root], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    client = MlflowClient()
     experiment = client.get_experiment_by_name("crash").experiment_id
     (dead,) = client.search_runs([experiment], "tags.job = 'training'")
     assert dead.info.status == "RUNNING"
@@ -48,7 +48,9 @@ def test_a_run_killed_while_registering_leaves_no_half_champion_and_the_next_run
     assert client.get_registered_model("taxi_fares").aliases == {}
     assert client.search_registered_models("name = 'taxi_fares_outliers'") == []
 
-    rerun = json.loads(mlops(root, "run", "training", "--local", "--json", *params).stdout)
+    # The killed run had written the feature tables: the rerun trains on them.
+    rerun = run_job(training_config(mlflow_experiment="crash", max_iter="20", execute_feature_engineering="false"),
+                    spark)
     assert rerun["status"] == "SUCCESS"
     ended = client.get_run(dead.info.run_id)
     assert ended.info.status == "KILLED"
