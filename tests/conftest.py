@@ -13,6 +13,9 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Set before the Spark JVM starts, so the Python workers that load models (spark_udf) inherit it too.
 os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+# One Spark session serves the whole suite (300+ tests, dozens of jobs, hundreds of Delta tables): its driver gets
+# more heap than a single job's 2g default, or code generation late in the suite runs out of it.
+os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
 
 
 @pytest.fixture(scope="session")
