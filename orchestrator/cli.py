@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--target", help="from a deployment target's registry and tables (through Spark Connect)")
     pack.add_argument("--model", help="registered model name (default: the target's, or taxi_fares)")
     which = pack.add_mutually_exclusive_group()
-    which.add_argument("--alias", default="champion", help="the version behind this alias (default champion)")
+    # no default here: argparse takes an option given with its default value for not given, so "--alias champion
+    # --version 2" would pass as version 2; the package command reads a missing alias as champion
+    which.add_argument("--alias", help="the version behind this alias (default champion)")
     which.add_argument("--version", type=_positive_int, help="this version instead of an alias")
     pack.add_argument("--out", help="bundle folder (default <lakehouse>/serving/bundle)")
     pack.add_argument("--lookback-hours", type=float, default=24.0,

@@ -3,7 +3,7 @@ workspace (``orchestrator.deploy``): ``--param name=value`` pairs, and the param
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.paths import NOTEBOOKS_DIR
@@ -21,12 +21,31 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
-    """The job's parameters with the overrides; a name the job does not take is a usage error."""
+def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str],
+                     job: Optional[str] = None) -> dict[str, str]:
+    """The job's parameters with the overrides; a name the job does not take is a usage error, and so is a value
+    its notebook would refuse (checked with the job's own config class, before any run starts)."""
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigurationError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
-    return {**defaults, **overrides}
+    params = {**defaults, **overrides}
+    if job is not None:
+        check_values(job, params)
+    return params
+
+
+def check_values(job: str, params: Mapping[str, str]) -> None:
+    """Raise ConfigurationError listing every value of ``params`` the notebooks of ``job`` would refuse."""
+    from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
+    from taxi_fares_mlops.errors import ConfigError
+
+    config = CONFIGS.get(job)
+    if config is None:
+        return
+    try:
+        config.from_mapping({k: v for k, v in params.items() if k not in WHEEL_PARAMETERS})
+    except ConfigError as exc:
+        raise ConfigurationError(f"{job}: {exc}") from None
 
 
 def local_test_parameters(lakehouse: Path, variables: dict) -> dict[str, str]:

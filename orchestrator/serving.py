@@ -62,7 +62,7 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     started = time.monotonic()
     spark = get_spark("mlops-serving-package")
     try:
-        manifest = package(spark, lakehouse, destination, model, alias=args.alias, version=args.version,
+        manifest = package(spark, lakehouse, destination, model, alias=args.alias or "champion", version=args.version,
                            lookback_hours=args.lookback_hours)
     except RegistryError as exc:
         raise ConfigurationError(str(exc)) from exc

@@ -92,10 +92,53 @@ def targets_file() -> Path:
     return Path(os.environ.get(TARGETS_FILE_ENV) or TEMPLATES_DIR / "targets.yml")
 
 
+LOCAL_TARGET = "local"  # the embedded default: its paths are local folders ({repo}, {lakehouse})
+TARGET_KEYS = tuple(k for k in VARIABLES if k != "wheel_version" and k not in JOB_ID_VARIABLES) + TARGET_SETTINGS
+# Where each path of a workspace target may point (a Unity Catalog volume, DBFS, the workspace tree, ADLS).
+PATH_SHAPES = {
+    "workspace_root": (re.compile(r"/(Workspace|Users|Shared|Repos)/\S+"), "/Workspace/..."),
+    "wheel_base_path": (re.compile(r"(/Volumes/[^/\s]+/[^/\s]+/[^/\s]+(/\S*)?|dbfs:/\S+)"),
+                        "/Volumes/<catalog>/<schema>/<volume>/... or dbfs:/..."),
+    "lakehouse_root": (re.compile(r"(/Volumes/[^/\s]+/[^/\s]+/[^/\s]+(/\S*)?|dbfs:/\S+|abfss://\S+@\S+)"),
+                       "/Volumes/<catalog>/<schema>/<volume>/..., dbfs:/... or abfss://<container>@<account>/..."),
+}
+_HOST = re.compile(r"https://[A-Za-z0-9.-]+(:\d+)?/?")
+
+
 def load_targets(path: Path | None = None) -> dict[str, dict]:
-    data = yaml.safe_load((path or targets_file()).read_text(encoding="utf-8"))
-    defaults = data.get("defaults", {})
-    return {name: {**defaults, **(values or {})} for name, values in data["targets"].items()}
+    """The targets of the targets file, each with the defaults filled in. A TemplateError names the file and
+    every problem: an unknown key (a typo would silently fall back to a default), a host that is not an https
+    URL, a workspace path of the wrong shape."""
+    path = path or targets_file()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TemplateError(f"cannot read targets file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"targets file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), dict) or not data["targets"]:
+        raise TemplateError(f"targets file {path}: needs a 'targets' mapping of at least one target")
+    problems = [f"unknown key '{key}' (keys: defaults, targets)" for key in data if key not in ("defaults", "targets")]
+    defaults = data.get("defaults") or {}
+    problems += [f"defaults: unknown key '{key}'" for key in defaults if key not in TARGET_KEYS]
+    targets = {}
+    for name, values in data["targets"].items():
+        targets[name] = target = {**defaults, **(values or {})}
+        problems += [f"target '{name}': unknown key '{key}'" for key in (values or {}) if key not in TARGET_KEYS]
+        host = target.get("host")
+        if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
+            problems.append(f"target '{name}': host '{host}' is not a workspace URL (https://<instance>)")
+        if name == LOCAL_TARGET:
+            continue
+        for key, (shape, expected) in PATH_SHAPES.items():
+            value = target.get(key)
+            if value is None:
+                problems.append(f"target '{name}': {key} missing (expected {expected})")
+            elif not (isinstance(value, str) and shape.fullmatch(value)):
+                problems.append(f"target '{name}': {key} '{value}' is not {expected}")
+    if problems:
+        raise TemplateError(f"targets file {path}: " + "; ".join(problems))
+    return targets
 
 
 def target_variables(target: str, version: str | None = None, lakehouse: str | None = None) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
         result = validate_trips(raw.filter(rows), mode=config.validation_mode)
     except TripValidationError as exc:
         raise DataError(f"table '{RAW_TRIPS}': {exc}") from exc
+    if result.rows == 0:
+        raise DataError(f"table '{RAW_TRIPS}' has no trips for {config.start_date}..{config.end_date}: "
+                        f"load that range first, or choose a range it holds")
     for violation in result.violations:
         logger.warning("quarantining invalid trips: %s", violation.message())
     return result

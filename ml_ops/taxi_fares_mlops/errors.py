@@ -1,12 +1,30 @@
 """The exception tree of the MLOps wheel. Catch ``MlopsError`` for anything this package raises on purpose."""
+import re
+
+# A JVM error reaches Python as "An error occurred while calling o123.save.\n: <java class>: <message>\n\tat ...":
+# its first line says nothing, the Java exception on the second line does, and an operating-system reason
+# (a full disk, a read-only folder) may sit only in a "Caused by" further down.
+_PY4J_HEADER = re.compile(r"An error occurred while calling \S+$")
+_JAVA_EXCEPTION = re.compile(r"^: (?:[\w$]+\.)*([\w$]+): (.*?)(?:\s+SQLSTATE: \w+)?$")
+OS_REASONS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
 
 def first_line(exc: BaseException, with_type: bool = False) -> str:
-    """The first line of an exception's message (JVM errors run to hundreds of lines), optionally typed."""
+    """The first line of an exception's message (JVM errors run to hundreds of lines), optionally typed. For a
+    JVM error: the Java exception's class and message, and the operating-system reason if one is named."""
     text = str(exc).strip()
     if not text:
         return type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
+    lines = text.splitlines()
+    kind, line = type(exc).__name__, lines[0]
+    if _PY4J_HEADER.fullmatch(line) and len(lines) > 1:
+        java = _JAVA_EXCEPTION.match(lines[1])
+        if java:
+            kind, line = java.group(1), java.group(2)
+            reason = next((r for r in OS_REASONS if r in text and r not in line), None)
+            if reason:
+                line = f"{line} ({reason})"
+    return f"{kind}: {line}" if with_type else line
 
 
 class MlopsError(Exception):
@@ -31,6 +49,10 @@ class StorageError(MlopsError):
 
 class MissingTableError(StorageError):
     """The table does not exist (yet): a stage that creates it has not run."""
+
+
+class TrackingError(MlopsError):
+    """The MLflow tracking store is unreachable, locked or refusing; the message names it (without credentials)."""
 
 
 class RegistryError(MlopsError):

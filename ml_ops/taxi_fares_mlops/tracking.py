@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -22,9 +23,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
-from taxi_fares.features import model_input_columns
+from taxi_fares.features import MODEL_FEATURES, model_input_columns
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
-from taxi_fares_mlops.errors import RegistryError
+from taxi_fares_mlops.errors import RegistryError, TrackingError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,30 @@ RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
 
 
 def setup_experiment(name: str) -> str:
-    """Use the experiment ``name``, creating it if missing. Returns its id."""
+    """Use the experiment ``name``, creating it if missing. Returns its id. The job's first call to the tracking
+    store: a store that is unreachable or locked is a ``TrackingError`` naming it, before anything is written."""
+    try:
+        return _setup_experiment(name)
+    except Exception as exc:  # MlflowException over HTTP, SQLAlchemy's OperationalError for a database store
+        raise TrackingError(f"MLflow tracking store {_shown(mlflow.get_tracking_uri())} {_store_problem(exc)}"
+                            ) from exc
+
+
+def _shown(uri: str) -> str:
+    return re.sub(r"//[^@/]+@", "//***@", uri)  # a user:password part never reaches a message
+
+
+def _store_problem(exc: Exception) -> str:
+    text = str(exc)
+    if "database is locked" in text:
+        return "is locked by another process (database is locked): retry when it ends"
+    for reason in ("Connection refused", "Name or service not known", "timed out", "No route to host"):
+        if reason in text:
+            return f"is unreachable ({reason})"
+    return f"failed: {first_line(exc, with_type=True)}"
+
+
+def _setup_experiment(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         artifact_location = None
@@ -214,6 +238,9 @@ class Tracking:
         """The ``DriftDetector`` inside registered drift model version ``model``."""
         return mlflow.pyfunc.load_model(model.uri).unwrap_python_model().detector
 
+    def check_inputs(self, model: "ModelRef") -> None:
+        check_inputs(model)
+
     def score(self, spark: SparkSession, df: DataFrame, model: "ModelRef", output_col: str = "prediction"
               ) -> DataFrame:
         return score(spark, df, model, output_col)
@@ -337,10 +364,25 @@ def download_model(model: ModelRef, destination: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(destination)))
 
 
+def check_inputs(model: ModelRef) -> None:
+    """A RegistryError when the version's input signature is not the fare model's features (a model registered
+    under this name by something else, or by an incompatible version of the code)."""
+    signature = mlflow.models.get_model_info(model.uri).signature
+    inputs = signature.inputs.input_names() if signature is not None else None
+    if inputs is None or sorted(inputs) != sorted(MODEL_FEATURES):
+        missing = sorted(set(MODEL_FEATURES) - set(inputs or ()))
+        extra = sorted(set(inputs or ()) - set(MODEL_FEATURES))
+        why = ("it has no input signature" if inputs is None
+               else f"missing {missing or 'none'}, unknown {extra or 'none'}")
+        raise RegistryError(f"model '{model.name}' version {model.version} does not take the fare features ({why}): "
+                            f"score with a version trained by this package's training job")
+
+
 def score(spark: SparkSession, df: DataFrame, model: ModelRef, output_col: str = "prediction") -> DataFrame:
     """``df`` with the registered model's predictions, computed on the executors (``mlflow.pyfunc.spark_udf``).
 
-    The model is loaded once per Python worker; rows travel in Arrow batches; nothing is collected.
+    The model is loaded once per Python worker; rows travel in Arrow batches; nothing is collected. A version
+    whose signature takes other inputs than the features is refused by ``check_inputs``.
     """
     predict = mlflow.pyfunc.spark_udf(spark, model.uri, result_type="double", env_manager="local")
     return df.withColumn(output_col, predict(F.struct(*model_input_columns())))

@@ -30,6 +30,15 @@ RAW_TRIP_SCHEMA = T.StructType([
 KEY_COLUMNS = (PICKUP_TS, DROPOFF_TS, PICKUP_ZIP, DROPOFF_ZIP)
 
 VIOLATIONS_COLUMN = "violations"
+# Columns the product adds to raw rows (the quarantine table's): a raw column of one of these names would be
+# overwritten or clash, so it is refused.
+RESERVED_COLUMNS = (VIOLATIONS_COLUMN, "mlflow_run_id", "range_start", "range_end", "quarantined_at")
+
+# Bounds beyond any real taxi trip (a typo or a unit error, not an outlier): such rows are invalid, while extreme
+# but possible values are left to the outlier model.
+MAX_FARE = 10_000.0
+MAX_DISTANCE_MILES = 1_000.0
+MAX_TRIP_HOURS = 24
 
 FAIL = "fail"
 QUARANTINE = "quarantine"
@@ -65,6 +74,7 @@ class ValidationResult:
     valid: DataFrame
     quarantined: DataFrame
     violations: list[Violation] = field(default_factory=list)
+    rows: Optional[int] = None  # rows validated (counted in the same pass as the rules)
 
     @property
     def ok(self) -> bool:
@@ -72,9 +82,11 @@ class ValidationResult:
 
 
 def schema_violations(df: DataFrame) -> list[Violation]:
-    """Missing or mistyped required columns. Extra columns are allowed and passed through."""
+    """Missing or mistyped required columns, and extra columns of a reserved name. Other extra columns are
+    allowed and passed through."""
     actual = {f.name: f.dataType for f in df.schema.fields}
-    problems = []
+    problems = [Violation(name, "is reserved (the product adds it to quarantined rows): rename it in the raw data")
+                for name in RESERVED_COLUMNS if name in actual]
     for expected in RAW_TRIP_SCHEMA.fields:
         if expected.name not in actual:
             problems.append(Violation(expected.name, "is missing"))
@@ -90,7 +102,13 @@ def _row_rules() -> list[tuple[str, str, Column]]:
     """(column, rule, condition-that-flags-a-bad-row). Null checks guard the comparisons below them."""
     rules = [(c, "have a null value", F.col(c).isNull()) for c in KEY_COLUMNS]
     rules.append((DISTANCE, "have a negative distance", F.col(DISTANCE) < 0))
+    rules.append((DISTANCE, f"have a distance above {MAX_DISTANCE_MILES:,.0f} miles",
+                  F.col(DISTANCE) > MAX_DISTANCE_MILES))
+    rules.append((FARE, "have a negative fare", F.col(FARE) < 0))
+    rules.append((FARE, f"have a fare above {MAX_FARE:,.0f}", F.col(FARE) > MAX_FARE))
     rules.append((DROPOFF_TS, "have a dropoff before the pickup", F.col(DROPOFF_TS) < F.col(PICKUP_TS)))
+    rules.append((DROPOFF_TS, f"have a trip longer than {MAX_TRIP_HOURS} hours",
+                  F.col(DROPOFF_TS) > F.col(PICKUP_TS) + F.expr(f"INTERVAL {MAX_TRIP_HOURS} HOURS")))
     return rules
 
 
@@ -108,7 +126,7 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
         raise TripValidationError(problems)
 
     rules = _row_rules()
-    counts = df.agg(*[
+    counts = df.agg(F.count(F.lit(1)).alias("rows"), *[
         F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, (_, _, cond) in enumerate(rules)
     ]).first()
     violations = [
@@ -128,4 +146,4 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
     flagged = df.withColumn(VIOLATIONS_COLUMN, flags)
     valid = flagged.filter(F.size(VIOLATIONS_COLUMN) == 0).drop(VIOLATIONS_COLUMN)
     quarantined = flagged.filter(F.size(VIOLATIONS_COLUMN) > 0)
-    return ValidationResult(valid=valid, quarantined=quarantined, violations=violations)
+    return ValidationResult(valid=valid, quarantined=quarantined, violations=violations, rows=int(counts["rows"]))

@@ -54,7 +54,7 @@ def run_remote(args: argparse.Namespace) -> int:
     params = parse_overrides(args.param)
     w, host = _target_client(args.target)
     job_id = runs.find_job(w, _job_name(args.job), host)
-    runs.check_parameters(w, job_id, params, host)
+    runs.check_parameters(w, job_id, params, host, args.job)
     run_id = runs.trigger(w, job_id, params, host)
     progress(f"started run {run_id} of job {job_id}: {host}/jobs/{job_id}/runs/{run_id}")
     if args.no_wait:

@@ -33,10 +33,12 @@ def find_job(w: WorkspaceClient, name: str, host: str) -> int:
     return ids[0]
 
 
-def check_parameters(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str) -> None:
+def check_parameters(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str,
+                     job: Optional[str] = None) -> None:
+    """Names the workspace's job does not take, and (``job`` given) values its notebooks would refuse."""
     with translate_errors(host, f"read job {job_id}"):
         settings = w.jobs.get(job_id).settings
-    merge_parameters({p.name: p.default for p in settings.parameters or []}, params)
+    merge_parameters({p.name: p.default for p in settings.parameters or []}, params, job)
 
 
 @dataclass(frozen=True)

@@ -133,10 +133,11 @@ def prepare(lakehouse: str, home: Optional[str] = None) -> tuple[dict, JobEnviro
 def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResult:
     """Run ``job`` from its template, for the local target, with parameter overrides."""
     started = time.monotonic()
-    variables, env = prepare(lakehouse)
-    settings = templates.render_job(job, variables)
+    # Parameters first: a bad name or value is refused before wheels are built or anything starts.
+    settings = templates.render_job(job, templates.target_variables("local", lakehouse=lakehouse))
     templates.validate(settings)
-    params = merge_parameters(templates.job_parameters(settings), overrides)
+    params = merge_parameters(templates.job_parameters(settings), overrides, job)
+    _, env = prepare(lakehouse)
     with job_lock(lakehouse, job):
         progress(f"running job {settings['name']} locally")
         if len(settings["tasks"]) == 1:

@@ -43,6 +43,7 @@ from fakes.strict_decode import RequestRefused, decode_body, decode_query, inval
 ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURCE_ALREADY_EXISTS", 429: "REQUEST_LIMIT_EXCEEDED",
                500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
+TEST_TOKEN = "dapi-very-secret-token-0123456789"  # the token the tests' emulators accept
 ONE_MB = 1 << 20
 NOTEBOOK_HEADER = "# Databricks notebook source"
 CELL_SEPARATOR = "# COMMAND ----------"

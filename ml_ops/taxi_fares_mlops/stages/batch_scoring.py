@@ -31,6 +31,7 @@ SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000"}
 @stage(BATCH_SCORING)
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
     model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
+    context.tracking.check_inputs(model)  # a model of other inputs is refused before anything is read
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
     trips = valid_trips(spark, context.lakehouse, config)
     predictions = context.tracking.score(spark, with_features(spark, context.lakehouse, config, trips), model).select(
@@ -75,4 +76,6 @@ def _blob_target(config: ScoringConfig, context: StageContext):
                                f"'{blob.STORAGE_SECRET}' to scope '{config.secret_scope}' or set {blob.STORAGE_ENV}")
         logger.info("no storage connection configured: predictions stay in the Delta table only")
         return None
-    return blob.BlobTarget(connection, config.blob_container)
+    target = blob.BlobTarget(connection, config.blob_container)
+    blob.ensure_container(target)  # storage that is down or refuses fails the stage before the table is touched
+    return target
