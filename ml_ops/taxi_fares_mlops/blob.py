@@ -101,6 +101,12 @@ def _partition_uploader(connection_string: str, container: str, folder: str):
     return upload
 
 
+def has_parts(target: BlobTarget, folder: str) -> bool:
+    """True when a Parquet part exists under ``folder`` (the crash tests' condition)."""
+    container = _service(target.connection_string).get_container_client(target.container)
+    return any(True for _ in container.list_blobs(name_starts_with=f"{folder}/part-"))
+
+
 def ensure_container(target: BlobTarget) -> None:
     from azure.core.exceptions import ResourceExistsError
 

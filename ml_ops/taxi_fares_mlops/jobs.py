@@ -23,7 +23,7 @@ from taxi_fares_mlops.stages import (batch_scoring, feature_engineering, monitor
                                      validation)
 from taxi_fares_mlops.storage import Lakehouse
 from taxi_fares_mlops.summary import SUCCESS, JobSummary
-from taxi_fares_mlops.tracking import Tracking, end_stale_runs, setup_experiment
+from taxi_fares_mlops.tracking import Tracking, end_stale_runs, process_tags, setup_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
     experiment_id = setup_experiment(config.mlflow_experiment)
     run_name = f"{config.job} {config.start_date}..{config.end_date}"
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
-    with mlflow.start_run(run_name=run_name, tags={"job": config.job, **config.run_tags()}) as run:
+    with mlflow.start_run(run_name=run_name, tags={"job": config.job, **config.run_tags(), **process_tags()}) as run:
         mlflow.log_params(config.as_params())
         end_stale_runs(experiment_id, config.job, run.info.run_id)
         context = StageContext(lakehouse, Tracking(run.info.run_id, experiment_id), credentials=credentials)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -30,6 +32,7 @@ from taxi_fares_mlops.errors import RegistryError, TrackingError, first_line
 logger = logging.getLogger(__name__)
 
 RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
+HOST_TAG, PID_TAG = "mlops.host", "mlops.pid"
 
 
 def setup_experiment(name: str) -> str:
@@ -169,16 +172,36 @@ def log_drift_model(reference: dict, example: pd.DataFrame, registered_name: str
     return str(info.registered_model_version)
 
 
+def process_tags() -> dict[str, str]:
+    """Where a run's process lives (host and pid), so a later run can tell a dead run from a live one."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _alive_here(run) -> bool:
+    """True when the run's process is alive on this machine (a run of another host cannot be checked)."""
+    tags = run.data.tags
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def end_stale_runs(experiment_id: str, job: str, current_run_id: str) -> list[str]:
     """End as KILLED the runs of ``job`` still RUNNING in the experiment, but the current one, with a note.
 
     A job runs one at a time (``max_concurrent_runs: 1`` on Databricks, a lock in the local runner), so a run of
     the same job still RUNNING when another starts is one whose process died without ending it (a lost node, a
-    kill -9). Returns their ids."""
+    kill -9). A run whose process is still alive on this machine (two runs started by hand at once) is left
+    alone. Returns the ids of the runs ended."""
     client = MlflowClient()
     stale = [r.info.run_id for r in client.search_runs(
         [experiment_id], f"tags.job = '{job}' and attributes.status = 'RUNNING'", max_results=100)
-        if r.info.run_id != current_run_id]
+        if r.info.run_id != current_run_id and not _alive_here(r)]
     for run_id in stale:
         client.set_tag(run_id, "mlops.ended_by", current_run_id)
         client.set_tag(run_id, "mlops.note", f"left RUNNING by a process that died; marked KILLED when run "

@@ -5,7 +5,6 @@ Cases run the way a user meets them: job parameters, the CLI and the targets fil
 raw data, registry state, storage and services through ``run_job`` on the shared Spark session and a real sqlite
 MLflow store (or a real server that refuses). ``CASES`` counts them for the README's table.
 """
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -110,25 +109,24 @@ def test_targets_file(workspace, mlops, tmp_path, monkeypatch, old, new, message
     assert out == "" and workspace.requests == []
 
 
-def test_targets_unknown_target_and_missing_host(workspace, mlops, monkeypatch):
-    code, _, err = mlops("deploy", "--target", "qa", "--dry-run")
-    assert code == 2 and "mlops deploy: unknown target 'qa' (targets: local, dev, staging, prod)" in err
-    monkeypatch.delenv("DATABRICKS_HOST")
-    code, _, err = mlops("deploy", "--target", "staging", "--dry-run")
-    # the dry run needs no host; a real deploy does
-    assert code == 0
+def test_targets_unknown_target(workspace, mlops):
+    code, out, err = mlops("deploy", "--target", "qa", "--dry-run")
+    assert code == 2
+    assert err.splitlines()[-1] == "mlops deploy: unknown target 'qa' (targets: local, dev, staging, prod)"
+    assert out == "" and workspace.requests == []
+
+
+def test_targets_missing_host(workspace, mlops, tmp_path, monkeypatch):
     text = (REPO_ROOT / "job_templates/targets.yml").read_text()
     old = "    host: https://adb-1000000000000002.2.azuredatabricks.net\n"
     assert old in text
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"targets-{os.getpid()}.yml"
-    path.write_text(text.replace(old, ""))
-    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(path))
-    try:
-        code, _, err = mlops("deploy", "--target", "staging")
-    finally:
-        path.unlink()
+    (tmp_path / "targets.yml").write_text(text.replace(old, ""))
+    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
+    monkeypatch.delenv("DATABRICKS_HOST")
+    code, _, err = mlops("deploy", "--target", "staging")
     assert code == 2
-    assert "mlops deploy: target 'staging' has no host (set it in targets.yml or DATABRICKS_HOST)" in err
+    assert err.splitlines()[-1] == ("mlops deploy: target 'staging' has no host (set it in targets.yml or "
+                                    "DATABRICKS_HOST)")
     assert workspace.requests == []
 
 
@@ -383,3 +381,32 @@ def test_workspace_5xx(workspace, mlops):
     workspace.faults.clear()
     assert mlops("deploy", "--target", "staging")[0] == 0
     assert len(workspace.jobs) == 3
+
+
+# --- the README's catalogue names exactly these cases -------------------------------------------------------------
+
+def _case_names():
+    """Every case of this module as pytest names it (``test_x`` or ``test_x[id]``), from the functions' marks."""
+    names = []
+    for name, function in sorted(globals().items()):
+        if not name.startswith("test_") or name == "test_the_readme_catalogue_names_every_case":
+            continue
+        marks = [m for m in getattr(function, "pytestmark", []) if m.name == "parametrize"]
+        if not marks:
+            names.append(name)
+        for mark in marks:
+            names += [f"{name}[{case_id}]" for case_id in mark.kwargs["ids"]]
+    return names
+
+
+def test_the_readme_catalogue_names_every_case():
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Bad inputs ("):]
+    section = section[:section.index("\n## ")]
+    count = int(section[len("### Bad inputs ("):section.index(")")])
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line.endswith("` |")]
+    listed = [row.rsplit("| `", 1)[1][:-len("` |")] for row in rows]
+    cases = _case_names()
+    assert len(cases) >= 40
+    assert sorted(listed) == sorted(cases)
+    assert count == len(cases)

@@ -17,6 +17,7 @@ from taxi_fares_mlops import blob, telemetry
 from taxi_fares_mlops.config import BATCH_SCORING, ScoringConfig
 from taxi_fares_mlops.datasets import valid_trips, with_features
 from taxi_fares_mlops.errors import StorageError
+from taxi_fares_mlops.faults import crash_during, crash_point
 from taxi_fares_mlops.spark import session_conf
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import PREDICTIONS
@@ -49,13 +50,15 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
             rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
         step.set_attribute("rows", rows)
     context.wrote(PREDICTIONS)
+    crash_point("batch_scoring.after_predictions_commit")
     outputs = {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}
     if target is not None:
         # The Delta table is the system of record: publish this run's rows of the range from it.
         written = (context.lakehouse.read(spark, PREDICTIONS)
                    .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("mlflow_run_id") == context.mlflow_run_id)))
         folder = blob.prefix(model.name, config.start_date, config.end_date, context.mlflow_run_id)
-        with telemetry.span("publish predictions to blob", container=target.container) as step:
+        with telemetry.span("publish predictions to blob", container=target.container) as step, \
+                crash_during("batch_scoring.during_part_uploads", lambda: blob.has_parts(target, folder)):
             manifest = blob.publish(written, target, folder, {
                 "model_name": model.name, "model_version": model.version, "mlflow_run_id": context.mlflow_run_id,
                 "start_date": str(config.start_date), "end_date": str(config.end_date)},

@@ -11,6 +11,7 @@ from taxi_fares.schema import QUARANTINE
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import FEATURE_ENGINEERING, JobConfig
 from taxi_fares_mlops.datasets import quarantine, validated_trips
+from taxi_fares_mlops.faults import crash_during, new_files
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, QUARANTINED_TRIPS
 
@@ -22,7 +23,8 @@ def feature_engineering(spark: SparkSession, config: JobConfig, context: StageCo
     outputs: dict = {}
     for table, compute in ((PICKUP_FEATURES, pickup_features), (DROPOFF_FEATURES, dropoff_features)):
         features = compute(trips, config.start_date, config.end_date)
-        with telemetry.span(f"merge {table}", table=table) as step:
+        with telemetry.span(f"merge {table}", table=table) as step, \
+                crash_during("feature_engineering.during_merge", new_files(context.lakehouse.location(table))):
             outputs[table] = context.lakehouse.merge(spark, features, table, FEATURE_KEYS)
             step.set_attributes({"rows_inserted": outputs[table]["inserted"],
                                  "rows_updated": outputs[table]["updated"]})
