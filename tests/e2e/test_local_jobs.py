@@ -1,6 +1,10 @@
 """End to end through the operator command, exactly as a person runs it: generate data, then
 `mlops run training --local`, then `mlops run batch_scoring --local`, each in its own process with the
-notebook's %pip installing the real wheels."""
+notebook's %pip installing the real wheels.
+
+Every command runs with secrets set (a storage account key in the connection string the scoring job publishes
+with, an Application Insights connection string the jobs export telemetry with, a Databricks token); the last test
+looks for them in everything the product wrote."""
 import json
 import os
 import subprocess
@@ -13,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
+from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
 from orchestrator.templates import job_parameters, render_job, target_variables
 from taxi_fares_mlops.config import WHEEL_PARAMETERS
 
@@ -23,10 +29,18 @@ MLOPS = [sys.executable, "-m", "orchestrator.cli"]
 pytestmark = pytest.mark.slow
 
 
+# Set by the `services` fixture: the environment every command of this module runs with, and what they printed.
+SECRET_ENV: dict = {}
+CONSOLE: list = []
+DATABRICKS_TOKEN = "dapi-e2e-secret-token-9f8e7d6c5b4a"
+
+
 def mlops(root, *args, check=True):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+    env.update(SECRET_ENV)
     env["MLOPS_HOME"] = str(root)
     done = subprocess.run([*MLOPS, *args], capture_output=True, text=True, env=env, timeout=900)
+    CONSOLE.append(done.stdout + done.stderr)
     if check and done.returncode != 0:
         raise AssertionError(f"mlops {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done
@@ -35,6 +49,20 @@ def mlops(root, *args, check=True):
 def run_json(root, job, *params):
     done = mlops(root, "run", job, "--local", "--json", *[f"--param={p}" for p in (*RANGE, *params)])
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services(tmp_path_factory):
+    """A real Azurite and an ingestion capture, and the secrets pointing at them, for every command here."""
+    azurite = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    capture = IngestionCapture()
+    SECRET_ENV.update({"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+                       "APPLICATIONINSIGHTS_CONNECTION_STRING": capture.connection_string,
+                       "DATABRICKS_TOKEN": DATABRICKS_TOKEN})
+    yield azurite, capture
+    SECRET_ENV.clear()
+    capture.stop()
+    azurite.stop()
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +157,59 @@ def test_a_failing_stage_exits_non_zero_and_leaves_predictions_alone(spark, root
 
 
 def test_bad_parameters_are_reported_before_any_work(root):
+    before = sorted(p.name for p in Path(root).iterdir())
     done = mlops(root, "run", "training", "--local", "--param", "execute_training=ture", "--param",
                  "end_date=2015-01-01", check=False)
-    assert done.returncode == 1
-    assert "execute_training: 'ture' is not 'true' or 'false'" in done.stdout
-    assert "end_date: 2015-01-01 must be after start_date 2016-01-01" in done.stdout
+    assert done.returncode == 2
+    assert "execute_training: 'ture' is not 'true' or 'false'" in done.stderr
+    assert "end_date: 2015-01-01 must be after start_date 2016-01-01" in done.stderr
+    assert "running job" not in done.stderr and sorted(p.name for p in Path(root).iterdir()) == before
     unknown = mlops(root, "run", "training", "--local", "--param", "colour=red", check=False)
     assert unknown.returncode == 2 and "unknown parameter(s) colour" in unknown.stderr
+
+
+def test_no_secret_in_anything_the_product_wrote(spark, root, client, scored, services):
+    """Console, every file under the lakehouse (logs, telemetry traces, MLflow store and artifacts, Delta files),
+    the tables' text columns, MLflow params and tags, Blob names, metadata, manifests and parts, and the telemetry
+    envelopes (but their iKey, the ingestion address) hold none of the secrets the commands ran with."""
+    import io
+
+    import pyarrow.parquet as pq
+    from azure.storage.blob import BlobServiceClient
+
+    azurite, capture = services
+    secrets = {"storage account key": ACCOUNT_KEY, "instrumentation key": INSTRUMENTATION_KEY,
+               "Databricks token": DATABRICKS_TOKEN}
+    found = []
+
+    def check(where, text):
+        found.extend(f"{name} in {where}" for name, value in secrets.items() if value in text)
+
+    for i, text in enumerate(CONSOLE):
+        check(f"console of command {i}", text)
+    files = [p for p in Path(root).rglob("*") if p.is_file() and "envs" not in p.relative_to(root).parts]
+    assert any(p.name == "telemetry.jsonl" for p in files) and any(p.suffix == ".parquet" for p in files)
+    for path in files:
+        check(str(path), path.read_bytes().decode("latin-1"))
+    for folder in Path(root, "tables").iterdir():
+        df = spark.read.format("delta").load(str(folder))
+        texts = [F.col(f.name) for f in df.schema.fields if f.dataType.simpleString() == "string"]
+        for name, value in secrets.items():
+            if texts and df.filter(F.greatest(*[F.coalesce(c.contains(value), F.lit(False)) for c in texts])
+                                   ).count():
+                found.append(f"{name} in table {folder.name}")
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            check(f"MLflow run {run.info.run_id}", json.dumps([run.data.params, run.data.tags]))
+    container = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(
+        "taxi-fares-predictions")
+    blobs = list(container.list_blobs(include=["metadata"]))
+    assert any(b.name.endswith("manifest.json") for b in blobs)
+    for blob in blobs:
+        data = container.download_blob(blob.name).readall()
+        check(f"blob {blob.name}", f"{blob.name} {blob.metadata} " + data.decode("latin-1"))
+        if blob.name.endswith(".parquet"):
+            check(f"blob {blob.name} (decoded)", pq.read_table(io.BytesIO(data)).to_pandas().to_json())
+    assert capture.envelopes
+    check("telemetry envelopes", json.dumps([{k: v for k, v in e.items() if k != "iKey"} for e in capture.envelopes]))
+    assert found == []

@@ -6,16 +6,31 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
+
 pytestmark = pytest.mark.slow
+
+TOKEN = "dapi-notebook-tests-secret-1a2b3c4d"
 
 
 def test_notebook_tests_pass_and_write_a_junit_report(tmp_path):
+    """Also run with secrets set (a Databricks token, an Application Insights connection string): neither reaches
+    the console, the JUnit report or anything under the home folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
     env["MLOPS_HOME"] = str(tmp_path / "home")
+    capture = IngestionCapture()
+    env.update(DATABRICKS_TOKEN=TOKEN, APPLICATIONINSIGHTS_CONNECTION_STRING=capture.connection_string)
     report = tmp_path / "notebook-tests.xml"
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "test-notebooks", "--local", "--junit",
-                           str(report)], capture_output=True, text=True, env=env, timeout=1800)
+    try:
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "test-notebooks", "--local", "--junit",
+                               str(report)], capture_output=True, text=True, env=env, timeout=1800)
+    finally:
+        capture.stop()
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    written = [done.stdout, done.stderr, report.read_text()]
+    written += [p.read_bytes().decode("latin-1") for p in (tmp_path / "home").rglob("*")
+                if p.is_file() and "envs" not in p.relative_to(tmp_path / "home").parts]
+    assert not [text for text in written if TOKEN in text or INSTRUMENTATION_KEY in text]
     suites = ET.parse(report).getroot()
     cases = {(c.get("classname"), c.get("name")) for c in suites.iter("testcase")}
     assert cases == {
