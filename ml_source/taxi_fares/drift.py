@@ -4,7 +4,7 @@ The seeds' proof of concept judged drift with alibi-detect, which cannot install
 numpy<2); the tests here are the standard ones, computed with Spark and numpy/scipy.
 
 A profile is plain JSON data, computed in Spark without collecting rows (quantiles with ``approxQuantile``,
-shares with one aggregation, category frequencies with a group-by over few values):
+shares with one aggregation, category frequencies with one group-by over few values):
 
 * numeric columns: the reference's decile edges, the share of rows at or below each edge (its CDF there),
   mean, standard deviation and null share;
@@ -14,7 +14,7 @@ Profile and compare the same representation: the model's input columns (``model_
 and its prediction.
 
 ``summarize`` counts a range against a profile with one aggregation for the numeric columns and one group-by
-per categorical column; ``compare`` hands those counts to ``taxi_fares.drift_detector.DriftDetector``, which
+for all categorical columns; ``compare`` hands those counts to ``taxi_fares.drift_detector.DriftDetector``, which
 holds the statistics (PSI, KS, chi-square) and judges them the same way for a pandas window of requests.
 """
 from __future__ import annotations
@@ -47,10 +47,18 @@ def _cdf_aggregates(numeric_edges: Mapping[str, Sequence[float]]) -> list:
     return aggs
 
 
-def _categories(df: DataFrame, column: str) -> dict[str, int]:
-    """value -> count, nulls left out; the values of a categorical feature are few (zips, hours, days)."""
-    rows = df.groupBy(F.col(column).cast("string").alias("v")).count().filter(F.col("v").isNotNull()).collect()
-    return {r["v"]: int(r["count"]) for r in rows}
+def _categories(df: DataFrame, columns: Sequence[str]) -> dict[str, dict[str, int]]:
+    """column -> value -> count, nulls left out, for all ``columns`` in one pass (each row becomes one (column,
+    value) pair per column); the values of a categorical feature are few (zips, hours, days)."""
+    if not columns:
+        return {}
+    pairs = F.explode(F.array(*[F.struct(F.lit(c).alias("k"), F.col(c).cast("string").alias("v")) for c in columns]))
+    rows = (df.select(pairs.alias("p")).select("p.k", "p.v").filter(F.col("v").isNotNull())
+            .groupBy("k", "v").count().collect())
+    counts: dict[str, dict[str, int]] = {c: {} for c in columns}
+    for r in rows:
+        counts[r["k"]][r["v"]] = int(r["count"])
+    return counts
 
 
 def profile(df: DataFrame, numeric: Sequence[str] = NUMERIC, categorical: Sequence[str] = CATEGORICAL) -> dict:
@@ -71,8 +79,7 @@ def profile(df: DataFrame, numeric: Sequence[str] = NUMERIC, categorical: Sequen
             "edges": edges[c],
             "cdf": [int(row[f"{c}#le{i}"]) / n if n else 0.0 for i in range(len(edges[c]))],
             "mean": row[f"{c}#mean"], "std": row[f"{c}#std"], "null_share": 1 - n / rows}
-    for c in categorical:
-        counts = _categories(df, c)
+    for c, counts in _categories(df, categorical).items():
         n = sum(counts.values())
         out["categorical"][c] = {"shares": {v: k / n for v, k in sorted(counts.items())} if n else {},
                                  "null_share": 1 - n / rows}
@@ -89,7 +96,7 @@ def summarize(df: DataFrame, detector: DriftDetector) -> Summary:
     row = df.agg(*_cdf_aggregates(edges)).first()
     rows = int(row["_rows"])
     numeric = {c: (int(row[f"{c}#n"]), [int(row[f"{c}#le{i}"]) for i in range(len(e))]) for c, e in edges.items()}
-    categorical = {c: _categories(df, c) if rows else {} for c in detector.categorical}
+    categorical = _categories(df, detector.categorical) if rows else {c: {} for c in detector.categorical}
     return Summary(rows, numeric, categorical)
 
 

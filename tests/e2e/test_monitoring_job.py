@@ -50,16 +50,36 @@ def run(root, job, start, end, *params):
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    """A lakehouse with a trained champion and three scored weeks."""
+def scored(spark, tmp_path_factory):
+    """A lakehouse with a trained champion and three scored weeks. The data, the training and the scoring are
+    made in this process (the commands are test_local_jobs.py's subject); the monitoring runs go through mlops."""
+    import mlflow
+
+    from taxi_fares.synthetic import generate_trips
+    from taxi_fares_mlops.config import CONFIGS
+    from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.storage import MLOPS_HOME_ENV, RAW_TRIPS
+
     root = tmp_path_factory.mktemp("monitoring") / "lakehouse"
-    mlops(root, "data", "generate", "--rows", "20000", "--start", START, "--end", END, "--seed", "5")
-    for week, seed, drift in ((SAME_WEEK, "6", ()), (SHIFTED_WEEK, "7", ("--shift", "trip_distance=1.5")),
-                              (OUTLIER_WEEK, "8", ("--outliers", "0.03"))):
-        mlops(root, "data", "generate", "--rows", "10000", "--start", week[0], "--end", week[1], "--seed", seed,
-              *drift, "--append")
-    run(root, "training", START, END, "max_iter=40")
-    run(root, "batch_scoring", SAME_WEEK[0], OUTLIER_WEEK[1])
+    lakehouse = Lakehouse(str(root))
+    lakehouse.write(generate_trips(spark, 20_000, START, END, seed=5), RAW_TRIPS)
+    offset = 20_000
+    for week, seed, drift in ((SAME_WEEK, 6, {}), (SHIFTED_WEEK, 7, {"shift": {"trip_distance": 1.5}}),
+                              (OUTLIER_WEEK, 8, {"outliers": 0.03})):
+        trips = generate_trips(spark, 10_000, *week, seed=seed, **drift)
+        lakehouse.write(trips.withColumn("trip_id", F.col("trip_id") + offset), RAW_TRIPS, mode="append")
+        offset += 10_000
+    uri = f"sqlite:///{root}/mlflow.db"  # the store `mlops run --local` uses for this lakehouse
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MLOPS_HOME_ENV, str(root))
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for job, start, end, extra in (("training", START, END, {"max_iter": "40"}),
+                                       ("batch_scoring", SAME_WEEK[0], OUTLIER_WEEK[1], {})):
+            values = {p.name: p.default for p in CONFIGS[job].parameters()}
+            values.update(start_date=start, end_date=end, lakehouse_root=str(root), mlflow_experiment="e2e", **extra)
+            run_job(CONFIGS[job].from_mapping(values), spark)
     return root
 
 

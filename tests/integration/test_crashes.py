@@ -238,6 +238,7 @@ def test_two_training_runs_at_once_register_two_versions_and_champion_stays_whol
     its version, and champion always names a complete trio."""
     client = MlflowClient()
     before = {int(v.version) for v in client.search_model_versions("name = 'taxi_fares'")}
+    runs_before = {r.info.run_id for r in site.runs("training")}
     params = json.dumps({k: v for k, v in site.params(force_promote=True).items()
                          if k in {p.name for p in CONFIGS["training"].parameters()}})
     jobs = [subprocess.Popen([sys.executable, "-c", JOB, "training", params], stdout=subprocess.DEVNULL,
@@ -251,6 +252,9 @@ def test_two_training_runs_at_once_register_two_versions_and_champion_stays_whol
     assert int(champion) in new
     for companion in ("taxi_fares_outliers", "taxi_fares_drift"):
         assert client.get_model_version_by_alias(companion, "champion").tags["fare_model_version"] == champion
+    # neither took the other, alive, for a dead run to end
+    runs = [r for r in site.runs("training") if r.info.run_id not in runs_before]
+    assert [(r.info.status, "mlops.ended_by" in r.data.tags) for r in runs] == [("FINISHED", False)] * 2
 
 
 def test_a_second_run_of_a_job_is_refused_while_the_first_holds_its_lock_and_a_killed_holder_frees_it(tmp_path):

@@ -5,6 +5,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from taxi_fares import drift
@@ -40,21 +41,26 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         model = train_model(sample, config.model_params)
 
     baseline = float(sample[LABEL].mean())
-    scored = predict_spark(holdout, model)
-    with telemetry.span("evaluate on holdout") as step:
-        metrics = spark_regression_metrics(scored, LABEL, "prediction", baseline=baseline)
-        holdout_rows = int(metrics.pop("rows"))
-        step.set_attribute("rows", holdout_rows)
-    metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
-    context.tracking.log_metrics(metrics)
-    with telemetry.span("profile holdout for monitoring", rows=holdout_rows):
-        reference = drift.profile(scored)
-        context.tracking.log_dict(reference, REFERENCE_PROFILE)
+    # The scored holdout is read by the evaluation, the profile (three passes) and the plots: computed once (the
+    # point-in-time join and the predictions), kept on the executors (memory, else their disks) for the stage.
+    scored = predict_spark(holdout, model).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with telemetry.span("evaluate on holdout") as step:
+            metrics = spark_regression_metrics(scored, LABEL, "prediction", baseline=baseline)
+            holdout_rows = int(metrics.pop("rows"))
+            step.set_attribute("rows", holdout_rows)
+        metrics.update({"train_rows": float(len(sample)), "holdout_rows": float(holdout_rows)})
+        context.tracking.log_metrics(metrics)
+        with telemetry.span("profile holdout for monitoring", rows=holdout_rows):
+            reference = drift.profile(scored)
+            context.tracking.log_dict(reference, REFERENCE_PROFILE)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
-        for path in reports.training_reports(sample, plot_rows, Path(tmp)):
-            context.tracking.log_artifact(path, "reports")
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
+            for path in reports.training_reports(sample, plot_rows, Path(tmp)):
+                context.tracking.log_artifact(path, "reports")
+    finally:
+        scored.unpersist()
 
     with telemetry.span("log and register model") as step:
         version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
