@@ -5,9 +5,12 @@ Cases run the way a user meets them: job parameters, the CLI and the targets fil
 raw data, registry state, storage and services through ``run_job`` on the shared Spark session and a real sqlite
 MLflow store (or a real server that refuses). ``CASES`` counts them for the README's table.
 """
-import shutil
+import contextlib
+import errno
+import os
 import sqlite3
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +21,8 @@ from pyspark.sql import functions as F
 from orchestrator.paths import REPO_ROOT
 from taxi_fares_mlops.errors import StageError, TrackingError
 from taxi_fares_mlops.jobs import run_job
-from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, RAW_TRIPS
+from taxi_fares_mlops.storage import (DROPOFF_FEATURES, PICKUP_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, RAW_TRIPS,
+                                      Lakehouse)
 
 GOOD = ("2016-01-05 08:00", "2016-01-05 08:20", 2.5, 14.5, 10001, 10002)
 
@@ -266,51 +270,84 @@ def test_storage_corrupt_delta_log_entry(spark, lakehouse, mlflow_store, trainin
     _nothing_written(spark, lakehouse)
 
 
+def _can_mount() -> bool:
+    """Whether this machine lets the tests mount (root with the capability; CI's machines and this one do)."""
+    probe = Path(tempfile.mkdtemp(prefix="mount-probe-"))
+    try:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
+                          capture_output=True).returncode != 0:
+            return False
+        subprocess.run(["umount", str(probe)], check=True)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.rmdir()
+
+
+# A read-only folder and a full disk are made for real where the machine allows mounting (no chmod stops root);
+# elsewhere the same operating-system error is raised at the lakehouse's write boundary.
+CAN_MOUNT = _can_mount()
+
+
 @contextmanager
 def _mounted(source, options):
-    """``source`` mounted over itself with ``options`` (the machine's root may mount: no chmod stops root)."""
+    """``source`` mounted over itself with ``options``."""
     subprocess.run(["mount", "--bind", str(source), str(source)], check=True)
     try:
         subprocess.run(["mount", "-o", f"remount,bind,{options}", str(source)], check=True)
         yield
     finally:
-        subprocess.run(["umount", str(source)], check=True)
+        subprocess.run(["umount", "--lazy", str(source)], check=True)
 
 
-def test_storage_read_only_lakehouse(spark, lakehouse, mlflow_store, training_config):
+@contextmanager
+def _write_fails(monkeypatch, code):
+    def save(self, spark, writer, table):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(Lakehouse, "_save", save)
+    yield
+
+
+def test_storage_read_only_lakehouse(spark, lakehouse, mlflow_store, training_config, monkeypatch):
     lakehouse.write(_raw_good(spark), RAW_TRIPS)
-    with _mounted(lakehouse.root, "ro"):
-        message = _feature_engineering(spark, training_config)
     table = f"{lakehouse.root}/tables/pickup_features"
+    with _mounted(lakehouse.root, "ro") if CAN_MOUNT else _write_fails(monkeypatch, errno.EROFS):
+        message = _feature_engineering(spark, training_config)
+    cause = (f"[DELTA_CANNOT_CREATE_LOG_PATH] Cannot create file:{table}/_delta_log" if CAN_MOUNT
+             else "[Errno 30] Read-only file system")
     assert message == (f"stage 'feature_engineering' failed: StorageError: could not write table 'pickup_features' at "
-                       f"{table}: [DELTA_CANNOT_CREATE_LOG_PATH] Cannot create file:{table}/_delta_log")
+                       f"{table}: {cause}")
     _nothing_written(spark, lakehouse)
 
 
-def test_storage_disk_full(spark, lakehouse, mlflow_store, training_config, tmp_path):
+def test_storage_disk_full(spark, lakehouse, mlflow_store, training_config, tmp_path, monkeypatch):
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    if CAN_MOUNT:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
     try:
-        shutil.copytree(lakehouse.root, small / "lakehouse") if Path(lakehouse.root).exists() else None
-        from taxi_fares_mlops.storage import Lakehouse
         full = Lakehouse(str(small / "lakehouse"))
         full.write(_raw_good(spark), RAW_TRIPS)
-        filler = small / "filler"
-        with open(filler, "wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-            except OSError:
-                pass
-        message = _feature_engineering(spark, training_config, lakehouse_root=full.root)
+        if CAN_MOUNT:
+            with open(small / "filler", "wb") as out:  # fill what is left
+                try:
+                    while True:
+                        out.write(b"\0" * 65536)
+                except OSError:
+                    pass
         table = f"{full.root}/tables/pickup_features"
+        with contextlib.nullcontext() if CAN_MOUNT else _write_fails(monkeypatch, errno.ENOSPC):
+            message = _feature_engineering(spark, training_config, lakehouse_root=full.root)
+        cause = (f"[TASK_WRITE_FAILED] Task failed while writing rows to file:{table}. (No space left on device)"
+                 if CAN_MOUNT else "[Errno 28] No space left on device")
         assert message == (f"stage 'feature_engineering' failed: StorageError: could not write table 'pickup_features' "
-                           f"at {table}: [TASK_WRITE_FAILED] Task failed while writing rows to file:{table}. "
-                           "(No space left on device)")
+                           f"at {table}: {cause}")
         _nothing_written(spark, full)
     finally:
-        subprocess.run(["umount", "--lazy", str(small)], check=True)  # Spark may still hold a file open there
+        if CAN_MOUNT:
+            subprocess.run(["umount", "--lazy", str(small)], check=True)  # Spark may still hold a file open there
 
 
 # --- services: the MLflow store unreachable or locked, Blob storage down, the workspace failing -------------------
