@@ -10,7 +10,6 @@ import ipaddress
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -141,7 +140,12 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
     if not (bundle / "manifest.json").is_file():
         raise ConfigurationError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
     progress(f"serving {bundle} at http://{args.host}:{args.port} (Ctrl-C to stop)")
-    return subprocess.call(serve_command(bundle, root, args.host, args.port))
+    command = serve_command(bundle, root, args.host, args.port)
+    # The service replaces this process (exec), so a supervisor's SIGTERM reaches it: run as a child, the service
+    # outlived a terminated `mlops serve` and kept the port.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 # --- load test ------------------------------------------------------------------------------------------------

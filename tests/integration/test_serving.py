@@ -271,8 +271,8 @@ def test_mlops_packages_serves_and_load_tests_the_local_champion(served):
     env["MLOPS_HOME"] = served["lakehouse"]
     process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--local", "--port", str(port)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -294,6 +294,9 @@ def test_mlops_packages_serves_and_load_tests_the_local_champion(served):
     finally:
         process.terminate()
         process.wait(timeout=30)
+    # stopping the command stops the service (it is the command's own process): nothing is left on the port
+    with pytest.raises(OSError):
+        call(url + "/health/live", timeout=2)
     refused = _mlops(served, "serving", "loadtest", "--url", "http://10.1.2.3:80", "--requests", "1")
     assert refused.returncode == 2 and "is not a loopback address" in refused.stderr
     remote = _mlops(served, "serving", "package", "--target", "staging")
