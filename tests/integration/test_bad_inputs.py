@@ -364,6 +364,7 @@ def test_mlflow_store_unreachable(spark, lakehouse, training_config, monkeypatch
     _nothing_written(spark, lakehouse)
 
 
+@pytest.mark.slow  # MLflow waits out its 20 s busy timeout
 def test_mlflow_store_locked(spark, lakehouse, mlflow_store, training_config):
     lakehouse.write(_raw_good(spark), RAW_TRIPS)
     MlflowClient().search_experiments()  # the store's tables exist
