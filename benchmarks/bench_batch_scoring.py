@@ -135,7 +135,9 @@ def publish_predictions(spark, lakehouse, run_id: str, connection: str) -> None:
     from taxi_fares_mlops.storage import PREDICTIONS
 
     written = lakehouse.read(spark, PREDICTIONS).filter(F.col("mlflow_run_id") == run_id)
-    blob.publish(written, blob.BlobTarget(connection, "bench"), f"predictions/{run_id}", {"mlflow_run_id": run_id})
+    target = blob.BlobTarget(connection, "bench")
+    blob.ensure_container(target)
+    blob.publish(written, target, f"predictions/{run_id}", {"mlflow_run_id": run_id})
 
 
 def in_process_rate(model, rows: int = 1_000_000) -> float:

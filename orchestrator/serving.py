@@ -47,6 +47,7 @@ def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, "object"]:
 
 
 def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
+    from taxi_fares_mlops.config import CHAMPION
     from taxi_fares_mlops.errors import RegistryError
     from taxi_fares_mlops.serving.package import package
     from taxi_fares_mlops.spark import SPARK_REMOTE_ENV, get_spark
@@ -61,7 +62,7 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     started = time.monotonic()
     spark = get_spark("mlops-serving-package")
     try:
-        manifest = package(spark, lakehouse, destination, model, alias=args.alias or "champion", version=args.version,
+        manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
                            lookback_hours=args.lookback_hours)
     except RegistryError as exc:
         raise ConfigurationError(str(exc)) from exc

@@ -123,9 +123,9 @@ def ensure_container(target: BlobTarget) -> None:
 def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000) -> dict:
     """Upload ``df`` as Parquet parts of about ``rows_per_part`` rows under ``folder``, then the manifest.
 
-    Returns the manifest. Costs one count of ``df`` (to size the parts) and one pass to write them.
+    Returns the manifest. Costs one count of ``df`` (to size the parts) and one pass to write them. The container
+    must exist (``ensure_container``, which the scoring stage calls before it writes anything).
     """
-    ensure_container(target)
     df = df.repartition(max(1, -(-df.count() // rows_per_part)))
     uploader = _partition_uploader(target.connection_string, target.container, folder)
     try:
