@@ -89,9 +89,9 @@ def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig)
 
 
 def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame) -> DataFrame:
-    """``trips`` (of the config's range) with their point-in-time features."""
+    """``trips`` (valid trips picked up in the config's range) with their point-in-time features."""
     pickup, dropoff = feature_tables(spark, lakehouse, config)
-    return join_features(trips, pickup, dropoff)
+    return join_features(trips, pickup, dropoff, pickup_range=config.time_range)
 
 
 def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:

@@ -16,7 +16,7 @@ the local session sets to UTC):
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -26,6 +26,7 @@ from taxi_fares.columns import (DROPOFF_COUNT, DROPOFF_FEATURE_COLUMNS, DROPOFF_
                                 MODEL_FEATURES, PICKUP_COUNT, PICKUP_FEATURE_COLUMNS, PICKUP_HOUR, PICKUP_LOOKUP_TS,
                                 PICKUP_MEAN_FARE, PICKUP_SLIDE_SECONDS, PICKUP_TS, PICKUP_WEEKDAY,
                                 PICKUP_WINDOW_SECONDS, PICKUP_ZIP, TS, ZIP)
+from taxi_fares.schema import MAX_TRIP_HOURS
 
 DateLike = Union[str, dt.date, dt.datetime]
 # Names re-exported for callers that read them from here.
@@ -189,29 +190,29 @@ _JOINS = (
 )
 
 
-def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid: bool = True) -> DataFrame:
+def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid: bool = True,
+                  pickup_range: Optional[tuple[DateLike, DateLike]] = None) -> DataFrame:
     """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features.
 
     The lookup keys lie on a fixed grid (15 and 30 minutes), and so do the feature rows (window ends). With
-    ``grid`` (the default), one small aggregation over the trips finds the span of their keys and their zips;
-    the as-of rule is then applied once to every (zip, slot) of that span (``filled_grid``, small), and each
-    trip takes its features by an equi-join on (zip, key) with the filled grid broadcast: no sort or shuffle
-    of the trips. A span too large for that (``GRID_MAX_ROWS``) falls back, per join, to ``point_in_time_join``,
-    which sorts trips and feature rows together; ``grid=False`` always does. Both give the same rows.
+    ``grid`` (the default), the as-of rule is applied once to every (zip, slot) of the span the trips' keys lie
+    in (``filled_grid``, small), and each trip takes its features by an equi-join on (zip, key) with the filled
+    grid broadcast: no sort or shuffle of the trips. The span comes from ``pickup_range`` when the caller knows
+    it (``(start, end)``: every pickup lies in it and every dropoff is at most ``MAX_TRIP_HOURS`` after its
+    pickup, as validated trips of a range are), with the zips of the feature rows, so the trips are read only
+    once, by the join; without it one aggregation over the trips finds their keys' span and zips. A span too
+    large for that (``GRID_MAX_ROWS``) falls back, per join, to ``point_in_time_join``, which sorts trips and
+    feature rows together; ``grid=False`` always does. All give the same rows.
     """
     keyed = add_time_features(add_lookup_keys(trips))
-    spans = None
     if grid:
         clash = [c for c in ("_grid_zip", "_grid_key") if c in keyed.columns]
         if clash:
             raise ValueError(f"trips already have column(s) {clash}")
-        spans = keyed.agg(*[agg for zip_col, key, _, _ in _JOINS for agg in (
-            F.min(F.unix_timestamp(key)).alias(f"first_{key}"), F.max(F.unix_timestamp(key)).alias(f"last_{key}"),
-            F.collect_set(zip_col).alias(f"zips_{key}"))]).first()
+        spans = _range_spans(pickup, dropoff, pickup_range) if pickup_range else _trip_spans(keyed)
     joined = keyed
     for features, (zip_col, key, columns, step) in zip((pickup, dropoff), _JOINS):
-        first, last = (spans[f"first_{key}"], spans[f"last_{key}"]) if spans is not None else (None, None)
-        zips = sorted(spans[f"zips_{key}"]) if first is not None else []
+        first, last, zips = spans[key] if grid else (None, None, [])
         if not zips or len(zips) * ((last - first) // step + 1) > GRID_MAX_ROWS:
             joined = point_in_time_join(joined, features, zip_col, key, columns)
             continue
@@ -219,6 +220,35 @@ def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid:
         on = (F.col(zip_col) == F.col("_grid_zip")) & (F.col(key) == F.col("_grid_key"))
         joined = joined.join(filled, on, "left").drop("_grid_zip", "_grid_key")
     return joined
+
+
+def _trip_spans(keyed: DataFrame) -> dict[str, tuple]:
+    """{lookup key: (first, last epoch second, sorted zips)} of the trips, by one aggregation over them."""
+    row = keyed.agg(*[agg for zip_col, key, _, _ in _JOINS for agg in (
+        F.min(F.unix_timestamp(key)).alias(f"first_{key}"), F.max(F.unix_timestamp(key)).alias(f"last_{key}"),
+        F.collect_set(zip_col).alias(f"zips_{key}"))]).first()
+    return {key: (row[f"first_{key}"], row[f"last_{key}"], sorted(row[f"zips_{key}"] or []))
+            for _, key, _, _ in _JOINS}
+
+
+# Margin added on each side of a span derived from a range: it absorbs any difference between this process's
+# reading of a naive date and the Spark session's time zone; the extra grid slots match no trip.
+_SPAN_MARGIN_SECONDS = 2 * 86_400
+
+
+def _range_spans(pickup: DataFrame, dropoff: DataFrame, pickup_range: tuple[DateLike, DateLike]
+                 ) -> dict[str, tuple]:
+    """The spans the keys of trips picked up in ``pickup_range`` lie in, each with the zips of its feature table
+    up to the span's end (a small query per feature table; a zip without feature rows gets nulls either way)."""
+    start, end = _check_range(*pickup_range)
+    reach = {PICKUP_LOOKUP_TS: 0, DROPOFF_LOOKUP_TS: MAX_TRIP_HOURS * 3600}
+    spans = {}
+    for features, (_, key, _, step) in zip((pickup, dropoff), _JOINS):
+        first = (int(start.timestamp()) - _SPAN_MARGIN_SECONDS) // step * step
+        last = (int(end.timestamp()) + reach[key] + _SPAN_MARGIN_SECONDS) // step * step
+        zips = features.filter(F.col(TS) <= F.timestamp_seconds(F.lit(last))).select(ZIP).distinct().collect()
+        spans[key] = (first, last, sorted(row[ZIP] for row in zips))
+    return spans
 
 
 def model_input_columns() -> list[Column]:

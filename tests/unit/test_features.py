@@ -230,3 +230,12 @@ def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, mak
     assert on_grid.filter(F.col("count_trips_window_30m_dropoff_zip").isNull()).count() > 0
     final_plan = on_grid._jdf.queryExecution().executedPlan().toString().split("Initial Plan")[0]
     assert final_plan.count("BroadcastHashJoin") == (2 if grid_max_rows == 2_000_000 else 1)
+
+    # With the pickup range given (the stages' way: no pass over the trips for their span), on the trips a
+    # validated range holds (every dropoff within 24 hours of its pickup): the same rows again, on both grids.
+    held = trips.filter(F.col("tpep_dropoff_datetime") <= F.col("tpep_pickup_datetime") + F.expr("INTERVAL 24 HOURS"))
+    assert held.count() == trips.count() - 2
+    ranged = join_features(held, pickup, dropoff, pickup_range=(start, end))
+    assertDataFrameEqual(ranged, join_features(held, pickup, dropoff, grid=False))
+    ranged_plan = ranged._jdf.queryExecution().executedPlan().toString().split("Initial Plan")[0]
+    assert ranged_plan.count("BroadcastHashJoin") == 2
