@@ -58,8 +58,8 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
     pickup, dropoff = feature_tables(spark, context.lakehouse, config)
     # Read by several aggregations below (profile comparison, category counts, outliers, error): joined once.
-    current = join_features(scored, pickup, dropoff, pickup_range=(start, end)).select(*model_input_columns(), "prediction",
-                                                                                   F.col(LABEL).cast("double").alias(LABEL)).cache()
+    current = (join_features(scored, pickup, dropoff, pickup_range=(start, end))
+               .select(*model_input_columns(), "prediction", F.col(LABEL).cast("double").alias(LABEL)).cache())
     try:
         return _judge(spark, config, context, model, judge, current)
     finally:
