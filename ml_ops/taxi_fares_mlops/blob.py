@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 from pyspark.sql import DataFrame
 
@@ -120,13 +120,15 @@ def ensure_container(target: BlobTarget) -> None:
                            f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
 
 
-def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000) -> dict:
+def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000,
+            rows: Optional[int] = None) -> dict:
     """Upload ``df`` as Parquet parts of about ``rows_per_part`` rows under ``folder``, then the manifest.
 
-    Returns the manifest. Costs one count of ``df`` (to size the parts) and one pass to write them. The container
-    must exist (``ensure_container``, which the scoring stage calls before it writes anything).
+    Returns the manifest. Costs one pass to write the parts, and a count of ``df`` first (to size the parts)
+    unless the caller knows its ``rows``. The container must exist (``ensure_container``, which the scoring stage
+    calls before it writes anything).
     """
-    df = df.repartition(max(1, -(-df.count() // rows_per_part)))
+    df = df.repartition(max(1, -(-(df.count() if rows is None else rows) // rows_per_part)))
     uploader = _partition_uploader(target.connection_string, target.container, folder)
     try:
         parts = [row.asDict() for row in df.mapInArrow(uploader, PART_SCHEMA).collect()]

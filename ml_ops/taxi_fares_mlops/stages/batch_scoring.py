@@ -62,7 +62,7 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
             manifest = blob.publish(written, target, folder, {
                 "model_name": model.name, "model_version": model.version, "mlflow_run_id": context.mlflow_run_id,
                 "start_date": str(config.start_date), "end_date": str(config.end_date)},
-                rows_per_part=config.blob_rows_per_part)
+                rows_per_part=config.blob_rows_per_part, rows=rows)  # this run's rows of the range: all it wrote
             step.set_attributes({"rows": manifest["rows"], "files": len(manifest["files"])})
         outputs["blob"] = {"container": target.container, "manifest": f"{folder}/{blob.MANIFEST}",
                            "files": len(manifest["files"]), "rows": manifest["rows"]}
