@@ -6,6 +6,11 @@ notebook variable, as in Databricks), ``%md`` cells are skipped, Python cells ar
 holding ``dbutils``. ``dbutils.library.restartPython()`` forgets every module imported since start and the
 namespace; ``dbutils.notebook.exit`` ends the run with its value.
 
+Started with ``orchestrator.local.cluster.sharing_environment`` of a running Spark, the kernel attaches to it before
+anything else (the notebook's ``spark`` is then a session of that application, and survives ``restartPython``, as
+a cluster's Spark does); otherwise the notebook's first use of Spark starts one. ``dbutils.notebook.run`` hands the
+kernel's Spark, if it has one, to the child notebook's process: children share their parent's cluster.
+
 The result file receives ``{"status": "SUCCESS", "exit_value": ...}`` or ``{"status": "FAILED", "error": ...}``.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Mapping, Optional
 
+from orchestrator.local import cluster
 from orchestrator.local import notebook as nb
 from orchestrator.local.dbutils import LocalDbutils, NotebookExit, RestartPython
 
@@ -48,6 +54,18 @@ class LazySpark:
     factory, created on first use, so it is available once the notebook has installed the wheels."""
 
     _session = None
+    attached = False
+
+    @classmethod
+    def running(cls):
+        """The session this process uses, if Spark runs here: attached, started by the notebook, or active."""
+        if cls._session is not None:
+            return cls._session
+        if "pyspark" not in sys.modules:
+            return None
+        from pyspark.sql import SparkSession
+
+        return SparkSession.getActiveSession()
 
     def __getattr__(self, name):
         if LazySpark._session is None:
@@ -116,7 +134,8 @@ class Kernel:
                        "--params", str(params), "--result", str(result)]
             if self.secrets_file:
                 command += ["--secrets-file", str(self.secrets_file)]
-            subprocess.run(command, stdout=sys.stderr, stdin=subprocess.DEVNULL)
+            shared = cluster.sharing_environment(LazySpark.running())
+            subprocess.run(command, stdout=sys.stderr, stdin=subprocess.DEVNULL, env={**os.environ, **shared})
             outcome = json.loads(result.read_text()) if result.exists() else {"status": "FAILED",
                                                                               "error": "the kernel died"}
         if outcome["status"] != "SUCCESS":
@@ -130,7 +149,8 @@ class Kernel:
     def _restart(self, dbutils: LocalDbutils) -> dict:
         for name in set(sys.modules) - self.baseline_modules:
             del sys.modules[name]
-        LazySpark._session = None
+        if not LazySpark.attached:
+            LazySpark._session = None
         importlib.invalidate_caches()
         logger.info("Python restarted: notebook state cleared")
         return self._namespace(dbutils)
@@ -161,6 +181,9 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     params = json.loads(args.params.read_text())
+    # Before the kernel notes its baseline modules: an attached Spark outlives restartPython.
+    LazySpark._session = cluster.attach()
+    LazySpark.attached = LazySpark._session is not None
     kernel = Kernel(args.secrets_file)
     try:
         value = kernel.run(args.notebook, params)

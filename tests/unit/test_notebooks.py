@@ -72,6 +72,27 @@ def test_kernel_runs_child_notebooks_relative_to_the_parent(tmp_path):
     assert Kernel().run(parent, {}) == "child saw 7"
 
 
+def test_child_notebooks_run_on_the_parents_spark_in_a_session_of_their_own(tmp_path, spark):
+    """As on a Databricks cluster: the child's process attaches to the parent's Spark application (no Spark start
+    of its own), with its own session settings; what it writes, the parent reads."""
+    out = tmp_path / "child-table"
+    _write(tmp_path, "child",
+           "import json\nspark.range(3).write.format('delta').save(dbutils.widgets.get('out'))\n"
+           "dbutils.notebook.exit(json.dumps([spark.sparkContext.applicationId, "
+           "spark.conf.get('spark.sql.shuffle.partitions')]))")
+    parent = _write(tmp_path, "parent",
+                    f"spark.conf.set('spark.sql.shuffle.partitions', '3')\n"
+                    f"dbutils.notebook.exit(dbutils.notebook.run('./child', 60, {{'out': '{out}'}}))")
+    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        application, child_shuffle = json.loads(Kernel().run(parent, {}))
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", shuffle)
+    assert application == spark.sparkContext.applicationId
+    assert child_shuffle == shuffle  # the parent's session setting stayed in the parent's session
+    assert sorted(r.id for r in spark.read.format("delta").load(str(out)).collect()) == [0, 1, 2]
+
+
 def test_undefined_widget_and_secret_fail_like_databricks(tmp_path):
     with pytest.raises(Exception, match="No input widget named missing"):
         Kernel().run(_write(tmp_path, "w", "dbutils.widgets.get('missing')"), {})
