@@ -9,7 +9,9 @@
    reports DRIFT, and the job's run-job task starts the training job, whose validation and promotion gate
    decide on the retrained model.
 
-Every job runs exactly as on Databricks: rendered from its template, its notebook installing the wheels.
+Every job runs exactly as on Databricks: rendered from its template, its notebook installing the wheels. The jobs
+share one local Spark, as jobs on an all-purpose cluster do: it starts once, for the data and every job, and
+each notebook gets its own session on it (``mlops run --local`` starts a Spark per run, as a job cluster does).
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", file=sys.stderr, flush=True)
 
 
-def _run(job: str, lakehouse: str, **params: str) -> JobSummary:
-    result = runner.run_local(job, params, lakehouse)
+def _run(job: str, lakehouse: str, shared: dict, **params: str) -> JobSummary:
+    result = runner.run_local(job, params, lakehouse, shared)
     print(runner.describe(result, job, lakehouse), flush=True)
     if result.status != "SUCCESS" or result.job_summary is None:
         raise JobFailed(f"demo stopped: the {job} job failed")
@@ -40,21 +42,32 @@ def _run(job: str, lakehouse: str, **params: str) -> JobSummary:
 
 
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
+    started = time.monotonic()
+    with runner.local_cluster(root, "mlops-demo") as shared:
+        scored = _steps(root, rows, seed, shared)
+    print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
+    print(f"  lakehouse tables   {root}/tables/")
+    print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
+    print(f"  telemetry          .venv/bin/mlops trace {scored.mlflow_run_id}")
+    print(f"  blob output        {root}/azurite (Azurite's data folder)")
+    print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
+    return 0
+
+
+def _steps(root: str, rows: int, seed: int, shared: dict) -> JobSummary:
     from taxi_fares.synthetic import generate_trips
     from taxi_fares_mlops.spark import get_spark
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
-    started = time.monotonic()
     _banner(f"1/5 generating {rows:,} synthetic trips ({DATA_START} to {DATA_END}, seed {seed})")
-    spark = get_spark("mlops-demo")
+    spark = get_spark()  # the cluster's
     Lakehouse(root).write(generate_trips(spark, rows, DATA_START, DATA_END, seed=seed), RAW_TRIPS)
-    spark.stop()  # each job below starts its own Spark, as a job cluster would
 
     _banner("2/5 training job on January (no champion yet: the first model is promoted)")
-    _run("training", root, start_date="2016-01-01", end_date="2016-02-01", max_iter="60")
+    _run("training", root, shared, start_date="2016-01-01", end_date="2016-02-01", max_iter="60")
 
     _banner("3/5 training job on January and February, more boosting iterations: the promotion gate decides")
-    second = _run("training", root, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
+    second = _run("training", root, shared, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
     promotion = second.stages["promotion"].outputs
     print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
           f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
@@ -63,7 +76,7 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     with Azurite(Path(root) / "azurite") as azurite:
         os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
         try:
-            scored = _run("batch_scoring", root, start_date="2016-02-01", end_date="2016-03-01",
+            scored = _run("batch_scoring", root, shared, start_date="2016-02-01", end_date="2016-03-01",
                           execute_feature_engineering="false")
         finally:
             os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
@@ -72,20 +85,12 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
           f"{published.get('container')}, {published.get('manifest')}")
 
     _banner("5/5 a drifted March (trip distances x1.5): scoring, then the monitoring job, which retrains on drift")
-    spark = get_spark("mlops-demo")
     drifted = generate_trips(spark, rows // 2, *DRIFTED, seed=seed + 1, shift={"trip_distance": 1.5})
     offset = rows  # the first step's trip ids are 0..rows-1
     Lakehouse(root).write(drifted.withColumn("trip_id", drifted["trip_id"] + offset), RAW_TRIPS, mode="append")
-    spark.stop()
-    _run("batch_scoring", root, start_date=DRIFTED[0], end_date=DRIFTED[1])
-    monitored = _run("monitoring", root, start_date=DRIFTED[0], end_date=DRIFTED[1]).stages["monitoring"].outputs
+    _run("batch_scoring", root, shared, start_date=DRIFTED[0], end_date=DRIFTED[1])
+    monitoring = _run("monitoring", root, shared, start_date=DRIFTED[0], end_date=DRIFTED[1])
+    monitored = monitoring.stages["monitoring"].outputs
     print(f"monitoring: {monitored['monitoring_status']} (drifted: {monitored.get('drifted') or 'none'}); "
           f"retraining ran if the status was DRIFT or DEGRADED (see 'task retrain' above)")
-
-    print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
-    print(f"  lakehouse tables   {root}/tables/")
-    print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
-    print(f"  telemetry          .venv/bin/mlops trace {scored.mlflow_run_id}")
-    print(f"  blob output        {root}/azurite (Azurite's data folder)")
-    print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
-    return 0
+    return scored

@@ -8,6 +8,9 @@
    wheel version, layered on the development environment, which plays the Databricks runtime. The layer
    exposes the runtime's packages but not this project's own (editable) ones, so the notebook's ``%pip install``
    installs the real wheels and whatever they need beyond the runtime, nothing else.
+
+Each run starts a Spark of its own, as a job cluster does; given ``shared`` (``cluster.sharing_environment`` of
+a running Spark) its notebooks attach to that one instead, as jobs on an all-purpose cluster do (``mlops demo``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import venv
 from contextlib import contextmanager
@@ -29,6 +33,7 @@ from typing import Mapping, Optional, Sequence
 from orchestrator import build, templates
 from orchestrator.console import progress
 from orchestrator.errors import ConfigurationError
+from orchestrator.local import cluster
 from orchestrator.parameters import merge_parameters
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 from taxi_fares_mlops.summary import JobSummary
@@ -130,8 +135,10 @@ def prepare(lakehouse: str, home: Optional[str] = None) -> tuple[dict, JobEnviro
     return variables, env
 
 
-def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResult:
-    """Run ``job`` from its template, for the local target, with parameter overrides."""
+def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
+              shared: Optional[Mapping[str, str]] = None) -> RunResult:
+    """Run ``job`` from its template, for the local target, with parameter overrides (on the Spark that
+    ``shared`` names, if given)."""
     started = time.monotonic()
     # Parameters first: a bad name or value is refused before wheels are built or anything starts.
     settings = templates.render_job(job, templates.target_variables("local", lakehouse=lakehouse))
@@ -142,8 +149,8 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str) -> RunResu
         progress(f"running job {settings['name']} locally")
         if len(settings["tasks"]) == 1:
             notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
-            return run_notebook(notebook, params, lakehouse, env, started)
-        return _run_tasks(job, settings, params, lakehouse, env, started)
+            return run_notebook(notebook, params, lakehouse, env, started, shared)
+        return _run_tasks(job, settings, params, lakehouse, env, started, shared)
 
 
 @contextmanager
@@ -194,7 +201,7 @@ def _resolve(text: str, params: Mapping[str, str], values: Mapping[str, Mapping[
 
 
 def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: str, env: "JobEnvironment",
-               started: float) -> RunResult:
+               started: float, shared: Optional[Mapping[str, str]] = None) -> RunResult:
     """A job of several tasks, in their order, as the Jobs service runs them: notebook tasks, condition tasks
     (their outcome gates the tasks that depend on it) and run-job tasks (the started job runs locally too).
     The result is the notebook task's; a task that fails ends the run."""
@@ -212,7 +219,7 @@ def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: s
             continue
         if "notebook_task" in task:
             result = run_notebook(Path(task["notebook_task"]["notebook_path"] + ".py"), params, lakehouse, env,
-                                  started)
+                                  started, shared)
             if result.status != "SUCCESS":
                 return result
             values[key] = result.task_values
@@ -228,7 +235,7 @@ def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: s
             arguments = {k: _resolve(v, params, values)
                          for k, v in task["run_job_task"].get("job_parameters", {}).items()}
             progress(f"task {key}: starting job {starts[key]}")
-            other = run_local(starts[key], arguments, lakehouse)
+            other = run_local(starts[key], arguments, lakehouse, shared)
             if other.status != "SUCCESS":
                 return RunResult("FAILED", result.exit_value if result else None,
                                  f"task {key}: job {starts[key]} failed: {other.error}", time.monotonic() - started)
@@ -240,8 +247,9 @@ def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: s
 
 
 def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env: JobEnvironment,
-                 started: Optional[float] = None) -> RunResult:
-    """Run one notebook with the kernel in the job environment; its output goes to stderr."""
+                 started: Optional[float] = None, shared: Optional[Mapping[str, str]] = None) -> RunResult:
+    """Run one notebook with the kernel in the job environment (attached to the Spark ``shared`` names, if
+    given); its output goes to stderr."""
     started = time.monotonic() if started is None else started
     if not notebook.exists():
         raise ConfigurationError(f"notebook {notebook} does not exist")
@@ -253,9 +261,10 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
         command = [str(env.python), "-m", "orchestrator.local.kernel", "--notebook", str(notebook),
                    "--params", str(params_file), "--result", str(result_file), "--secrets-file", str(SECRETS_FILE)]
         # The notebook's own output goes to stderr: stdout is kept for the summary (--json).
-        kernel = subprocess.Popen(command, env=_kernel_environment(env, lakehouse), stdout=subprocess.PIPE,
+        kernel = subprocess.Popen(command, env={**_kernel_environment(env, lakehouse), **(shared or {})},
+                                  stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
-        verbose = os.environ.get("MLOPS_LOG_LEVEL", "").upper() == "DEBUG"
+        verbose = _verbose()
         for line in kernel.stdout:
             if verbose or not LOCAL_SPARK_CHATTER.search(line):
                 sys.stderr.write(line)
@@ -268,19 +277,80 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
                      result.get("task_values") or {})
 
 
-def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
-    python = str(env.python)
-    kernel_env = dict(os.environ)
-    kernel_env.update({
-        "PYTHONPATH": str(REPO_ROOT),          # the kernel itself; the project's packages come from the wheels
+@contextmanager
+def local_cluster(lakehouse: str, app_name: str = "mlops-local-cluster"):
+    """A local Spark for several job runs, as an all-purpose cluster is: yields the ``shared`` environment of
+    ``run_local``. Its JVM, and so the Python workers it starts for every job, get the jobs' cluster-wide
+    variables (``cluster_environment``); it stops when the block ends."""
+    from taxi_fares_mlops.spark import get_spark
+
+    previous = {key: os.environ.get(key) for key in cluster_environment(lakehouse)}
+    os.environ.update(cluster_environment(lakehouse))
+    with _filtered_stderr():  # the JVM, and the Python workers it starts, print what a kernel's output drops
+        spark = get_spark(app_name)
+    try:
+        yield cluster.sharing_environment(spark)
+    finally:
+        spark.stop()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _filtered_stderr():
+    """Processes started inside the block write their standard error through the ``LOCAL_SPARK_CHATTER`` filter
+    (a pipe read by a thread of this process); this process's own standard error is untouched."""
+    if _verbose():
+        yield
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    read, write = os.pipe()
+
+    def pump() -> None:
+        with os.fdopen(read, errors="replace") as lines, os.fdopen(os.dup(original), "w") as console:
+            for line in lines:
+                if not LOCAL_SPARK_CHATTER.search(line):
+                    console.write(line)
+                    console.flush()
+
+    threading.Thread(target=pump, name="spark-console", daemon=True).start()
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield
+    finally:
+        os.dup2(original, 2)
+        os.close(original)
+
+
+def _verbose() -> bool:
+    return os.environ.get("MLOPS_LOG_LEVEL", "").upper() == "DEBUG"
+
+
+def cluster_environment(lakehouse: str) -> dict[str, str]:
+    """What a job's Spark and its Python workers see, whoever starts them (the job's kernel or a shared cluster)."""
+    return {
         "MLOPS_HOME": lakehouse,
         "MLFLOW_TRACKING_URI": tracking_uri(lakehouse),
         # Loading a model runs code from its artifact; locally the models come from this job's own registry.
         # (On Databricks, MLflow allows it already.)
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+
+
+def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
+    python = str(env.python)
+    kernel_env = dict(os.environ)
+    kernel_env.update(cluster_environment(lakehouse))
+    kernel_env.update({
+        "PYTHONPATH": str(REPO_ROOT),          # the kernel itself; the project's packages come from the wheels
         "PYSPARK_PYTHON": python,              # executors must import the wheels too
         "PYSPARK_DRIVER_PYTHON": python,
-        "SPARK_LOCAL_IP": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
     })
     return kernel_env

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
+from orchestrator.local import cluster, runner
 from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
 from orchestrator.templates import job_parameters, render_job, target_variables
 from taxi_fares_mlops.config import WHEEL_PARAMETERS
@@ -143,6 +144,21 @@ def test_rerun_without_feature_engineering_keeps_features_and_does_not_duplicate
     predictions = table(spark, root, "predictions")
     assert predictions.count() == count_before == predictions.select("trip_id").distinct().count()
     assert [r[0] for r in predictions.select("mlflow_run_id").distinct().collect()] == [rerun["mlflow_run_id"]]
+
+
+def test_a_job_on_a_shared_spark_attaches_to_it_and_scores_the_same(spark, root, scored, capfd):
+    """As `mlops demo` runs its jobs (an all-purpose cluster): the job's notebook gets a session on the Spark it is
+    handed (this test's) and starts none; same model, same predictions."""
+    before = table(spark, root, "predictions").select("trip_id", "prediction").collect()
+    params = {"start_date": START, "end_date": END, "mlflow_experiment": "e2e", "execute_feature_engineering": "false"}
+    capfd.readouterr()
+    result = runner.run_local("batch_scoring", params, str(root), cluster.sharing_environment(spark))
+    console = capfd.readouterr().err
+    assert result.status == "SUCCESS", result.error
+    assert "job batch_scoring started" in console and "starting local Spark" not in console
+    predictions = table(spark, root, "predictions")
+    assert [r[0] for r in predictions.select("mlflow_run_id").distinct().collect()] == [result.summary["mlflow_run_id"]]
+    assertDataFrameEqual(predictions.select("trip_id", "prediction"), before)
 
 
 def test_a_failing_stage_exits_non_zero_and_leaves_predictions_alone(spark, root, client, scored):
