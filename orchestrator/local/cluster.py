@@ -22,11 +22,10 @@ GATEWAY_SECRET = "PYSPARK_GATEWAY_SECRET"
 def sharing_environment(spark) -> dict[str, str]:
     """Variables with which a notebook process attaches to ``spark``'s JVM; empty when ``spark`` has no JVM
     here (a Spark Connect session: its notebooks reach the same server through ``MLOPS_SPARK_REMOTE``)."""
-    from pyspark.sql.utils import is_remote
-
-    if spark is None or is_remote():
+    context = getattr(spark, "_sc", None)  # a classic session's SparkContext; Spark Connect sessions have none
+    if context is None:
         return {}
-    parameters = spark.sparkContext._gateway.gateway_parameters
+    parameters = context._gateway.gateway_parameters
     return {GATEWAY_PORT: str(parameters.port), GATEWAY_SECRET: parameters.auth_token}
 
 
