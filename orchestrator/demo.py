@@ -43,7 +43,7 @@ def _run(job: str, lakehouse: str, shared: dict, **params: str) -> JobSummary:
 
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     started = time.monotonic()
-    with runner.local_cluster(root, "mlops-demo") as shared:
+    with runner.local_cluster("mlops-demo") as shared:
         scored = _steps(root, rows, seed, shared)
     print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
     print(f"  lakehouse tables   {root}/tables/")

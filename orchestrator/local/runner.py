@@ -278,14 +278,14 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
 
 
 @contextmanager
-def local_cluster(lakehouse: str, app_name: str = "mlops-local-cluster"):
+def local_cluster(app_name: str = "mlops-local-cluster"):
     """A local Spark for several job runs, as an all-purpose cluster is: yields the ``shared`` environment of
-    ``run_local``. Its JVM, and so the Python workers it starts for every job, get the jobs' cluster-wide
-    variables (``cluster_environment``); it stops when the block ends."""
+    ``run_local``. Its JVM, and so the Python workers it starts for every job, get ``SPARK_ENVIRONMENT``; each
+    run keeps its own lakehouse and MLflow store. The Spark stops when the block ends."""
     from taxi_fares_mlops.spark import get_spark
 
-    previous = {key: os.environ.get(key) for key in cluster_environment(lakehouse)}
-    os.environ.update(cluster_environment(lakehouse))
+    previous = {key: os.environ.get(key) for key in SPARK_ENVIRONMENT}
+    os.environ.update(SPARK_ENVIRONMENT)
     with _filtered_stderr():  # the JVM, and the Python workers it starts, print what a kernel's output drops
         spark = get_spark(app_name)
     try:
@@ -331,23 +331,22 @@ def _verbose() -> bool:
     return os.environ.get("MLOPS_LOG_LEVEL", "").upper() == "DEBUG"
 
 
-def cluster_environment(lakehouse: str) -> dict[str, str]:
-    """What a job's Spark and its Python workers see, whoever starts them (the job's kernel or a shared cluster)."""
-    return {
-        "MLOPS_HOME": lakehouse,
-        "MLFLOW_TRACKING_URI": tracking_uri(lakehouse),
-        # Loading a model runs code from its artifact; locally the models come from this job's own registry.
-        # (On Databricks, MLflow allows it already.)
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
+# What a job's Spark and its Python workers need, whoever starts them (the job's kernel or a shared cluster).
+SPARK_ENVIRONMENT = {
+    # Loading a model runs code from its artifact; locally the models come from the job's own registry.
+    # (On Databricks, MLflow allows it already.)
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+    "SPARK_LOCAL_IP": "127.0.0.1",
+}
 
 
 def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
     python = str(env.python)
     kernel_env = dict(os.environ)
-    kernel_env.update(cluster_environment(lakehouse))
+    kernel_env.update(SPARK_ENVIRONMENT)
     kernel_env.update({
+        "MLOPS_HOME": lakehouse,
+        "MLFLOW_TRACKING_URI": tracking_uri(lakehouse),
         "PYTHONPATH": str(REPO_ROOT),          # the kernel itself; the project's packages come from the wheels
         "PYSPARK_PYTHON": python,              # executors must import the wheels too
         "PYSPARK_DRIVER_PYTHON": python,

@@ -43,6 +43,10 @@ def test_notebook_tests_pass_and_write_a_junit_report(tmp_path):
     }
     assert suites.get("failures") == "0" and suites.get("errors") == "0"
     assert "PASSED  test_train.py::a_first_training" in done.stdout
+    # One Spark for all (as on one cluster), each notebook with its own lakehouse and MLflow store all the same.
+    assert done.stderr.count("starting local Spark") == 1
+    stores = sorted(p.relative_to(tmp_path / "home").as_posix() for p in (tmp_path / "home").rglob("mlflow.db"))
+    assert stores == [f"notebook-tests/{name}/mlflow.db" for name in ("test_batch_score", "test_monitor", "test_train")]
 
 
 def test_no_matching_notebook_is_an_error(tmp_path):
