@@ -281,17 +281,22 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
 def local_cluster(app_name: str = "mlops-local-cluster"):
     """A local Spark for several job runs, as an all-purpose cluster is: yields the ``shared`` environment of
     ``run_local``. Its JVM, and so the Python workers it starts for every job, get ``SPARK_ENVIRONMENT``; each
-    run keeps its own lakehouse and MLflow store. The Spark stops when the block ends."""
+    run keeps its own lakehouse and MLflow store. A Spark it started stops when the block ends; one this process
+    already had is shared as it is, and left running."""
+    from pyspark.sql import SparkSession
+
     from taxi_fares_mlops.spark import get_spark
 
     previous = {key: os.environ.get(key) for key in SPARK_ENVIRONMENT}
     os.environ.update(SPARK_ENVIRONMENT)
+    started_here = SparkSession.getActiveSession() is None
     with _filtered_stderr():  # the JVM, and the Python workers it starts, print what a kernel's output drops
         spark = get_spark(app_name)
     try:
         yield cluster.sharing_environment(spark)
     finally:
-        spark.stop()
+        if started_here:
+            spark.stop()
         for key, value in previous.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -113,3 +113,11 @@ def test_pip_expands_notebook_variables_and_reports_failures(tmp_path):
 def test_unsupported_magic_is_named(tmp_path):
     with pytest.raises(nb.NotebookFormatError, match="does not support %sql"):
         Kernel().run(_write(tmp_path, "sql", "# MAGIC %sql\n# MAGIC SELECT 1"), {})
+
+
+def test_a_shared_local_cluster_lends_a_running_spark_and_leaves_it_running(spark):
+    from orchestrator.local import cluster, runner
+
+    with runner.local_cluster() as shared:
+        assert shared == cluster.sharing_environment(spark)
+    assert spark.range(3).count() == 3  # not stopped: this process had it before the block
