@@ -1,7 +1,10 @@
 """The monitoring job end to end, as a person runs it: `mlops run monitoring --local` on scored weeks.
 
 One lakehouse, trained once and scored once over three weeks (one like the training data, one whose trip
-distances are 1.5x, one with 3% injected extremes), then monitored week by week through the CLI:
+distances are 1.5x, one with 3% injected extremes), then monitored week by week: the first run through the CLI, a
+Spark of its own as a job cluster has; the others through the same runner on this process's Spark shared as an
+all-purpose cluster is (``runner.local_cluster``, as ``mlops demo`` runs its jobs: same template, notebooks and
+wheels, no JVM start each):
 
 * the same distribution is OK, and a rerun of the range leaves the monitoring tables' counts unchanged;
 * fewer rows than ``min_rows`` is INSUFFICIENT_DATA: nothing judged, no drift warning, no retraining;
@@ -10,6 +13,8 @@ distances are 1.5x, one with 3% injected extremes), then monitored week by week 
   the run-job task starts the training job exactly once, tagged with the monitoring run and the reason. The
   alert queries read only dimensions that run emitted.
 """
+import contextlib
+import io
 import json
 import os
 import re
@@ -42,11 +47,22 @@ def mlops(root, *args):
     return done
 
 
-def run(root, job, start, end, *params):
-    """(summary, stderr) of `mlops run JOB --local --json` on the range."""
-    args = [f"--param={p}" for p in (f"start_date={start}", f"end_date={end}", "mlflow_experiment=e2e", *params)]
-    done = mlops(root, "run", job, "--local", "--json", *args)
-    return json.loads(done.stdout), done.stderr
+def run(root, job, start, end, *params, cli=False):
+    """(summary, console) of a run of JOB on the range: ``mlops run JOB --local --json`` in a process of its own
+    with ``cli``, else ``runner.run_local`` on this process's Spark shared as a local cluster."""
+    overrides = [f"start_date={start}", f"end_date={end}", "mlflow_experiment=e2e", *params]
+    if cli:
+        done = mlops(root, "run", job, "--local", "--json", *[f"--param={p}" for p in overrides])
+        return json.loads(done.stdout), done.stderr
+    from orchestrator.local import runner
+    from orchestrator.parameters import parse_overrides
+
+    console = io.StringIO()
+    with runner.local_cluster() as shared, contextlib.redirect_stderr(console):
+        result = runner.run_local(job, parse_overrides(overrides), str(root), shared)
+    if result.status != "SUCCESS":
+        raise AssertionError(f"{job} ended {result.status}: {result.error}\n{console.getvalue()[-4000:]}")
+    return result.summary, console.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +110,7 @@ def _telemetry(root, run_id):
 
 
 def test_the_same_distribution_is_ok_and_a_rerun_replaces_its_rows(spark, scored):
-    summary, stderr = run(scored, "monitoring", *SAME_WEEK)
+    summary, stderr = run(scored, "monitoring", *SAME_WEEK, cli=True)
     monitored = summary["stages"]["monitoring"]
     assert monitored["monitoring_status"] == "OK", monitored
     assert monitored["drifted_features"] == [] and monitored["outlier_share"] < 0.03
