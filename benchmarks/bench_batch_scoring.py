@@ -15,7 +15,10 @@ version; Delta write is the stage's "score and write" span minus the same pipeli
 the rest of the stage (registry, checks, commit). Blob publish is not in the stage's figure (the stage publishes
 only when a storage connection is configured): it is the stage's publish step run on the written predictions
 against a local Azurite. The denominator is ``model.predict`` on the same model, in this process, on rows
-already in memory. The monitoring stage then runs alone on the scored range (rows/s and driver memory). Then the
+already in memory. Where the CPU goes: the scoring stage runs again (replacing the rows it wrote) while the CPU
+seconds of the JVM (driver, and in local mode the executors: scan, join, Arrow, write, JIT, GC) and of the Python
+workers it started are counted, beside what the same rows cost ``model.predict`` on one core. The monitoring stage
+then runs alone on the scored range (rows/s and driver memory). Then the
 scoring job runs again on a Spark standalone cluster on loopback (one master, two
 one-core workers) beside ``local[2]``. Figures are ratios measured in one run on one machine; printed, never
 asserted.
@@ -72,6 +75,29 @@ class MemorySampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def cpu_seconds(spark) -> tuple[float, float]:
+    """CPU seconds used so far by the JVM itself and by the processes under it (pyspark's daemon and the Python
+    workers it forks, alive or already reaped by their parent), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times, children = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        times[int(entry)] = [int(f) for f in fields[11:15]]  # utime, stime, and those of reaped children
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    jvm = int(spark._jvm.ProcessHandle.current().pid())
+    below, todo = 0, list(children.get(jvm, []))
+    while todo:
+        pid = todo.pop()
+        below += sum(times[pid])
+        todo += children.get(pid, [])
+    return sum(times[jvm][:2]) / tick, below / tick
 
 
 def timed(action) -> float:
@@ -140,14 +166,31 @@ def publish_predictions(spark, lakehouse, run_id: str, connection: str) -> None:
     blob.publish(written, target, f"predictions/{run_id}", {"mlflow_run_id": run_id})
 
 
-def in_process_rate(model, rows: int = 1_000_000) -> float:
+def in_process_rate(model, rows: int = 1_000_000, threads=None) -> float:
+    """Rows/s of ``model.predict`` in this process on rows in memory (on ``threads`` OpenMP threads: all cores
+    when None)."""
     import numpy as np
     import pandas as pd
+    from threadpoolctl import threadpool_limits
 
     from taxi_fares.features import MODEL_FEATURES
 
     frame = pd.DataFrame(np.random.default_rng(0).random((rows, len(MODEL_FEATURES))), columns=list(MODEL_FEATURES))
-    return rows / timed(lambda: model.predict(frame))
+    with threadpool_limits(threads):
+        return rows / timed(lambda: model.predict(frame))
+
+
+def scoring_cpu(spark, home: Path) -> tuple[float, float, float]:
+    """(stage seconds, JVM CPU seconds, Python workers' CPU seconds) of a rerun of the scoring stage alone."""
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
+    from taxi_fares_mlops.jobs import run_job
+    from taxi_fares_mlops.summary import JobSummary
+
+    scoring = config(ScoringConfig, SCORING_PARAMETERS, home, execute_feature_engineering="false")
+    jvm, workers = cpu_seconds(spark)
+    summary = JobSummary.from_dict(run_job(scoring, spark))
+    jvm_after, workers_after = cpu_seconds(spark)
+    return summary.stages["batch_scoring"].duration_s, jvm_after - jvm, workers_after - workers
 
 
 def main(argv=None) -> int:
@@ -202,8 +245,10 @@ def main(argv=None) -> int:
             monitoring = (monitored.outputs["rows"] / monitored.duration_s, watched.peak_rss)
             print(f"[bench] {size:,} rows: stage breakdown", file=sys.stderr)
             parts = breakdown(spark, home, summary, model_uri, azurite.connection_string)
+            print(f"[bench] {size:,} rows: scoring again, counting CPU", file=sys.stderr)
+            cpu = (*scoring_cpu(spark, home), size / in_process_rate(model, threads=1))
             results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model),
-                            monitoring))
+                            monitoring, cpu))
     spark.stop()
 
     cluster_rate = None
@@ -242,7 +287,7 @@ def report(spark_start: float, results, cluster_rate) -> None:
     print(f"Batch scoring on local[2]; Spark session start {spark_start:.1f}s (not in the figures below)")
     print(f"{'rows':>10} {'scored/s':>10} {'scoring s':>10} {'features s':>10} {'py driver MiB':>14} "
           f"{'JVM heap MiB':>13} {'predict/s':>11} {'ratio':>6}")
-    for size, summary, _, rss, heap, predict_rate, _ in results:
+    for size, summary, _, rss, heap, predict_rate, *_ in results:
         stage = summary.stages["batch_scoring"]
         rate = stage.outputs["rows"] / stage.duration_s
         print(f"{size:>10,} {rate:>10,.0f} {stage.duration_s:>10.1f} "
@@ -254,9 +299,17 @@ def report(spark_start: float, results, cluster_rate) -> None:
     print(f"{'rows':>10} " + " ".join(f"{n:>13}" for n in names))
     for size, _, parts, *_ in results:
         print(f"{size:>10,} " + " ".join(f"{parts[n]:>13.2f}" for n in names))
+    cores = os.cpu_count()
+    print(f"\nWhere the CPU goes: the scoring stage again (replacing its rows), CPU seconds counted; {cores} cores; "
+          "'predict 1 core' is model.predict of as many rows in this process on one thread")
+    print(f"{'rows':>10} {'stage s':>8} {'JVM cpu s':>10} {'Python workers cpu s':>21} {'predict 1 core s':>17} "
+          f"{'(JVM+workers)/cores':>20}")
+    for size, *_, (stage, jvm, workers, alone) in results:
+        print(f"{size:>10,} {stage:>8.1f} {jvm:>10.1f} {workers:>21.1f} {alone:>17.1f} "
+              f"{(jvm + workers) / cores:>20.1f}")
     print("\nMonitoring stage (drift against the training profile, outlier share, realized error) on the same rows")
     print(f"{'rows':>10} {'rows/s':>10} {'py driver MiB':>14}")
-    for size, *_, (rate, rss) in results:
+    for size, *_, (rate, rss), _ in results:
         print(f"{size:>10,} {rate:>10,.0f} {rss / 2**20:>14.0f}")
     if len(results) >= 2:
         first, last = results[0], results[-1]
