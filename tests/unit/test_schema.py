@@ -47,6 +47,15 @@ def test_dropoff_before_pickup_is_named_with_count(make_trips):
     assert "column 'tpep_dropoff_datetime': 1 row(s) have a dropoff before the pickup" in _messages(excinfo)
 
 
+def test_a_trip_of_exactly_the_longest_duration_is_valid_one_second_more_is_not(make_trips):
+    longest = ("2016-01-04 10:00:00", "2016-01-05 10:00:00", 1.0, 12.5, 10001, 10002)
+    longer = ("2016-01-04 10:00:00", "2016-01-05 10:00:01", 1.0, 12.5, 10001, 10002)
+    assert validate_trips(make_trips([longest, GOOD])).ok
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([longest, longer, GOOD]))
+    assert excinfo.value.violations == [Violation("tpep_dropoff_datetime", "have a trip longer than 24 hours", 1)]
+
+
 def test_all_row_problems_are_reported_together(make_trips):
     negative = ("2016-01-04 10:00", "2016-01-04 10:20", -1.0, 12.5, 10001, 10002)
     backwards = ("2016-01-04 10:00", "2016-01-04 09:00", 1.0, 12.5, 10001, 10002)
