@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import DateType, TimestampType
 
 from taxi_fares_mlops.errors import MissingTableError, StorageError, first_line
 
@@ -170,16 +171,22 @@ class Lakehouse:
         return counts
 
     def replace_range(self, spark: SparkSession, df: DataFrame, table: str, column: str,
-                      start, end) -> int:
+                      start, end, stats_columns: Optional[Sequence[str]] = None) -> int:
         """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit).
 
         ``df`` must only hold rows of that range. Rerunning the same range never duplicates rows.
-        Returns the number of rows written.
+        Returns the number of rows written. ``stats_columns``: the only columns a new table keeps data-skipping
+        statistics for (``delta.dataSkippingStatsColumns``; Delta's default is the first 32). Statistics cost
+        every written row a min/max update per column, a copy for a string, which is a waste on columns no
+        query filters on. A table that exists keeps its own setting.
         """
-        condition = f"`{column}` >= '{start}' AND `{column}` < '{end}'"
+        kind = df.schema[column].dataType if column in df.columns else None
+        condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+            if stats_columns:
+                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
             self._save(spark, writer, table)
         written = self._last_metric(spark, table, "numOutputRows")
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
@@ -196,6 +203,16 @@ class Lakehouse:
         with self._wrapped("read the history of", table):
             row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
         return int((row["operationMetrics"] or {}).get(name, 0))
+
+
+def _literal(value, kind) -> str:
+    """``value`` as a SQL literal of the column's type. Delta checks a replaceWhere condition on every row it
+    writes, without constant folding: a string literal would be parsed into a timestamp once per row."""
+    if isinstance(kind, TimestampType):
+        return f"TIMESTAMP '{value}'"
+    if isinstance(kind, DateType):
+        return f"DATE '{value}'"
+    return f"'{value}'"
 
 
 def _quoted(name: str) -> str:

@@ -1,10 +1,14 @@
 """The lakehouse: one root, known tables only, Delta round trips, errors that name the table."""
+import datetime as dt
+import json
+from pathlib import Path
+
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from taxi_fares_mlops.errors import StorageError
-from taxi_fares_mlops.storage import PICKUP_FEATURES, RAW_TRIPS, Lakehouse, default_root
+from taxi_fares_mlops.storage import PICKUP_FEATURES, PREDICTIONS, RAW_TRIPS, Lakehouse, default_root
 
 
 def test_every_table_lives_under_the_root(lakehouse):
@@ -49,3 +53,30 @@ def test_a_failed_write_names_the_table_and_leaves_the_old_data(spark, lakehouse
     with pytest.raises(StorageError, match="could not write table 'raw_trips'"):
         lakehouse.write(failing, RAW_TRIPS)
     assertDataFrameEqual(lakehouse.read(spark, RAW_TRIPS), good)
+
+
+def _added_files_stats(table_path: str) -> list[dict]:
+    log = sorted(Path(table_path, "_delta_log").glob("*.json"))[-1]
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(a["add"]["stats"]) for a in actions if "add" in a]
+
+
+def test_replace_range_replaces_only_the_range_and_keeps_statistics_for_the_named_columns(spark, lakehouse):
+    schema = "ts timestamp, value double, label string"
+    old = spark.createDataFrame([(dt.datetime(2016, 1, 1, 12), 1.0, "old"), (dt.datetime(2016, 1, 2, 12), 2.0, "old")],
+                                schema)
+    assert lakehouse.replace_range(spark, old, PREDICTIONS, "ts", dt.datetime(2016, 1, 1), dt.datetime(2016, 1, 3),
+                                   stats_columns=["ts", "value"]) == 2
+    new = spark.createDataFrame([(dt.datetime(2016, 1, 2, 6), 3.0, "new")], schema)
+    assert lakehouse.replace_range(spark, new, PREDICTIONS, "ts", dt.datetime(2016, 1, 2), dt.datetime(2016, 1, 3),
+                                   stats_columns=["ts", "value"]) == 1
+    assertDataFrameEqual(lakehouse.read(spark, PREDICTIONS), spark.createDataFrame(
+        [(dt.datetime(2016, 1, 1, 12), 1.0, "old"), (dt.datetime(2016, 1, 2, 6), 3.0, "new")], schema))
+    # No min/max for the label: statistics cost every written row an update (a copy, for a string).
+    stats = _added_files_stats(lakehouse.table_path(PREDICTIONS))
+    assert stats and all(set(s["minValues"]) == {"ts", "value"} for s in stats)
+    # The range as typed literals: Delta checks the condition on every written row without constant folding,
+    # and a string literal would be parsed into a timestamp (or a date) once per row.
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{lakehouse.table_path(PREDICTIONS)}` LIMIT 1").first()
+    assert history["operationParameters"]["predicate"] == (
+        "`ts` >= TIMESTAMP '2016-01-02 00:00:00' AND `ts` < TIMESTAMP '2016-01-03 00:00:00'")

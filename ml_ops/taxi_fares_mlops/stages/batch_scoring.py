@@ -45,9 +45,12 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
         F.current_timestamp().alias("scored_at"),
     )
     start, end = config.time_range
+    # Data-skipping statistics for the trip's columns, the prediction and its time; not for the model and run
+    # labels, strings that are the same on every row of a run (and a range's files are one run's anyway).
     with telemetry.span("score and write predictions", table=PREDICTIONS, model_version=model.version) as step:
         with session_conf(spark, SCORING_CONF):
-            rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end)
+            rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end,
+                                                   stats_columns=[*trips.columns, "prediction", "scored_at"])
         step.set_attribute("rows", rows)
     context.wrote(PREDICTIONS)
     crash_point("batch_scoring.after_predictions_commit")
