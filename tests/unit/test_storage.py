@@ -55,6 +55,16 @@ def test_a_failed_write_names_the_table_and_leaves_the_old_data(spark, lakehouse
     assertDataFrameEqual(lakehouse.read(spark, RAW_TRIPS), good)
 
 
+def test_timestamps_are_written_as_int64_microseconds_as_on_databricks(spark, lakehouse):
+    import pyarrow.parquet as pq
+
+    df = spark.createDataFrame([(dt.datetime(2016, 1, 1, 12, 0, 0, 123456),)], "ts timestamp")
+    lakehouse.write(df, RAW_TRIPS)
+    files = list(Path(lakehouse.table_path(RAW_TRIPS)).glob("*.parquet"))
+    assert files and {pq.ParquetFile(f).schema.column(0).physical_type for f in files} == {"INT64"}
+    assert lakehouse.read(spark, RAW_TRIPS).first()["ts"] == dt.datetime(2016, 1, 1, 12, 0, 0, 123456)
+
+
 def _added_files_stats(table_path: str) -> list[dict]:
     log = sorted(Path(table_path, "_delta_log").glob("*.json"))[-1]
     actions = [json.loads(line) for line in log.read_text().splitlines()]
