@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import DateType, TimestampType
+from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, TimestampType
 
 from taxi_fares_mlops.errors import MissingTableError, StorageError, first_line
 
@@ -178,15 +178,17 @@ class Lakehouse:
         Returns the number of rows written. ``stats_columns``: the only columns a new table keeps data-skipping
         statistics for (``delta.dataSkippingStatsColumns``; Delta's default is the first 32). Statistics cost
         every written row a min/max update per column, a copy for a string, which is a waste on columns no
-        query filters on. A table that exists keeps its own setting.
+        query filters on. Columns of a type Delta keeps no statistics for are left out (naming one would fail
+        the write). A table that exists keeps its own setting.
         """
         kind = df.schema[column].dataType if column in df.columns else None
         condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-            if stats_columns:
-                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
+            skippable = [c for c in stats_columns or () if c in df.columns and _skippable(df.schema[c].dataType)]
+            if skippable:
+                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(skippable))
             self._save(spark, writer, table)
         written = self._last_metric(spark, table, "numOutputRows")
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
@@ -203,6 +205,11 @@ class Lakehouse:
         with self._wrapped("read the history of", table):
             row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
         return int((row["operationMetrics"] or {}).get(name, 0))
+
+
+def _skippable(kind) -> bool:
+    """Whether Delta keeps min/max statistics for a column of this type (it refuses to be told to otherwise)."""
+    return not isinstance(kind, (ArrayType, BinaryType, BooleanType, MapType))
 
 
 def _literal(value, kind) -> str:
