@@ -188,7 +188,7 @@ class Lakehouse:
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
             skippable = [c for c in stats_columns or () if c in df.columns and _skippable(df.schema[c].dataType)]
             if skippable:
-                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(skippable))
+                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
             self._save(spark, writer, table)
         written = self._last_metric(spark, table, "numOutputRows")
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
@@ -220,6 +220,11 @@ def _literal(value, kind) -> str:
     if isinstance(kind, DateType):
         return f"DATE '{value}'"
     return f"'{value}'"
+
+
+def _quoted_column(name: str) -> str:
+    """One column's name quoted (a dot in it would otherwise name a nested field)."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _quoted(name: str) -> str:

@@ -62,7 +62,7 @@ def test_quarantined_trips_keep_their_rules_and_the_valid_ones_are_scored(
     assert predictions.filter(F.col("trip_id").isin(list(EXPECTED))).count() == 0
     # Data-skipping statistics for the trip's columns, the prediction and its time, not the model and run labels.
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{trips_lakehouse.table_path(PREDICTIONS)}`").first()
-    assert detail["properties"]["delta.dataSkippingStatsColumns"].split(",") == [
+    assert [c.strip("`") for c in detail["properties"]["delta.dataSkippingStatsColumns"].split(",")] == [
         "trip_id", "tpep_pickup_datetime", "tpep_dropoff_datetime", "trip_distance", "fare_amount", "pickup_zip",
         "dropoff_zip", "prediction", "scored_at"]
 

@@ -86,10 +86,11 @@ def test_replace_range_replaces_only_the_range_and_keeps_statistics_for_the_name
     stats = _added_files_stats(lakehouse.table_path(PREDICTIONS))
     assert stats and all(set(s["minValues"]) == {"ts", "value"} for s in stats)
     # Extra columns of a type Delta keeps no statistics for are left out rather than failing the write.
-    extra = new.selectExpr("*", "true AS flag", "array(1, 2) AS tags")
+    extra = new.selectExpr("*", "true AS flag", "array(1, 2) AS tags", "value AS `value.copy`")
     assert lakehouse.replace_range(spark, extra, QUARANTINED_TRIPS, "ts", dt.datetime(2016, 1, 2),
                                    dt.datetime(2016, 1, 3), stats_columns=extra.columns) == 1
-    assert set(_added_files_stats(lakehouse.table_path(QUARANTINED_TRIPS))[0]["minValues"]) == {"ts", "value", "label"}
+    assert set(_added_files_stats(lakehouse.table_path(QUARANTINED_TRIPS))[0]["minValues"]) == {
+        "ts", "value", "label", "value.copy"}
     # The range as typed literals: Delta checks the condition on every written row without constant folding,
     # and a string literal would be parsed into a timestamp (or a date) once per row.
     history = spark.sql(f"DESCRIBE HISTORY delta.`{lakehouse.table_path(PREDICTIONS)}` LIMIT 1").first()
