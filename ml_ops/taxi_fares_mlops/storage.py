@@ -181,12 +181,13 @@ class Lakehouse:
         query filters on. Columns of a type Delta keeps no statistics for are left out (naming one would fail
         the write). A table that exists keeps its own setting.
         """
-        kind = df.schema[column].dataType if column in df.columns else None
+        types = {field.name: field.dataType for field in df.schema.fields}
+        kind = types.get(column)
         condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-            skippable = [c for c in stats_columns or () if c in df.columns and _skippable(df.schema[c].dataType)]
+            skippable = [c for c in stats_columns or () if c in types and _skippable(types[c])]
             if skippable:
                 writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
             self._save(spark, writer, table)
