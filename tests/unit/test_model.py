@@ -7,8 +7,11 @@ import pytest
 
 from taxi_fares.features import LABEL, MODEL_FEATURES, dropoff_features, join_features, model_input_columns
 from taxi_fares.features import pickup_features
-from taxi_fares.model import (ModelParams, bounded_sample, build_model, predict_spark, regression_metrics,
-                              spark_regression_metrics, split_holdout, train_model)
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from taxi_fares.model import (BinnedHistGradientBoostingRegressor, ModelParams, bounded_sample, build_model,
+                              predict_spark, regression_metrics, spark_regression_metrics, split_holdout,
+                              train_model)
 from taxi_fares.synthetic import generate_trips
 
 
@@ -20,6 +23,48 @@ def test_hyperparameters_reach_the_estimator_unchanged():
             regressor.min_samples_leaf, regressor.l2_regularization, regressor.random_state) == (
         0.05, 17, 4, 9, 3, 0.5, 3)
     assert build_model(ModelParams(max_depth=0)).named_steps["regressor"].max_depth is None
+
+
+def test_predicting_through_the_bins_gives_scikit_learns_predictions_bit_for_bit():
+    rng = np.random.default_rng(7)
+    n = 4000
+    train = pd.DataFrame({
+        "distance": rng.gamma(2.0, 2.0, n),
+        "hour": rng.integers(0, 24, n).astype(float),
+        "count": rng.poisson(30, n).astype(float),
+        "sparse": np.where(rng.random(n) < 0.3, np.nan, rng.normal(size=n)),  # missing values in training
+        "flag": np.where(rng.random(n) < 0.5, np.nan, 1.0),  # one value or missing: splits "on nans"
+    })
+    y = (3 * train["distance"] + np.sin(train["hour"]) + train["sparse"].fillna(2.0)
+         + 5 * train["flag"].isna() + rng.normal(size=n))
+    binned = build_model(ModelParams(max_iter=60)).fit(train, y)
+    regressor = binned.named_steps["regressor"]
+    assert type(regressor) is BinnedHistGradientBoostingRegressor
+    plain = HistGradientBoostingRegressor(**regressor.get_params()).fit(train, y)
+    nodes = [p.nodes for (p,) in regressor._predictors]
+    assert all(np.array_equal(a, b) for a, b in zip(nodes, [p.nodes for (p,) in plain._predictors]))  # same fit
+    splits = np.concatenate([t[t["is_leaf"] == 0] for t in nodes])
+    assert np.isinf(splits["num_threshold"]).any() and splits["missing_go_to_left"].any()  # both kinds covered
+
+    # Every split's threshold, and the doubles just below and above it, on rows that otherwise vary.
+    rows = []
+    for split in splits:
+        for value in (split["num_threshold"], np.nextafter(split["num_threshold"], -np.inf),
+                      np.nextafter(split["num_threshold"], np.inf)):
+            row = train.iloc[len(rows) % n].to_numpy(copy=True)
+            row[split["feature_idx"]] = value
+            rows.append(row)
+    for value in (np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, -0.0):  # missing, infinite, far outside training
+        for column in range(train.shape[1]):
+            row = train.iloc[len(rows) % n].to_numpy(copy=True)
+            row[column] = value
+            rows.append(row)
+    probe = pd.concat([pd.DataFrame(rows, columns=train.columns),
+                       pd.DataFrame(rng.normal(5, 10, (5000, train.shape[1])), columns=train.columns)])
+    expected = plain.predict(probe)
+    assert np.array_equal(binned.predict(probe), expected)
+    assert np.array_equal(regressor.predict(probe.iloc[:1]), expected[:1])  # one row, as the service asks
+    assert not np.array_equal(regressor.predict(probe.fillna(0.0)), expected)  # the probe does reach the missing side
 
 
 def test_bad_hyperparameters_are_all_reported():
