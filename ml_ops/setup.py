@@ -21,6 +21,7 @@ setup(
         f"taxi_fares=={VERSION}",
         # Ranges that a Databricks ML runtime's own copies satisfy, so %pip leaves them in place.
         "mlflow>=3.1,<4",
+        "cloudpickle>=3.0",  # the model's pickle (also an mlflow dependency); by-value registration needs 2.0+
         "pandas>=2.0,<3",
         "pyarrow>=15",
         "matplotlib>=3.7",

@@ -16,6 +16,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Optional
 
+import cloudpickle
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+import taxi_fares.model
 from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
 from taxi_fares.features import MODEL_FEATURES, model_input_columns
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
@@ -79,19 +81,25 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str, artifact
 
     Saved with cloudpickle: MLflow 3.8 (Databricks Runtime 18 LTS ML) offers pickle and cloudpickle only; the
     skops format came in later MLflow releases. Requirements are given explicitly rather than inferred, which
-    would import the model in a subprocess. Returns the new version.
+    would import the model in a subprocess. Classes of ``taxi_fares.model`` (the fare regressor) are pickled by
+    value, so the model loads where only those requirements are installed, without this package's wheels.
+    Returns the new version.
     """
     signature = infer_signature(input_example, model.predict(input_example))
-    info = mlflow.sklearn.log_model(
-        model,
-        name=artifact,
-        signature=signature,
-        input_example=input_example,
-        serialization_format="cloudpickle",
-        pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}",
-                          f"cloudpickle=={installed_version('cloudpickle')}"],
-        registered_model_name=registered_name,
-    )
+    cloudpickle.register_pickle_by_value(taxi_fares.model)
+    try:
+        info = mlflow.sklearn.log_model(
+            model,
+            name=artifact,
+            signature=signature,
+            input_example=input_example,
+            serialization_format="cloudpickle",
+            pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}",
+                              f"cloudpickle=={installed_version('cloudpickle')}"],
+            registered_model_name=registered_name,
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(taxi_fares.model)
     return str(info.registered_model_version)
 
 

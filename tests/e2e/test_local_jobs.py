@@ -120,6 +120,46 @@ def test_training_run_records_params_metrics_artifacts_and_model(root, client, t
     assert trained["model"]["aliases"] == {"champion": "1", "challenger": "1"}
 
 
+# Loads a registered model's pickle in a process where this project's packages cannot be imported, as where
+# only the model's logged requirements (scikit-learn, cloudpickle) are installed, and predicts its input example.
+LOAD_WITHOUT_WHEELS = """
+import importlib.abc, json, sys
+class NoProjectPackages(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("taxi_fares", "taxi_fares_mlops", "orchestrator"):
+            raise ImportError("not installed here: " + name)
+sys.meta_path.insert(0, NoProjectPackages())
+import cloudpickle, pandas as pd
+folder = sys.argv[1]
+model = cloudpickle.load(open(folder + "/model.pkl", "rb"))
+example = pd.DataFrame(**json.load(open(folder + "/input_example.json")))
+print(json.dumps({"class": type(model[-1]).__name__, "predictions": model.predict(example).tolist()}))
+"""
+
+
+def test_the_registered_model_loads_and_predicts_without_the_projects_wheels(root, client, trained):
+    import cloudpickle
+    import mlflow
+    import pandas as pd
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts("models:/taxi_fares/1", dst_path=str(root / "download")))
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_WHEELS, str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout)
+    example = json.loads((folder / "input_example.json").read_text())
+    with open(folder / "model.pkl", "rb") as f:
+        here = cloudpickle.load(f)  # here, with the wheels: the same predictions
+    assert loaded["class"] == "BinnedHistGradientBoostingRegressor"
+    assert loaded["predictions"] == here.predict(pd.DataFrame(**example)).tolist()
+
+
 def test_scoring_covers_every_trip_in_the_range_exactly_once(spark, root, client, scored):
     assert client.get_run(scored["mlflow_run_id"]).info.status == "FINISHED"
     predictions = table(spark, root, "predictions")
