@@ -142,14 +142,10 @@ def test_the_registered_model_loads_and_predicts_without_the_projects_wheels(roo
     import mlflow
     import pandas as pd
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    mlflow.set_registry_uri(client.tracking_uri)
-    try:
-        folder = Path(mlflow.artifacts.download_artifacts("models:/taxi_fares/1", dst_path=str(root / "download")))
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    # The version's logged model, by its artifact location: no global MLflow state (tracking URI) is touched.
+    logged = client.get_logged_model(client.get_model_version("taxi_fares", "1").source.rsplit("/", 1)[-1])
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location,
+                                                      dst_path=str(root / "download")))
     out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_WHEELS, str(folder)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout)
