@@ -73,15 +73,9 @@ class BinnedHistGradientBoostingRegressor(HistGradientBoostingRegressor):
     unit test (``tests/unit/test_model.py``). Categorical features use the parent's path.
     """
 
-    def _predicts_on_bins(self) -> bool:
-        mapper = getattr(self, "_bin_mapper", None)
-        return (mapper is not None and hasattr(mapper, "transform") and hasattr(self, "_predict_iterations")
-                and hasattr(self, "_preprocess_X") and hasattr(self, "is_categorical_")
-                and self.is_categorical_ is None)
-
     def _raw_predict(self, X, n_threads=None):
         # During fit scikit-learn passes data that is binned already (``_in_fit``): nothing to do here.
-        if getattr(self, "_in_fit", False) or not self._predicts_on_bins():
+        if getattr(self, "_in_fit", False) or self.is_categorical_ is not None:
             return super()._raw_predict(X, n_threads=n_threads)
         binned = self._bin_mapper.transform(self._preprocess_X(X, reset=False))
         raw = np.zeros((binned.shape[0], self.n_trees_per_iteration_), dtype=self._baseline_prediction.dtype,
