@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -14,8 +15,8 @@ from pyspark.sql import functions as F
 from taxi_fares.features import (DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_WINDOW_SECONDS, in_range, join_features,
                                  model_input_columns)
 from taxi_fares.model import split_holdout
-from taxi_fares.schema import (DROPOFF_TS, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError, ValidationResult,
-                               validate_trips)
+from taxi_fares.schema import (DROPOFF_TS, FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError,
+                               ValidationResult, valid_rows, validate_trips)
 from taxi_fares_mlops.config import JobConfig, TrainingConfig
 from taxi_fares_mlops.errors import DataError, MissingTableError
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, QUARANTINED_TRIPS, RAW_TRIPS, Lakehouse
@@ -31,27 +32,50 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
     ``with_lookback`` also reads the trips the first feature windows of the range reach back to.
     """
     start, end = config.time_range
-    raw = lakehouse.read(spark, RAW_TRIPS)
     if with_lookback:
         rows = (in_range(F.col(PICKUP_TS), start - dt.timedelta(seconds=PICKUP_WINDOW_SECONDS), end)
                 | in_range(F.col(DROPOFF_TS), start - dt.timedelta(seconds=DROPOFF_WINDOW_SECONDS), end))
     else:
         rows = in_range(F.col(PICKUP_TS), start, end)
-    try:
-        result = validate_trips(raw.filter(rows), mode=config.validation_mode)
-    except TripValidationError as exc:
-        raise DataError(f"table '{RAW_TRIPS}': {exc}") from exc
+    with _raw_trips_checked():
+        result = validate_trips(lakehouse.read(spark, RAW_TRIPS).filter(rows), mode=config.validation_mode)
     if result.rows == 0:
-        raise DataError(f"table '{RAW_TRIPS}' has no trips for {config.start_date}..{config.end_date}: "
-                        f"load that range first, or choose a range it holds")
+        raise _no_trips(config)
     for violation in result.violations:
         logger.warning("quarantining invalid trips: %s", violation.message())
     return result
 
 
 def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:
-    """The trips of the range that pass validation (the invalid ones are feature engineering's to quarantine)."""
-    return validated_trips(spark, lakehouse, config).valid
+    """The trips picked up in the range that pass validation.
+
+    With ``validation_mode=quarantine`` (the default) the invalid trips are feature engineering's to count and
+    quarantine: here they are filtered out within the caller's query, which spares a pass over the range (one
+    more read of every trip before the first prediction), and only a probe for one trip of the range runs
+    first. ``fail`` counts every rule first, as it must refuse before anything is written.
+    """
+    if config.validation_mode == FAIL:
+        return validated_trips(spark, lakehouse, config).valid
+    start, end = config.time_range
+    with _raw_trips_checked():
+        raw = lakehouse.read(spark, RAW_TRIPS).filter(in_range(F.col(PICKUP_TS), start, end))
+        valid = valid_rows(raw)
+    if raw.isEmpty():
+        raise _no_trips(config)
+    return valid
+
+
+@contextmanager
+def _raw_trips_checked():
+    try:
+        yield
+    except TripValidationError as exc:
+        raise DataError(f"table '{RAW_TRIPS}': {exc}") from exc
+
+
+def _no_trips(config: JobConfig) -> DataError:
+    return DataError(f"table '{RAW_TRIPS}' has no trips for {config.start_date}..{config.end_date}: "
+                     f"load that range first, or choose a range it holds")
 
 
 def quarantine(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, quarantined: DataFrame,

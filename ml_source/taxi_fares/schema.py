@@ -120,7 +120,7 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
 
     mode ``fail`` raises ``TripValidationError`` listing every violation with its count; mode ``quarantine``
     returns the good rows in ``valid`` and the bad ones in ``quarantined`` with a ``violations`` column.
-    Schema problems always raise. Costs one aggregation pass over ``df``.
+    Schema problems always raise. Costs one aggregation pass over ``df`` (``valid_rows`` costs none).
     """
     if mode not in (FAIL, QUARANTINE):
         raise ValueError(f"validation mode must be '{FAIL}' or '{QUARANTINE}', got {mode!r}")
@@ -140,14 +140,35 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
     if violations and mode == FAIL:
         raise TripValidationError(violations)
 
-    # coalesce so a null comparison counts as "not broken" (the null checks above it flag the row instead).
-    broken = [F.coalesce(cond, F.lit(False)) for _, _, cond in rules]
-    any_broken = reduce(lambda a, b: a | b, broken)
-    # Valid rows by a plain boolean filter: Spark compiles it into the query, where the array of rule names
-    # below (a higher-order function) would be interpreted row by row and slow every query on valid trips.
-    valid = df.filter(~any_broken)
+    broken = _broken(rules)
     # Quarantined rows carry the names of the rules they break.
     flags = F.filter(F.array(*[F.when(b, F.lit(f"{column} {rule}")) for b, (column, rule, _) in zip(broken, rules)]),
                      lambda x: x.isNotNull())
-    quarantined = df.filter(any_broken).withColumn(VIOLATIONS_COLUMN, flags)
-    return ValidationResult(valid=valid, quarantined=quarantined, violations=violations, rows=int(counts["rows"]))
+    quarantined = df.filter(_any(broken)).withColumn(VIOLATIONS_COLUMN, flags)
+    return ValidationResult(valid=_valid(df, broken), quarantined=quarantined, violations=violations,
+                            rows=int(counts["rows"]))
+
+
+def valid_rows(df: DataFrame) -> DataFrame:
+    """The rows of ``df`` that break no rule, without counting anything: a filter within the caller's query (no
+    pass of its own), for jobs that only read valid trips and leave counting and quarantining the others to
+    ``validate_trips``. Schema problems raise ``TripValidationError`` as there."""
+    problems = schema_violations(df)
+    if problems:
+        raise TripValidationError(problems)
+    return _valid(df, _broken(_row_rules()))
+
+
+def _broken(rules: list[tuple[str, str, Column]]) -> list[Column]:
+    # coalesce so a null comparison counts as "not broken" (the null checks above it flag the row instead).
+    return [F.coalesce(cond, F.lit(False)) for _, _, cond in rules]
+
+
+def _any(broken: list[Column]) -> Column:
+    return reduce(lambda a, b: a | b, broken)
+
+
+def _valid(df: DataFrame, broken: list[Column]) -> DataFrame:
+    # Valid rows by a plain boolean filter: Spark compiles it into the query, where the array of rule names
+    # (a higher-order function) would be interpreted row by row and slow every query on valid trips.
+    return df.filter(~_any(broken))

@@ -395,6 +395,14 @@ def test_blob_storage_down(spark, lakehouse, mlflow_store, scoring_config, monke
         "refused"), kind="StorageError")
 
 
+def test_scoring_a_range_without_trips(spark, lakehouse, mlflow_store, scoring_config):
+    # quarantine mode (the default) spares scoring the counting pass; a probe for one trip of the range refuses
+    MlflowClient().set_registered_model_alias("taxi_fares", "champion", _register_fare_shaped_model())
+    _score_refused(spark, lakehouse, scoring_config, (
+        "table 'raw_trips' has no trips for 2016-02-01..2016-02-08: load that range first, or choose a range it "
+        "holds"), kind="DataError", start_date="2016-02-01", end_date="2016-02-08")
+
+
 def _register_fare_shaped_model():
     import pandas as pd
     from sklearn.dummy import DummyRegressor

@@ -3,7 +3,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from taxi_fares.schema import (QUARANTINE, VIOLATIONS_COLUMN, TripValidationError, Violation,
+from taxi_fares.schema import (QUARANTINE, VIOLATIONS_COLUMN, TripValidationError, Violation, valid_rows,
                                validate_trips)
 
 GOOD = ("2016-01-04 10:00", "2016-01-04 10:20", 2.0, 12.5, 10001, 10002)
@@ -97,3 +97,21 @@ def test_extra_columns_pass_through(make_trips):
 def test_unknown_mode_is_rejected(make_trips):
     with pytest.raises(ValueError, match="validation mode"):
         validate_trips(make_trips([GOOD]), mode="ignore")
+
+
+def test_valid_rows_are_the_rows_quarantine_mode_keeps(make_trips):
+    longest = ("2016-01-04 10:00:00", "2016-01-05 10:00:00", 1.0, 12.5, 10001, 10002)
+    bad = [("2016-01-04 10:00", "2016-01-04 10:20", -1.0, 12.5, 10001, 10002),
+           ("2016-01-04 10:00", "2016-01-04 09:00", 1.0, 12.5, 10001, 10002),
+           ("2016-01-04 10:00", "2016-01-05 10:00:01", 1.0, 12.5, 10001, 10002),
+           ("2016-01-04 10:00", None, 1.0, 12.5, 10001, 10002),
+           ("2016-01-04 10:00", "2016-01-04 10:20", 1.0, 10_001.0, 10001, 10002),
+           ("2016-01-04 10:00", "2016-01-04 10:20", 1.0, 12.5, 10001, None)]
+    trips = make_trips([GOOD, longest, *bad, GOOD])
+    assertDataFrameEqual(valid_rows(trips), make_trips([GOOD, longest, GOOD]))
+    assertDataFrameEqual(valid_rows(trips), validate_trips(trips, mode=QUARANTINE).valid)
+
+
+def test_valid_rows_refuse_a_schema_problem(make_trips):
+    with pytest.raises(TripValidationError, match="column 'fare_amount': is missing"):
+        valid_rows(make_trips([GOOD]).drop("fare_amount"))
