@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from taxi_fares.features import (DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_WINDOW_SECONDS, in_range, join_features,
-                                 model_input_columns)
+from taxi_fares.features import (DROPOFF_LOOKUP_TS, DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_LOOKUP_TS,
+                                 PICKUP_WINDOW_SECONDS, in_range, join_features, model_input_columns, range_spans)
 from taxi_fares.model import split_holdout
 from taxi_fares.schema import (DROPOFF_TS, FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError,
                                ValidationResult, valid_rows, validate_trips)
@@ -95,27 +95,23 @@ def quarantine(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, qua
     return {row["rule"]: int(row["count"]) for row in sorted(by_rule, key=lambda r: r["rule"])}
 
 
-def feature_tables(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> tuple[DataFrame, DataFrame]:
-    """The pickup and dropoff feature tables, or a DataError saying which stage to turn on."""
-    start, end = config.time_range
-    tables = []
+def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame) -> DataFrame:
+    """``trips`` (valid trips picked up in the config's range) with their point-in-time features, or a DataError
+    saying which stage to turn on when a feature table is missing or has no rows for the range."""
+    tables = {}
     for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
         try:
-            df = lakehouse.read(spark, table)
+            tables[table] = lakehouse.read(spark, table)
         except MissingTableError as exc:
             raise DataError(f"feature table '{table}' does not exist: run the job with "
                             f"execute_feature_engineering=true") from exc
-        if df.filter(in_range(F.col("ts"), start, end)).limit(1).count() == 0:
+    pickup, dropoff = tables[PICKUP_FEATURES], tables[DROPOFF_FEATURES]
+    spans = range_spans(pickup, dropoff, config.time_range)  # one query: each join's zips, rows in the range
+    for table, key in ((PICKUP_FEATURES, PICKUP_LOOKUP_TS), (DROPOFF_FEATURES, DROPOFF_LOOKUP_TS)):
+        if not spans[key].rows_in_range:
             raise DataError(f"feature table '{table}' has no rows for {config.start_date}..{config.end_date}: "
                             f"run the job with execute_feature_engineering=true for that range")
-        tables.append(df)
-    return tables[0], tables[1]
-
-
-def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame) -> DataFrame:
-    """``trips`` (valid trips picked up in the config's range) with their point-in-time features."""
-    pickup, dropoff = feature_tables(spark, lakehouse, config)
-    return join_features(trips, pickup, dropoff, pickup_range=config.time_range)
+    return join_features(trips, pickup, dropoff, spans=spans)
 
 
 def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:

@@ -16,6 +16,7 @@ the local session sets to UTC):
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from pyspark.sql import Column, DataFrame, Window
@@ -33,8 +34,8 @@ DateLike = Union[str, dt.date, dt.datetime]
 __all__ = ["DROPOFF_COUNT", "DROPOFF_IS_WEEKEND", "FEATURE_KEYS", "LABEL", "MODEL_FEATURES", "PICKUP_COUNT",
            "PICKUP_MEAN_FARE", "PICKUP_HOUR", "PICKUP_WEEKDAY", "DROPOFF_LOOKUP_TS", "PICKUP_LOOKUP_TS",
            "add_lookup_keys", "add_time_features", "dropoff_features", "filled_grid", "in_range", "join_features",
-           "model_input_columns", "pickup_features", "point_in_time_join", "round_down", "to_datetime",
-           "DateLike", "GRID_MAX_ROWS"]
+           "model_input_columns", "pickup_features", "point_in_time_join", "range_spans", "round_down", "to_datetime",
+           "DateLike", "GRID_MAX_ROWS", "Span"]
 
 
 def to_datetime(value: DateLike) -> dt.datetime:
@@ -190,33 +191,44 @@ _JOINS = (
 )
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where one join's lookup keys lie: grid slots ``first``..``last`` (epoch seconds) and ``zips``, the zips of
+    its feature rows up to ``last``. ``rows_in_range``: whether any feature row lies in the pickup range itself
+    (``range_spans``; spans taken from the trips leave it True)."""
+
+    first: int
+    last: int
+    zips: tuple[int, ...]
+    rows_in_range: bool = True
+
+
 def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid: bool = True,
-                  pickup_range: Optional[tuple[DateLike, DateLike]] = None) -> DataFrame:
+                  spans: Optional[dict[str, Span]] = None) -> DataFrame:
     """Trips with lookup keys, time features, and their point-in-time pickup and dropoff features.
 
     The lookup keys lie on a fixed grid (15 and 30 minutes), and so do the feature rows (window ends). With
     ``grid`` (the default), the as-of rule is applied once to every (zip, slot) of the span the trips' keys lie
     in (``filled_grid``, small), and each trip takes its features by an equi-join on (zip, key) with the filled
-    grid broadcast: no sort or shuffle of the trips. The span comes from ``pickup_range`` when the caller knows
-    it (``(start, end)``: every pickup lies in it and every dropoff is at most ``MAX_TRIP_HOURS`` after its
-    pickup, as validated trips of a range are), with the zips of the feature rows, so the trips are read only
-    once, by the join; without it one aggregation over the trips finds their keys' span and zips. A span too
-    large for that (``GRID_MAX_ROWS``) falls back, per join, to ``point_in_time_join``, which sorts trips and
-    feature rows together; ``grid=False`` always does. All give the same rows.
+    grid broadcast: no sort or shuffle of the trips. The spans come from ``spans`` when the caller knows them
+    (``range_spans`` of the range the trips were picked up in), so the trips are read only once, by the join;
+    without them one aggregation over the trips finds their keys' span and zips. A span too large for that
+    (``GRID_MAX_ROWS``) falls back, per join, to ``point_in_time_join``, which sorts trips and feature rows
+    together; ``grid=False`` always does. All give the same rows.
     """
     keyed = add_time_features(add_lookup_keys(trips))
     if grid:
         clash = [c for c in ("_grid_zip", "_grid_key", "_grid_id") if c in keyed.columns]
         if clash:
             raise ValueError(f"trips already have column(s) {clash}")
-        spans = _range_spans(pickup, dropoff, pickup_range) if pickup_range else _trip_spans(keyed)
+        spans = spans or _trip_spans(keyed)
     joined = keyed
     for features, (zip_col, key, columns, step) in zip((pickup, dropoff), _JOINS):
-        first, last, zips = spans[key] if grid else (None, None, [])
-        if not zips or len(zips) * ((last - first) // step + 1) > GRID_MAX_ROWS:
+        span = spans[key] if grid else None
+        if span is None or not span.zips or len(span.zips) * ((span.last - span.first) // step + 1) > GRID_MAX_ROWS:
             joined = point_in_time_join(joined, features, zip_col, key, columns)
             continue
-        filled = filled_grid(features, columns, zips, first, last, step).select(
+        filled = filled_grid(features, columns, span.zips, span.first, span.last, step).select(
             _grid_id(F.col("_grid_zip"), F.col("_grid_key"), step).alias("_grid_id"), *columns)
         on = _grid_id(F.col(zip_col), F.col(key), step) == F.col("_grid_id")
         joined = joined.join(F.broadcast(filled), on, "left").drop("_grid_id")
@@ -230,12 +242,12 @@ def _grid_id(zip_code: Column, key: Column, step: int) -> Column:
     return zip_code.cast("long") * F.lit(1 << 32) + F.floor(F.unix_timestamp(key) / F.lit(step))
 
 
-def _trip_spans(keyed: DataFrame) -> dict[str, tuple]:
-    """{lookup key: (first, last epoch second, sorted zips)} of the trips, by one aggregation over them."""
+def _trip_spans(keyed: DataFrame) -> dict[str, Span]:
+    """{lookup key: its Span} of the trips, by one aggregation over them."""
     row = keyed.agg(*[agg for zip_col, key, _, _ in _JOINS for agg in (
         F.min(F.unix_timestamp(key)).alias(f"first_{key}"), F.max(F.unix_timestamp(key)).alias(f"last_{key}"),
         F.collect_set(zip_col).alias(f"zips_{key}"))]).first()
-    return {key: (row[f"first_{key}"], row[f"last_{key}"], sorted(row[f"zips_{key}"] or []))
+    return {key: Span(row[f"first_{key}"], row[f"last_{key}"], tuple(sorted(row[f"zips_{key}"] or [])))
             for _, key, _, _ in _JOINS}
 
 
@@ -244,18 +256,28 @@ def _trip_spans(keyed: DataFrame) -> dict[str, tuple]:
 _SPAN_MARGIN_SECONDS = 2 * 86_400
 
 
-def _range_spans(pickup: DataFrame, dropoff: DataFrame, pickup_range: tuple[DateLike, DateLike]
-                 ) -> dict[str, tuple]:
-    """The spans the keys of trips picked up in ``pickup_range`` lie in, each with the zips of its feature table
-    up to the span's end (a small query per feature table; a zip without feature rows gets nulls either way)."""
+def range_spans(pickup: DataFrame, dropoff: DataFrame, pickup_range: tuple[DateLike, DateLike]
+                ) -> dict[str, Span]:
+    """{lookup key: its Span} for trips picked up in ``pickup_range``: every pickup lies in it and every dropoff
+    at most ``MAX_TRIP_HOURS`` after its pickup, as validated trips of a range do. One small query over both
+    feature tables finds each span's zips and whether the range itself has feature rows (a zip without feature
+    rows gets nulls either way)."""
     start, end = _check_range(*pickup_range)
     reach = {PICKUP_LOOKUP_TS: 0, DROPOFF_LOOKUP_TS: MAX_TRIP_HOURS * 3600}
-    spans = {}
-    for features, (_, key, _, step) in zip((pickup, dropoff), _JOINS):
+    bounds, per_zip = {}, []
+    for index, (features, (_, key, _, step)) in enumerate(zip((pickup, dropoff), _JOINS)):
         first = (int(start.timestamp()) - _SPAN_MARGIN_SECONDS) // step * step
         last = (int(end.timestamp()) + reach[key] + _SPAN_MARGIN_SECONDS) // step * step
-        zips = features.filter(F.col(TS) <= F.timestamp_seconds(F.lit(last))).select(ZIP).distinct().collect()
-        spans[key] = (first, last, sorted(row[ZIP] for row in zips))
+        bounds[key] = (first, last)
+        per_zip.append(features.filter(F.col(TS) <= F.timestamp_seconds(F.lit(last)))
+                       .groupBy(F.lit(index).alias("_join"), F.col(ZIP).alias("_zip"))
+                       .agg(F.max(in_range(F.col(TS), start, end)).alias("_in_range")))
+    rows = per_zip[0].unionByName(per_zip[1]).collect()
+    spans = {}
+    for index, (_, key, _, _) in enumerate(_JOINS):
+        mine = [row for row in rows if row["_join"] == index]
+        spans[key] = Span(*bounds[key], tuple(sorted(row["_zip"] for row in mine)),
+                          any(row["_in_range"] for row in mine))
     return spans
 
 

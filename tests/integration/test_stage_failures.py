@@ -41,6 +41,16 @@ def test_training_without_feature_tables_says_which_stage_to_turn_on(
     assert not trips_lakehouse.exists(spark, PICKUP_FEATURES)
 
 
+def test_training_a_range_the_feature_tables_lack_says_which_stage_to_turn_on(
+        spark, trips_lakehouse, mlflow_store, training_config):
+    run_job(training_config(end_date="2016-01-08", execute_training=False, execute_promotion=False), spark)
+    with pytest.raises(StageError) as excinfo:
+        run_job(training_config(start_date="2016-01-11", execute_feature_engineering=False), spark)
+    assert str(excinfo.value) == (
+        "stage 'training' failed: DataError: feature table 'pickup_features' has no rows for 2016-01-11..2016-01-18: "
+        "run the job with execute_feature_engineering=true for that range")
+
+
 def test_promotion_without_a_challenger_says_which_stage_to_turn_on(
         spark, trips_lakehouse, mlflow_store, training_config):
     # validation, which runs with promotion, is the first stage to need the challenger

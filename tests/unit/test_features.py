@@ -8,7 +8,7 @@ from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
 from taxi_fares.features import (DROPOFF_LOOKUP_TS, PICKUP_LOOKUP_TS, add_lookup_keys, dropoff_features,
-                                 join_features, pickup_features, point_in_time_join)
+                                 join_features, pickup_features, point_in_time_join, range_spans)
 
 
 def ts(text):
@@ -238,7 +238,7 @@ def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, mak
     # validated range holds (every dropoff within 24 hours of its pickup): the same rows again, on both grids.
     held = trips.filter(F.col("tpep_dropoff_datetime") <= F.col("tpep_pickup_datetime") + F.expr("INTERVAL 24 HOURS"))
     assert held.count() == trips.count() - 2
-    ranged = join_features(held, pickup, dropoff, pickup_range=(start, end))
+    ranged = join_features(held, pickup, dropoff, spans=range_spans(pickup, dropoff, (start, end)))
     assertDataFrameEqual(ranged, join_features(held, pickup, dropoff, grid=False))
     ranged_plan = ranged._jdf.queryExecution().executedPlan().toString().split("Initial Plan")[0]
     assert ranged_plan.count("BroadcastHashJoin") == 2

@@ -28,13 +28,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares import drift
-from taxi_fares.features import LABEL, MODEL_FEATURES, in_range, join_features, model_input_columns
+from taxi_fares.features import LABEL, MODEL_FEATURES, in_range, model_input_columns
 from taxi_fares.model import spark_regression_metrics
 from taxi_fares.outliers import OUTLIER
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
-from taxi_fares_mlops.datasets import feature_tables
+from taxi_fares_mlops.datasets import with_features
 from taxi_fares_mlops.errors import DataError, RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, PREDICTIONS
@@ -56,9 +56,8 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
         raise DataError(f"table '{PREDICTIONS}' does not exist: run the job with execute_batch_scoring=true")
     scored = (context.lakehouse.read(spark, PREDICTIONS)
               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
-    pickup, dropoff = feature_tables(spark, context.lakehouse, config)
     # Read by several aggregations below (profile comparison, category counts, outliers, error): joined once.
-    current = (join_features(scored, pickup, dropoff, pickup_range=(start, end))
+    current = (with_features(spark, context.lakehouse, config, scored)
                .select(*model_input_columns(), "prediction", F.col(LABEL).cast("double").alias(LABEL)).cache())
     try:
         return _judge(spark, config, context, model, judge, current)
