@@ -1,11 +1,14 @@
 """Build the two wheels (the one implementation behind `make dist` and the local runner's rebuilds)."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, project_version
@@ -14,6 +17,25 @@ from taxi_fares_mlops.checksums import sha256  # noqa: F401  (build.sha256: what
 logger = logging.getLogger(__name__)
 
 PROJECTS = {"taxi_fares": REPO_ROOT / "ml_source", "taxi_fares_mlops": REPO_ROOT / "ml_ops"}
+# Builds use each project's own build/ folder and the egg-info beside its sources, whatever the output folder: one
+# build at a time per checkout, across processes (two `mlops run --local` started together in a fresh clone).
+BUILD_LOCK = REPO_ROOT / ".build.lock"
+
+
+@contextmanager
+def build_lock() -> Iterator[None]:
+    """Wait for any other process building this checkout's wheels, then hold the lock (the operating system
+    releases it when the process ends, however it ends)."""
+    with open(BUILD_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process building the wheels")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def wheel_names(version: str) -> list[str]:
@@ -38,6 +60,11 @@ def is_stale(dist: Path) -> bool:
 
 def build(dist: Path) -> list[Path]:
     """Build exactly the two wheels into ``dist`` (emptied first) and write ``SHA256SUMS``."""
+    with build_lock():
+        return _build(dist)
+
+
+def _build(dist: Path) -> list[Path]:
     if dist.exists():
         shutil.rmtree(dist)
     dist.mkdir(parents=True)
@@ -56,7 +83,9 @@ def build(dist: Path) -> list[Path]:
 
 
 def ensure_built(dist: Path) -> list[Path]:
-    """The current wheels, rebuilt only if stale."""
+    """The current wheels, rebuilt only if stale (checked again once another process's build is over)."""
     if is_stale(dist):
-        return build(dist)
+        with build_lock():
+            if is_stale(dist):
+                return _build(dist)
     return [dist / name for name in wheel_names(project_version())]

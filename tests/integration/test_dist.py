@@ -126,3 +126,37 @@ def test_installing_the_wheels_changes_no_runtime_package(dist):
     runtime = _pins(REPO_ROOT / "requirements/runtime.txt")
     assert not set(installed) & set(runtime), f"the wheels would change runtime packages: {installed}"
     assert set(installed) <= {"taxi-fares", "taxi-fares-mlops"}, installed
+
+
+HOLD_THE_BUILD_LOCK = """
+import fcntl, sys
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_build_waits_for_another_process_building_the_same_checkout(tmp_path):
+    """Builds share each project's build/ folder: a second process (`mlops run --local` twice at once in a fresh
+    clone, or two test workers) waits for the first instead of building over it."""
+    import threading
+
+    from orchestrator import build
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_BUILD_LOCK, str(build.BUILD_LOCK)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = tmp_path / "dist"
+        built = []
+        waiting = threading.Thread(target=lambda: built.extend(build.ensure_built(out)))
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive() and not out.exists(), "built while another process held the build lock"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    waiting.join(timeout=300)
+    assert sorted(p.name for p in built) == sorted(build.wheel_names(project_version()))
+    assert all(p.exists() for p in built)
