@@ -27,6 +27,21 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory):
+    """The two wheels as `make dist` builds them, in a folder of their own (built once for the tests that install
+    them: into empty environments, into the serving container's)."""
+    import subprocess
+    from pathlib import Path
+
+    from orchestrator.paths import REPO_ROOT
+
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), "dist", f"DIST={out}",
+                    f"VENV={Path(sys.executable).parent.parent}"], check=True, capture_output=True)
+    return out
+
+
 @pytest.fixture
 def lakehouse(tmp_path, monkeypatch):
     from taxi_fares_mlops.storage import MLOPS_HOME_ENV, Lakehouse
