@@ -120,6 +120,13 @@ def ensure_container(target: BlobTarget) -> None:
                            f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
 
 
+def as_parts(df: DataFrame, rows: int, rows_per_part: int) -> DataFrame:
+    """``df`` in one partition per part of about ``rows_per_part`` rows. One part (a day's scoring) takes the rows
+    as they are read, merged without a shuffle; more are balanced by one."""
+    parts = max(1, -(-rows // rows_per_part))
+    return df.coalesce(1) if parts == 1 else df.repartition(parts)
+
+
 def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows_per_part: int = 1_000_000,
             rows: Optional[int] = None) -> dict:
     """Upload ``df`` as Parquet parts of about ``rows_per_part`` rows under ``folder``, then the manifest.
@@ -128,7 +135,7 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
     unless the caller knows its ``rows``. The container must exist (``ensure_container``, which the scoring stage
     calls before it writes anything).
     """
-    df = df.repartition(max(1, -(-(df.count() if rows is None else rows) // rows_per_part)))
+    df = as_parts(df, df.count() if rows is None else rows, rows_per_part)
     uploader = _partition_uploader(target.connection_string, target.container, folder)
     try:
         parts = [row.asDict() for row in df.mapInArrow(uploader, PART_SCHEMA).collect()]

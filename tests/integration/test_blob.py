@@ -107,6 +107,23 @@ def test_azurite_dying_mid_publish_leaves_no_manifest_and_a_rerun_publishes_all(
     assert ACCOUNT_KEY not in logs
 
 
+def test_one_part_is_published_without_a_shuffle_and_more_parts_are_balanced(spark):
+    """A run of fewer rows than a part (a day's scoring) uploads its rows as read: no shuffle of them first."""
+    from taxi_fares_mlops.blob import as_parts
+
+    def plan(df):
+        return df._jdf.queryExecution().executedPlan().toString()
+
+    rows = spark.range(0, 3000, numPartitions=3)
+    one = as_parts(rows, 3000, 5000)
+    assert one.rdd.getNumPartitions() == 1 and "Exchange" not in plan(one)
+    assert sorted(r.id for r in one.collect()) == list(range(3000))
+    three = as_parts(rows, 3000, 1000)
+    assert "Exchange" in plan(three)
+    sizes = [len(part) for part in three.rdd.glom().collect()]
+    assert len(sizes) == 3 and sum(sizes) == 3000 and all(900 <= n <= 1100 for n in sizes), sizes
+
+
 def test_scrub_removes_keys_and_sas_signatures():
     connection = "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc%2Bdef"
     text = ("failed: https://acct.blob.core.windows.net/c/b.parquet?sv=2024&sig=abc%2Bdef "
