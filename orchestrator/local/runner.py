@@ -348,6 +348,10 @@ SPARK_ENVIRONMENT = {
 def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
     python = str(env.python)
     kernel_env = dict(os.environ)
+    # The job's model registry is its tracking store (MLflow's default): a registry URI inherited from the caller (a
+    # shell, or a test whose store MLflow's set_registry_uri left in the environment) would resolve its models in
+    # another store, whose logged models this store does not have.
+    kernel_env.pop("MLFLOW_REGISTRY_URI", None)
     kernel_env.update(SPARK_ENVIRONMENT)
     kernel_env.update({
         "MLOPS_HOME": lakehouse,

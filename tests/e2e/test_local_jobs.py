@@ -182,9 +182,12 @@ def test_rerun_without_feature_engineering_keeps_features_and_does_not_duplicate
     assert [r[0] for r in predictions.select("mlflow_run_id").distinct().collect()] == [rerun["mlflow_run_id"]]
 
 
-def test_a_job_on_a_shared_spark_attaches_to_it_and_scores_the_same(spark, root, scored, capfd):
+def test_a_job_on_a_shared_spark_attaches_to_it_and_scores_the_same(
+        spark, root, scored, capfd, monkeypatch, tmp_path):
     """As `mlops demo` runs its jobs (an all-purpose cluster): the job's notebook gets a session on the Spark it is
-    handed (this test's) and starts none; same model, same predictions."""
+    handed (this test's) and starts none; same model, same predictions. A registry URI in the caller's environment
+    (MLflow's set_registry_uri leaves one behind) does not send the job to another store's models."""
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/elsewhere.db")
     before = table(spark, root, "predictions").select("trip_id", "prediction").collect()
     params = {"start_date": START, "end_date": END, "mlflow_experiment": "e2e", "execute_feature_engineering": "false"}
     capfd.readouterr()
