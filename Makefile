@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint dist bench bench-serving clean
+.PHONY: install warm demo test lint dist bench bench-serving clean
 
 $(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
 		package.json package-lock.json
@@ -21,14 +21,18 @@ $(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt
 
 install: $(STAMP)
 
-demo: install
+# Local Spark's class-data-sharing archive (once per JVM, pyspark and Delta version): later JVMs start faster.
+warm: install
+	$(VENV)/bin/mlops warm
+
+demo: warm
 	$(VENV)/bin/mlops demo
 
 lint: install
 	$(PY) -m flake8
 
 # PYTEST_ARGS lets CI add report options (JUnit, coverage) to the very same command.
-test: lint
+test: lint warm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.

@@ -124,6 +124,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(lakehouse_root(), rows=args.rows, seed=args.seed)
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    from taxi_fares_mlops.spark import class_archive, record_class_archive
+
+    archive = class_archive()
+    if archive.exists():
+        progress(f"local Spark's class archive is up to date: {archive}")
+        return 0
+    progress("recording the classes local Spark loads (once per JVM, pyspark and Delta version; about a minute)")
+    started = time.monotonic()
+    record_class_archive()
+    progress(f"class archive written in {time.monotonic() - started:.0f} s: {archive}")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from orchestrator import build
 
@@ -339,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(handler=lambda a: _serving("cmd_serve", a))
+
+    warm = commands.add_parser("warm", help="record the classes local Spark loads, so later starts map them")
+    warm.set_defaults(handler=cmd_warm)
 
     demo = commands.add_parser("demo", help="generate data and run the ML logic end to end, printing metrics")
     demo.add_argument("--rows", type=_positive_int, default=200_000)
