@@ -22,10 +22,11 @@ $(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt
 install: $(STAMP)
 
 # Local Spark's class-data-sharing archive (once per JVM, pyspark and Delta version): later JVMs start faster.
+# The test suite starts dozens; the demo runs its jobs on one Spark, which would not win back the recording.
 warm: install
 	$(VENV)/bin/mlops warm
 
-demo: warm
+demo: install
 	$(VENV)/bin/mlops demo
 
 lint: install

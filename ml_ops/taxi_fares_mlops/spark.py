@@ -12,10 +12,11 @@ Local settings can be tuned with environment variables:
 and executor JVMs; the test suite runs them with ``-XX:TieredStopAtLevel=1``, the quick compiler only).
 
 A local JVM spends most of its start loading and verifying Spark's and Delta's classes. ``record_class_archive``
-(``mlops warm``, run by ``make demo`` and ``make test``) records them once in a class-data-sharing archive (the
-JVM's own feature, JEP 350); every later local driver maps it instead: on this project's 2-core machine a session's
-start drops from ~13 s to ~6 s and its first Delta writes get faster too. The archive belongs to one JVM, one pyspark
-and one Delta version (``class_archive()`` names it after them); without it the JVM starts as before.
+(``mlops warm``, run by ``make test``) records them once in a class-data-sharing archive (the JVM's own feature,
+JEP 350); every later local driver maps it instead: on this project's 2-core machine a session's start drops from
+~13 s to ~8 s (~6 s with the quick compiler only) and its first Delta writes get faster too. The archive belongs
+to one JVM, one pyspark and one Delta version (``class_archive()`` names it after them); without it the JVM starts
+as before.
 """
 from __future__ import annotations
 
