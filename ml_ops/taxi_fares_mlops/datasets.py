@@ -118,9 +118,18 @@ def trips_with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobCo
     return with_features(spark, lakehouse, config, valid_trips(spark, lakehouse, config))
 
 
+def labelled_set(spark: SparkSession, lakehouse: Lakehouse, config: TrainingConfig) -> DataFrame:
+    """Model-input rows with their label: the trips of the range that have a fare, with their features."""
+    labelled = trips_with_features(spark, lakehouse, config).filter(F.col(LABEL).isNotNull())
+    return labelled.select(*model_input_columns(), F.col(LABEL).cast("double").alias(LABEL))
+
+
+def holdout_split(labelled: DataFrame, config: TrainingConfig) -> tuple[DataFrame, DataFrame]:
+    """(train, holdout) of ``labelled``, split deterministically by the model's seed."""
+    return split_holdout(labelled, config.holdout_fraction, seed=config.model_params.random_state)
+
+
 def training_and_holdout(spark: SparkSession, lakehouse: Lakehouse, config: TrainingConfig
                          ) -> tuple[DataFrame, DataFrame]:
     """(train, holdout) model-input frames with the label, split deterministically by the model's seed."""
-    labelled = trips_with_features(spark, lakehouse, config).filter(F.col(LABEL).isNotNull())
-    training_set = labelled.select(*model_input_columns(), F.col(LABEL).cast("double").alias(LABEL))
-    return split_holdout(training_set, config.holdout_fraction, seed=config.model_params.random_state)
+    return holdout_split(labelled_set(spark, lakehouse, config), config)

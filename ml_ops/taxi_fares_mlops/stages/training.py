@@ -14,7 +14,7 @@ from taxi_fares.model import bounded_sample, predict_spark, spark_regression_met
 from taxi_fares.outliers import fit_outlier_detector
 from taxi_fares_mlops import reports, telemetry
 from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
-from taxi_fares_mlops.datasets import training_and_holdout
+from taxi_fares_mlops.datasets import holdout_split, labelled_set
 from taxi_fares_mlops.errors import DataError
 from taxi_fares_mlops.faults import crash_point
 from taxi_fares_mlops.stage import StageContext, stage
@@ -28,7 +28,39 @@ PLOT_ROWS = 5000
 
 @stage(TRAINING)
 def training(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
-    train, holdout = training_and_holdout(spark, context.lakehouse, config)
+    # The labelled rows are read by the sample's count, the sample and the holdout's predictions: the
+    # point-in-time join is computed once and kept on the executors (memory, else their disks) for the stage.
+    labelled = labelled_set(spark, context.lakehouse, config).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        model, sample, metrics, reference, example = _fit_and_evaluate(labelled, config, context)
+    finally:
+        labelled.unpersist()
+
+    with telemetry.span("log and register model") as step:
+        version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
+        step.set_attribute("model_version", version)
+    crash_point("training.after_fare_model_registered")
+    registry = context.tracking.registry(config.model_name)
+    with telemetry.span("fit and register outlier detector", rows=len(sample)) as step:
+        detector = fit_outlier_detector(sample, config.model_params.random_state)
+        detector_version = context.tracking.log_model(detector, sample[list(MODEL_FEATURES)].head(5).fillna(0.0),
+                                                      companion_name(config.model_name, OUTLIERS), artifact=OUTLIERS)
+        registry.link(version, OUTLIERS, detector_version)
+        step.set_attribute("model_version", detector_version)
+    with telemetry.span("register drift detector") as step:
+        drift_version = context.tracking.log_drift_model(reference, example, companion_name(config.model_name, DRIFT))
+        registry.link(version, DRIFT, drift_version)
+        step.set_attribute("model_version", drift_version)
+    registry.set_aliases(CHALLENGER, ModelRef(config.model_name, version, context.mlflow_run_id))
+    return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
+            "outlier_model_version": detector_version, "drift_model_version": drift_version,
+            "metrics": {k: round(v, 4) for k, v in metrics.items()}}
+
+
+def _fit_and_evaluate(labelled, config: TrainingConfig, context: StageContext) -> tuple:
+    """The model fitted on a bounded sample of the training rows, evaluated and profiled on the holdout; the
+    metrics, the reference profile and the drift detector's input example are logged or returned."""
+    train, holdout = holdout_split(labelled, config)
     seed = config.model_params.random_state
     # The bounded sample is the only data brought to the driver; its size is set by max_training_rows.
     with telemetry.span("build training sample") as step:
@@ -41,8 +73,8 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         model = train_model(sample, config.model_params)
 
     baseline = float(sample[LABEL].mean())
-    # The scored holdout is read by the evaluation, the profile (three passes) and the plots: computed once (the
-    # point-in-time join and the predictions), kept on the executors (memory, else their disks) for the stage.
+    # The scored holdout is read by the evaluation, the profile (three passes), the plots and the drift
+    # detector's example: the predictions are computed once and kept for the stage.
     scored = predict_spark(holdout, model).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with telemetry.span("evaluate on holdout") as step:
@@ -54,6 +86,7 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
         with telemetry.span("profile holdout for monitoring", rows=holdout_rows):
             reference = drift.profile(scored)
             context.tracking.log_dict(reference, REFERENCE_PROFILE)
+        example = scored.select(*reference["numeric"], *reference["categorical"]).limit(5).toPandas()
 
         with tempfile.TemporaryDirectory() as tmp:
             plot_rows = scored.select(LABEL, "prediction").limit(PLOT_ROWS).toPandas()
@@ -61,24 +94,4 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
                 context.tracking.log_artifact(path, "reports")
     finally:
         scored.unpersist()
-
-    with telemetry.span("log and register model") as step:
-        version = context.tracking.log_model(model, sample[list(MODEL_FEATURES)].head(5), config.model_name)
-        step.set_attribute("model_version", version)
-    crash_point("training.after_fare_model_registered")
-    registry = context.tracking.registry(config.model_name)
-    with telemetry.span("fit and register outlier detector", rows=len(sample)) as step:
-        detector = fit_outlier_detector(sample, seed)
-        detector_version = context.tracking.log_model(detector, sample[list(MODEL_FEATURES)].head(5).fillna(0.0),
-                                                      companion_name(config.model_name, OUTLIERS), artifact=OUTLIERS)
-        registry.link(version, OUTLIERS, detector_version)
-        step.set_attribute("model_version", detector_version)
-    with telemetry.span("register drift detector") as step:
-        example = scored.select(*reference["numeric"], *reference["categorical"]).limit(5).toPandas()
-        drift_version = context.tracking.log_drift_model(reference, example, companion_name(config.model_name, DRIFT))
-        registry.link(version, DRIFT, drift_version)
-        step.set_attribute("model_version", drift_version)
-    registry.set_aliases(CHALLENGER, ModelRef(config.model_name, version, context.mlflow_run_id))
-    return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
-            "outlier_model_version": detector_version, "drift_model_version": drift_version,
-            "metrics": {k: round(v, 4) for k, v in metrics.items()}}
+    return model, sample, metrics, reference, example
