@@ -16,17 +16,22 @@ os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
 # One Spark session serves the whole suite (300+ tests, dozens of jobs, hundreds of Delta tables): its driver gets
 # more heap than a single job's 2g default, or code generation late in the suite runs out of it.
 os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
-# Every JVM the suite starts (its session, each job's, the Connect server, the standalone cluster's) runs small data
-# for seconds: the quick compiler alone (C1) spends far less of the 2 cores on compiling than C1 and C2 together.
-# Compilation changes no result; the benchmarks keep the JVM's default.
-os.environ.setdefault("MLOPS_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1")
+# The JVMs the suite starts for one job or one test (each job's, the Connect server, the standalone cluster's) run
+# small data for seconds: the quick compiler alone (C1) spends far less of the 2 cores on compiling than C1 and C2
+# together. Compilation changes no result; the benchmarks keep the JVM's default.
+QUICK_JIT = "-XX:TieredStopAtLevel=1"
+os.environ.setdefault("MLOPS_SPARK_JAVA_OPTIONS", QUICK_JIT)
 
 
 @pytest.fixture(scope="session")
 def spark():
-    from taxi_fares_mlops.spark import get_spark
+    """The suite's own session lives for the whole run, long enough for C2's code to pay: the JVM's default."""
+    from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV, get_spark
 
-    session = get_spark("taxi-fares-tests")
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get(JAVA_OPTIONS_ENV) == QUICK_JIT:
+            patch.delenv(JAVA_OPTIONS_ENV)
+        session = get_spark("taxi-fares-tests")
     yield session
     session.stop()
 
@@ -47,10 +52,17 @@ def dist(tmp_path_factory):
 
 
 @pytest.fixture
-def lakehouse(tmp_path, monkeypatch):
+def home(tmp_path):
+    """The folder of a test's lakehouse and MLflow store: its own. A module whose tests only read what one job made
+    (a champion they score) overrides it with one folder for the module, so that the job runs once."""
+    return tmp_path
+
+
+@pytest.fixture
+def lakehouse(home, monkeypatch):
     from taxi_fares_mlops.storage import MLOPS_HOME_ENV, Lakehouse
 
-    root = tmp_path / "lakehouse"
+    root = home / "lakehouse"
     monkeypatch.setenv(MLOPS_HOME_ENV, str(root))
     return Lakehouse(str(root))
 
@@ -76,11 +88,11 @@ def make_trips(spark):
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    """A real, empty sqlite MLflow store for one test; fails the test if it leaves a run open."""
+def mlflow_store(home, monkeypatch):
+    """A real sqlite MLflow store (empty for a test of its own); fails the test if it leaves a run open."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{home}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

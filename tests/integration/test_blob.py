@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient
+from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from fakes.tcp_proxy import CuttingProxy
@@ -26,9 +27,18 @@ def azurite(tmp_path):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One lakehouse and MLflow store for the module: its tests publish what scoring one champion gives, and
+    training is not their subject, so the first test that asks for the champion trains it for all."""
+    return tmp_path_factory.mktemp("blob")
+
+
 @pytest.fixture
 def champion(spark, trips_lakehouse, mlflow_store, training_config):
-    run_job(training_config(max_iter=5), spark)
+    trained = MlflowClient().search_registered_models("name = 'taxi_fares'")
+    if not (trained and "champion" in trained[0].aliases):
+        run_job(training_config(max_iter=5), spark)
     return trips_lakehouse
 
 
@@ -136,8 +146,6 @@ def test_scrub_removes_keys_and_sas_signatures():
 @pytest.mark.slow
 def test_no_storage_or_instrumentation_key_in_logs_traces_envelopes_or_mlflow(
         spark, champion, scoring_config, azurite, monkeypatch, caplog):
-    from mlflow.tracking import MlflowClient
-
     from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
 
     caplog.set_level("DEBUG")

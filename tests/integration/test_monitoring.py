@@ -11,31 +11,44 @@ from taxi_fares_mlops.jobs import run_job
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, PREDICTIONS
 
 
-def test_monitoring_refuses_companions_of_another_model_version(
-        spark, trips_lakehouse, mlflow_store, training_config, scoring_config):
-    first = run_job(training_config(), spark)
-    second = run_job(training_config(execute_feature_engineering="false", force_promote="true"), spark)
-    fare = second["stages"]["training"]["model_version"]
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One lakehouse and MLflow store for the module: both tests read what two trainings made."""
+    return tmp_path_factory.mktemp("monitoring")
+
+
+@pytest.fixture
+def versions(spark, trips_lakehouse, mlflow_store, training_config):
+    """The tags of fare model versions 1 and 2, each trained with its companions; 2, trained after 1 and forced,
+    is the champion. Trained by the first test that asks."""
+    client = MlflowClient()
+    if not client.search_model_versions("name = 'taxi_fares'"):
+        run_job(training_config(), spark)
+        run_job(training_config(execute_feature_engineering="false", force_promote="true"), spark)
+    return {version: client.get_model_version("taxi_fares", version).tags for version in ("1", "2")}
+
+
+def test_monitoring_refuses_companions_of_another_model_version(spark, versions, scoring_config):
     client = MlflowClient()
     for kind, tag in (("outliers", "outlier_model_version"), ("drift", "drift_model_version")):
-        mine, other = second["stages"]["training"][tag], first["stages"]["training"][tag]
-        client.set_model_version_tag("taxi_fares", fare, tag, other)
-        with pytest.raises(StageError) as excinfo:
-            run_job(scoring_config(execute_monitoring="true"), spark)
-        assert (f"model 'taxi_fares_{kind}' version {other} belongs to 'taxi_fares' version "
-                f"{first['stages']['training']['model_version']}, not version {fare}") in str(excinfo.value)
-        client.set_model_version_tag("taxi_fares", fare, tag, mine)
+        mine, other = versions["2"][tag], versions["1"][tag]
+        client.set_model_version_tag("taxi_fares", "2", tag, other)
+        try:
+            with pytest.raises(StageError) as excinfo:
+                run_job(scoring_config(execute_monitoring="true"), spark)
+        finally:
+            client.set_model_version_tag("taxi_fares", "2", tag, mine)
+        assert (f"model 'taxi_fares_{kind}' version {other} belongs to 'taxi_fares' version 1, not version 2"
+                in str(excinfo.value))
 
 
-def test_the_registered_drift_model_judges_a_frame_of_requests(spark, trips_lakehouse, mlflow_store,
-                                                               training_config, scoring_config):
+def test_the_registered_drift_model_judges_a_frame_of_requests(spark, trips_lakehouse, versions, scoring_config):
     """``taxi_fares_drift@champion`` loads with plain ``mlflow.pyfunc`` (no Spark needed to judge) and finds the
     drift of shifted trip distances in a pandas frame; the params override its thresholds."""
-    trained = run_job(training_config(), spark)["stages"]["training"]
     scored = run_job(scoring_config(execute_monitoring="true"), spark)
-    assert scored["stages"]["monitoring"]["model_version"] == trained["model_version"]
-    tags = MlflowClient().get_model_version("taxi_fares_drift", trained["drift_model_version"]).tags
-    assert tags["fare_model_version"] == trained["model_version"]
+    assert scored["stages"]["monitoring"]["model_version"] == "2"
+    tags = MlflowClient().get_model_version("taxi_fares_drift", versions["2"]["drift_model_version"]).tags
+    assert tags["fare_model_version"] == "2"
 
     model = mlflow.pyfunc.load_model("models:/taxi_fares_drift@champion")
     columns = model.metadata.get_input_schema().input_names()
