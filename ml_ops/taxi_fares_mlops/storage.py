@@ -153,7 +153,7 @@ class Lakehouse:
         """
         if not self.exists(spark, table):
             self.write(df, table)
-            return {"inserted": self._last_metric(spark, table, "numOutputRows"), "updated": 0}
+            return {**self._last_metrics(spark, table, inserted="numOutputRows"), "updated": 0}
         source = f"merge_source_{uuid.uuid4().hex}"
         with self._wrapped("merge into", table):
             on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
@@ -165,8 +165,7 @@ class Lakehouse:
                           f"WHEN MATCHED AND ({changed}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
             finally:
                 spark.catalog.dropTempView(source)
-        counts = {"inserted": self._last_metric(spark, table, "numTargetRowsInserted"),
-                  "updated": self._last_metric(spark, table, "numTargetRowsUpdated")}
+        counts = self._last_metrics(spark, table, inserted="numTargetRowsInserted", updated="numTargetRowsUpdated")
         logger.info("merged into table %s: %s", table, counts)
         return counts
 
@@ -191,7 +190,7 @@ class Lakehouse:
             if skippable:
                 writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
             self._save(spark, writer, table)
-        written = self._last_metric(spark, table, "numOutputRows")
+        written = self._last_metrics(spark, table, written="numOutputRows")["written"]
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
 
@@ -202,10 +201,12 @@ class Lakehouse:
         else:
             writer.save(self.table_path(table))
 
-    def _last_metric(self, spark: SparkSession, table: str, name: str) -> int:
+    def _last_metrics(self, spark: SparkSession, table: str, **names: str) -> dict[str, int]:
+        """The last commit's operation metrics ``names`` (key -> Delta's metric name), read in one history query."""
         with self._wrapped("read the history of", table):
             row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
-        return int((row["operationMetrics"] or {}).get(name, 0))
+        metrics = row["operationMetrics"] or {}
+        return {key: int(metrics.get(name, 0)) for key, name in names.items()}
 
 
 def _skippable(kind) -> bool:
