@@ -131,7 +131,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     if archive.exists():
         progress(f"local Spark's class archive is up to date: {archive}")
         return 0
-    progress("recording the classes local Spark loads (once per JVM, pyspark and Delta version; a minute or two)")
+    progress("recording the classes local Spark loads (once per JVM, pyspark install and Delta; a minute or two)")
     started = time.monotonic()
     record_class_archive()
     progress(f"class archive written in {time.monotonic() - started:.0f} s: {archive}")

@@ -15,8 +15,8 @@ A local JVM spends most of its start loading and verifying Spark's and Delta's c
 (``mlops warm``, run by ``make test``) records them once in a class-data-sharing archive (the JVM's own feature,
 JEP 350); every later local driver maps it instead: on this project's 2-core machine a session's start drops from
 ~13 s to ~8 s (~6 s with the quick compiler only) and its first Delta writes get faster too. The archive belongs
-to one JVM, one pyspark and one Delta version (``class_archive()`` names it after them); without it the JVM starts
-as before.
+to one JVM, one pyspark installation (down to its jars' times) and one Delta version (``class_archive()`` names it
+after them); without it the JVM starts as before.
 """
 from __future__ import annotations
 
@@ -118,11 +118,35 @@ def _java() -> str:
 
 def class_archive() -> Path:
     """Where the class-data-sharing archive of local Spark lives: one per JVM, pyspark installation and Delta
-    package, since the JVM maps an archive only on the class path and JVM build it was recorded with."""
+    package, since the JVM maps an archive only on the class path and JVM build it was recorded with. It also maps
+    it only while every jar on that class path keeps the size and modification time it had at recording, and pip
+    stamps a jar with the time it installed it: so the name carries those too, and a virtualenv made again at the
+    same path (same jars, new times) gets an archive of its own instead of one the JVM would silently refuse."""
     import pyspark
 
-    key = "\n".join([_java(), str(Path(pyspark.__file__).parent), pyspark.__version__, delta_package()])
-    return _resolved_jars_file().parent / f"mlops-classes-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
+    spark_home = Path(pyspark.__file__).parent
+    install = "\n".join([_java(), str(spark_home), pyspark.__version__, delta_package()])
+    return _resolved_jars_file().parent / f"mlops-classes-{_digest(install)}-{_digest(_jar_stamps(spark_home))}.jsa"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _jar_stamps(spark_home: Path) -> str:
+    """The name, size and modification time of each jar on a local driver's class path (pyspark's ``jars``)."""
+    return "\n".join(f"{jar.name}@{stat.st_size}@{stat.st_mtime_ns}"
+                     for jar in sorted((spark_home / "jars").glob("*.jar")) for stat in [jar.stat()])
+
+
+def _remove_superseded_archives(archive: Path) -> None:
+    """Delete the archives recorded for the same installation path before its jars changed (~190 MB each): no
+    JVM maps them any more."""
+    install = archive.name.rsplit("-", 1)[0]
+    for old in archive.parent.glob(f"{install}-*.jsa"):
+        if old != archive:
+            old.unlink(missing_ok=True)
+            logger.info("removed the class archive of a former installation: %s", old)
 
 
 def _java_options(record_classes_to: Optional[Path] = None) -> dict[str, str]:
@@ -210,6 +234,7 @@ def record_class_archive() -> Path:
     if SparkSession.getActiveSession() is not None:
         raise RuntimeError("record_class_archive needs a process without a Spark session: run `mlops warm`")
     partial = archive.with_name(f"{archive.name}.{os.getpid()}.partial")
+    archive.parent.mkdir(parents=True, exist_ok=True)  # Ivy makes it under Java's user.home, which may not be $HOME
     spark = _local_session("mlops-warm", record_classes_to=partial)
     jvm = spark.sparkContext._gateway.proc
     try:
@@ -225,6 +250,7 @@ def record_class_archive() -> Path:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"the JVM exited with {jvm.returncode} before recording its classes")
     partial.replace(archive)
+    _remove_superseded_archives(archive)
     return archive
 
 

@@ -35,3 +35,37 @@ def test_a_local_driver_maps_the_classes_mlops_warm_recorded(tmp_path):
     assert sources["org.apache.spark.SparkContext"] == "shared objects file (top)", sources.get(
         "org.apache.spark.SparkContext")
     assert sources["io.delta.sql.DeltaSparkSessionExtension"] == "shared objects file (top)"
+
+
+def test_a_pyspark_installed_again_at_the_same_path_gets_an_archive_of_its_own(tmp_path, monkeypatch):
+    """The JVM refuses an archive once a jar on its class path has another modification time, and pip stamps jars
+    with their install time: a virtualenv made again where the last one was (a clean clone in the same folder) must
+    not find the old archive "up to date"."""
+    import os
+
+    import pyspark
+
+    from taxi_fares_mlops.spark import class_archive
+
+    jar = tmp_path / "pyspark" / "jars" / "spark-core_2.13-4.1.0.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"classes")
+    monkeypatch.setattr(pyspark, "__file__", str(tmp_path / "pyspark" / "__init__.py"))
+    first = class_archive()
+    assert class_archive() == first  # the same jars: the same archive
+    os.utime(jar, ns=(jar.stat().st_atime_ns, jar.stat().st_mtime_ns + 1_000_000_000))
+    again = class_archive()
+    assert again != first
+    assert again.parent == first.parent
+    assert again.name.rsplit("-", 1)[0] == first.name.rsplit("-", 1)[0]  # the same installation path
+
+
+def test_recording_an_archive_removes_the_ones_its_installation_can_no_longer_map(tmp_path):
+    from taxi_fares_mlops.spark import _remove_superseded_archives
+
+    names = ["mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa-0002.jsa", "mlops-classes-bbbb-0001.jsa",
+             "mlops-classes-0123456789abcdef.jsa", "mlops-io.delta_delta-spark_4.1_2.13_4.3.1.jars"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    _remove_superseded_archives(tmp_path / "mlops-classes-aaaa-0002.jsa")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {"mlops-classes-aaaa-0001.jsa"})
