@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from jvm_options import for_a_long_lived_jvm, quick_jit_by_default
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Set before the Spark JVM starts, so the Python workers that load models (spark_udf) inherit it too.
@@ -16,21 +18,17 @@ os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
 # One Spark session serves the whole suite (300+ tests, dozens of jobs, hundreds of Delta tables): its driver gets
 # more heap than a single job's 2g default, or code generation late in the suite runs out of it.
 os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
-# The JVMs the suite starts for one job or one test (each job's, the Connect server, the standalone cluster's) run
-# small data for seconds: the quick compiler alone (C1) spends far less of the 2 cores on compiling than C1 and C2
-# together. Compilation changes no result; the benchmarks keep the JVM's default.
-QUICK_JIT = "-XX:TieredStopAtLevel=1"
-os.environ.setdefault("MLOPS_SPARK_JAVA_OPTIONS", QUICK_JIT)
+quick_jit_by_default()  # C1 only for the JVMs the suite starts for one job or test (tests/jvm_options.py)
 
 
 @pytest.fixture(scope="session")
 def spark():
     """The suite's own session lives for the whole run, long enough for C2's code to pay: the JVM's default."""
-    from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV, get_spark
+    from taxi_fares_mlops.spark import get_spark
 
     with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get(JAVA_OPTIONS_ENV) == QUICK_JIT:
-            patch.delenv(JAVA_OPTIONS_ENV)
+        for name in set(os.environ) - set(for_a_long_lived_jvm(dict(os.environ))):
+            patch.delenv(name)
         session = get_spark("taxi-fares-tests")
     yield session
     session.stop()
@@ -87,11 +85,26 @@ def make_trips(spark):
     return build
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory):
+    """An empty sqlite MLflow store made by MLflow once: a test's store starts as a copy of it, since MLflow runs
+    its schema migrations (dozens) on every new database, 1-4 s each time on this machine."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-empty") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(home, monkeypatch):
+def mlflow_store(home, monkeypatch, empty_mlflow_db):
     """A real sqlite MLflow store (empty for a test of its own); fails the test if it leaves a run open."""
+    import shutil
+
     import mlflow
 
+    if not (home / "mlflow.db").exists():
+        shutil.copyfile(empty_mlflow_db, home / "mlflow.db")
     uri = f"sqlite:///{home}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)

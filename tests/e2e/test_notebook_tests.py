@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
+from jvm_options import for_a_long_lived_jvm
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,7 @@ def test_notebook_tests_pass_and_write_a_junit_report(tmp_path):
     the console, the JUnit report or anything under the home folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
     env["MLOPS_HOME"] = str(tmp_path / "home")
+    for_a_long_lived_jvm(env)  # one Spark serves all the notebooks for minutes
     capture = IngestionCapture()
     env.update(DATABRICKS_TOKEN=TOKEN, APPLICATIONINSIGHTS_CONNECTION_STRING=capture.connection_string)
     report = tmp_path / "notebook-tests.xml"
