@@ -141,10 +141,10 @@ def _jar_stamps(spark_home: Path) -> str:
 
 def _remove_superseded_archives(archive: Path) -> None:
     """Delete the archives recorded for the same installation path before its jars changed (~190 MB each): no
-    JVM maps them any more."""
+    JVM maps them any more. That includes one named before names carried the jars' times (``<install>.jsa``)."""
     install = archive.name.rsplit("-", 1)[0]
-    for old in archive.parent.glob(f"{install}-*.jsa"):
-        if old != archive:
+    for old in [*archive.parent.glob(f"{install}-*.jsa"), archive.parent / f"{install}.jsa"]:
+        if old != archive and old.exists():
             old.unlink(missing_ok=True)
             logger.info("removed the class archive of a former installation: %s", old)
 

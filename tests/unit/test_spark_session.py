@@ -63,9 +63,11 @@ def test_a_pyspark_installed_again_at_the_same_path_gets_an_archive_of_its_own(t
 def test_recording_an_archive_removes_the_ones_its_installation_can_no_longer_map(tmp_path):
     from taxi_fares_mlops.spark import _remove_superseded_archives
 
-    names = ["mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa-0002.jsa", "mlops-classes-bbbb-0001.jsa",
-             "mlops-classes-0123456789abcdef.jsa", "mlops-io.delta_delta-spark_4.1_2.13_4.3.1.jars"]
+    names = ["mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa-0002.jsa", "mlops-classes-aaaa.jsa",
+             "mlops-classes-bbbb-0001.jsa", "mlops-classes-bbbb.jsa", "mlops-io.delta_delta-spark_4.1_2.13_4.3.1.jars"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
     _remove_superseded_archives(tmp_path / "mlops-classes-aaaa-0002.jsa")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {"mlops-classes-aaaa-0001.jsa"})
+    # the same installation's older archives go (the one named before names carried the jars' times too)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        set(names) - {"mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa.jsa"})
