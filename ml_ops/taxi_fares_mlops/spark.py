@@ -9,7 +9,8 @@ under ``~/.ivy2.5.2``. A local Spark Connect server gets the same jars and setti
 Local settings can be tuned with environment variables:
 ``MLOPS_SPARK_MASTER`` (default ``local[2]``), ``MLOPS_SPARK_DRIVER_MEMORY`` (default ``2g``),
 ``MLOPS_SPARK_SHUFFLE_PARTITIONS`` (default ``4``) and ``MLOPS_SPARK_JAVA_OPTIONS`` (extra options for the driver
-and executor JVMs; the test suite runs them with ``-XX:TieredStopAtLevel=1``, the quick compiler only).
+and executor JVMs; the test suite runs the JVMs that live for one job with ``-XX:TieredStopAtLevel=1``, the quick
+compiler only: ``tests/jvm_options.py``).
 
 A local JVM spends most of its start loading and verifying Spark's and Delta's classes. ``record_class_archive``
 (``mlops warm``, run by ``make test``) records them once in a class-data-sharing archive (the JVM's own feature,
