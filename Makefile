@@ -32,9 +32,12 @@ demo: install
 lint: install
 	$(PY) -m flake8
 
-# PYTEST_ARGS lets CI add report options (JUnit, coverage) to the very same command.
+# PYTEST_ARGS lets CI add report options (JUnit, coverage) to the very same command. TEST_WORKERS pytest processes
+# share the tests, a file each at a time (a file's tests share its fixtures); one process each costs a Spark session
+# of its own, and pays where the suite waits on other processes (jobs, servers, notebooks) and leaves cores idle.
+TEST_WORKERS ?= 2
 test: lint warm
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install
