@@ -34,6 +34,7 @@ from orchestrator import build, templates
 from orchestrator.console import progress
 from orchestrator.errors import ConfigurationError
 from orchestrator.local import cluster
+from orchestrator.local.server import without_mlflow_stores
 from orchestrator.parameters import merge_parameters
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 from taxi_fares_mlops.summary import JobSummary
@@ -347,11 +348,8 @@ SPARK_ENVIRONMENT = {
 
 def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
     python = str(env.python)
-    kernel_env = dict(os.environ)
-    # The job's model registry is its tracking store (MLflow's default): a registry URI inherited from the caller (a
-    # shell, or a test whose store MLflow's set_registry_uri left in the environment) would resolve its models in
-    # another store, whose logged models this store does not have.
-    kernel_env.pop("MLFLOW_REGISTRY_URI", None)
+    # The job's model registry is its tracking store (MLflow's default), set below: nothing inherited from the caller.
+    kernel_env = without_mlflow_stores(os.environ)
     kernel_env.update(SPARK_ENVIRONMENT)
     kernel_env.update({
         "MLOPS_HOME": lakehouse,

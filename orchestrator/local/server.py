@@ -7,6 +7,16 @@ import subprocess
 import time
 from typing import IO, Mapping, Optional, Union
 
+# MLflow's store settings. A process that runs jobs for any lakehouse (a Spark Connect server, a cluster's daemons,
+# a notebook kernel until its job's store is set) must not inherit the caller's (a shell, a test whose store an
+# earlier command left in the environment): MLflow's spark_udf hands a Connect server's Python workers the job's
+# tracking URI only, and an inherited registry URI would then resolve the job's models in another store.
+MLFLOW_STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def without_mlflow_stores(env: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name not in MLFLOW_STORE_VARIABLES}
+
 
 def free_port() -> int:
     with socket.socket() as s:

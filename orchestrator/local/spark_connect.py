@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.local.server import LocalServer
+from orchestrator.local.server import LocalServer, without_mlflow_stores
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
@@ -46,7 +46,7 @@ class SparkConnectServer(LocalServer):
         return command
 
     def start(self, timeout_s: float = 300) -> "SparkConnectServer":
-        env = {**os.environ, "PYSPARK_PYTHON": self.python, "SPARK_LOCAL_IP": "127.0.0.1"}
+        env = {**without_mlflow_stores(os.environ), "PYSPARK_PYTHON": self.python, "SPARK_LOCAL_IP": "127.0.0.1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.launch(self.command(), timeout_s, env=env, output=log, hint=f": see {self.log}")

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.local.server import LocalServer, free_port
+from orchestrator.local.server import LocalServer, free_port, without_mlflow_stores
 
 
 def spark_class() -> Path:
@@ -28,7 +28,7 @@ class _Daemon(LocalServer):
     def start(self, timeout_s: float = 120) -> "_Daemon":
         from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV
 
-        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
+        env = {**without_mlflow_stores(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
                "SPARK_DAEMON_JAVA_OPTS": os.environ.get(JAVA_OPTIONS_ENV, "")}
         with open(self.log, "ab") as log:
             self.launch(self.command, timeout_s, env=env, output=log, hint=f": see {self.log}")

@@ -19,8 +19,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with SparkConnectServer(tmp_path_factory.mktemp("connect") / "server.log") as running:
+    """Started from a shell whose MLflow variables name another store (as `mlops approve` leaves them, or a user's
+    profile): the server serves every job's lakehouse, so it must not pass them to its Python workers, which load
+    each job's model from the job's own registry."""
+    folder = tmp_path_factory.mktemp("connect")
+    elsewhere = f"sqlite:///{folder}/elsewhere.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+        patch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
+        running = SparkConnectServer(folder / "server.log").start()
+    try:
         yield running
+    finally:
+        running.stop()
 
 
 def mlops(root, server, *args):
