@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Spark session (Delta enabled) for the whole run, a lakehouse and a real sqlite
+"""Shared fixtures: one local Spark session (Delta enabled) per pytest process, a lakehouse and a real sqlite
 MLflow store per test, and job configs over generated trips.
 
 There is deliberately no tests/__init__.py: nutter installs a top-level ``tests`` package that it would shadow.
@@ -15,10 +15,24 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Set before the Spark JVM starts, so the Python workers that load models (spark_udf) inherit it too.
 os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-# One Spark session serves the whole suite (300+ tests, dozens of jobs, hundreds of Delta tables): its driver gets
-# more heap than a single job's 2g default, or code generation late in the suite runs out of it.
+# One Spark session serves all the tests of a pytest process (hundreds of tests, dozens of jobs, hundreds of Delta
+# tables): its driver gets more heap than a single job's 2g default, or code generation late in a run runs out of it.
 os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
 quick_jit_by_default()  # C1 only for the JVMs the suite starts for one job or test (tests/jvm_options.py)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the process environment as it found it. The `mlops` command run in-process points MLflow
+    at its registry through the environment (in its own process it owns it); left behind, a store of one test
+    reaches the next test's servers and jobs, whichever test runs next in this process."""
+    saved = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
