@@ -37,7 +37,7 @@ def _environment_restored():
 
 @pytest.fixture(scope="session")
 def spark():
-    """The suite's own session lives for the whole run, long enough for C2's code to pay: the JVM's default."""
+    """A pytest process's own session lives for its whole run, long enough for C2's code to pay: the JVM's default."""
     from taxi_fares_mlops.spark import get_spark
 
     with pytest.MonkeyPatch.context() as patch:
