@@ -33,12 +33,13 @@ lint: install
 	$(PY) -m flake8
 
 # PYTEST_ARGS lets CI add report options (JUnit, coverage) to the very same command. TEST_WORKERS pytest processes
-# share the tests, a file each at a time (a file's tests share its fixtures), files with the most tests first
-# (xdist's default; the end-to-end files first measured slower: their job processes then compete with each other).
-# Each process costs a Spark session of its own, and pays where the suite waits on the processes it starts.
+# share the tests a file at a time (a file's tests share its fixtures), in the order of tests/: the end-to-end files
+# first, one after another in one process (tests/conftest.py groups them; side by side their job processes slowed
+# each other), while the other process takes the in-process files. Each process costs a Spark session of its own,
+# and pays where the suite waits on the processes it starts.
 TEST_WORKERS ?= 2
 test: lint warm
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Exactly two wheels (taxi_fares, taxi_fares_mlops) and their SHA-256 list, in $(DIST)/.
 dist: install

@@ -21,6 +21,22 @@ os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
 quick_jit_by_default()  # C1 only for the JVMs the suite starts for one job or test (tests/jvm_options.py)
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s pytest processes (`--dist loadfile`) take a file at a time, except the end-to-end files: one
+    unit of work, so they run one after another in one process while the other process takes the in-process files.
+    They wait on the job processes, servers and notebooks they start, and side by side they slowed each other."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own scheduler for the mode asked
+    from xdist.scheduler import LoadFileScheduling
+
+    class EndToEndAsOneFile(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return EndToEndAsOneFile(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Each test leaves the process environment as it found it. The `mlops` command run in-process points MLflow
