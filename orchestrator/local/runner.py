@@ -314,10 +314,11 @@ def _filtered_stderr():
         return
     sys.stderr.flush()
     original = os.dup(2)
+    console_fd = os.dup(original)  # the thread's own, made here: the block may end (closing original) before it runs
     read, write = os.pipe()
 
     def pump() -> None:
-        with os.fdopen(read, errors="replace") as lines, os.fdopen(os.dup(original), "w") as console:
+        with os.fdopen(read, errors="replace") as lines, os.fdopen(console_fd, "w") as console:
             for line in lines:
                 if not LOCAL_SPARK_CHATTER.search(line):
                     console.write(line)

@@ -103,6 +103,28 @@ def test_local_spark_chatter_is_filtered_and_job_lines_are_kept():
     assert flagged == [True] * len(noise) + [False] * len(kept)
 
 
+def test_what_a_block_writes_to_stderr_is_filtered_even_when_the_block_ends_at_once(monkeypatch, capfd):
+    """A local cluster on a Spark that is already running starts nothing: its block ends before the thread that
+    filters its standard error has begun. That thread must still write what it reads to the console, never to a
+    descriptor the block has closed by then (or, worse, one reused by a file opened since)."""
+    import threading
+
+    from orchestrator.local.runner import _filtered_stderr
+
+    monkeypatch.delenv("MLOPS_LOG_LEVEL", raising=False)
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(repr(args.exc_value)))
+    for attempt in range(500):
+        with _filtered_stderr():
+            if attempt == 0:
+                os.write(2, b"Setting default log level to \"WARN\".\nstage batch_scoring finished in 8.4s\n")
+    for thread in threading.enumerate():
+        if thread.name == "spark-console":
+            thread.join(10)
+    assert failures == []
+    assert capfd.readouterr().err == "stage batch_scoring finished in 8.4s\n"
+
+
 def test_verbose_reaches_the_jobs_through_the_environment(monkeypatch, capsys):
     import logging
 
