@@ -21,6 +21,7 @@ os.environ.setdefault("MLOPS_SPARK_DRIVER_MEMORY", "4g")
 quick_jit_by_default()  # C1 only for the JVMs the suite starts for one job or test (tests/jvm_options.py)
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist (`-p no:xdist`) must not refuse it
 def pytest_xdist_make_scheduler(config, log):
     """`make test`'s pytest processes (`--dist loadfile`) take a file at a time, except the end-to-end files: one
     unit of work, so they run one after another in one process while the other process takes the in-process files.
