@@ -1,6 +1,7 @@
 """Telemetry against a real local ingestion endpoint: envelopes per stage with the right role and run id, log
 lines as traces, failures as exceptions; an unreachable or stalled endpoint never fails or hangs a job."""
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -95,8 +96,6 @@ def _closed_port() -> int:
 def _telemetry_waits(connection_string: str) -> tuple[float, float]:
     """Seconds a job's thread spends in telemetry against ``connection_string``: emitting 50 stage-like spans with a
     log line each (the exporters run in background threads), and shutting down (bounded)."""
-    import logging
-
     from taxi_fares_mlops.telemetry import Telemetry
 
     telemetry = Telemetry.start("training", {"mlflow_run_id": "r1"}, connection_string, None)
