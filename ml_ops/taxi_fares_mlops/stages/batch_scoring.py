@@ -26,7 +26,12 @@ logger = logging.getLogger(__name__)
 
 # Rows per Arrow batch handed to the model: the model is called once per batch, so larger batches spread its
 # per-call cost (MLflow's input checks, the pandas frame) over more rows; 100k rows of features are ~8 MB.
-SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000"}
+# That row bound is the batch's only bound: with a byte bound as well (Spark 4's default, 64 MiB, which 8 MB never
+# reaches) Spark re-measures the Arrow batch's buffers after every row it adds; Int.MaxValue turns that check off
+# (``BatchedPythonArrowInput``). One core-second of the JVM's 26 at 4M rows (Flight Recorder), paired runs 0.4-1.4 s
+# faster.
+SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000",
+                "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
 
 
 @stage(BATCH_SCORING)
