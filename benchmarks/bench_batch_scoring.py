@@ -14,14 +14,14 @@ part's time is the difference to the previous one); model load is ``mlflow.pyfun
 version; Delta write is the stage's "score and write" span minus the same pipeline into ``noop``; "other" is
 the rest of the stage (registry, checks, commit). Blob publish is not in the stage's figure (the stage publishes
 only when a storage connection is configured): it is the stage's publish step run on the written predictions
-against a local Azurite. The denominator is ``model.predict`` on the same model, in this process, on rows
-already in memory. Where the CPU goes: the scoring stage runs again (replacing the rows it wrote) while the CPU
-seconds of the JVM (driver, and in local mode the executors: scan, join, Arrow, write, JIT, GC) and of the Python
-workers it started are counted, beside what the same rows cost ``model.predict`` on one core. The monitoring stage
-then runs alone on the scored range (rows/s and driver memory). Then the
-scoring job runs again on a Spark standalone cluster on loopback (one master, two
-one-core workers) beside ``local[2]``. Figures are ratios measured in one run on one machine; printed, never
-asserted.
+against a local Azurite. The denominator is ``model.predict`` on the same model, in this process, on the
+stage's own model inputs (up to a million rows of them, in memory, taken after the stages ran). Where the CPU
+goes: the scoring stage runs again (replacing the rows it wrote) while the CPU seconds of the JVM (driver, and in
+local mode the executors: scan, join, Arrow, write, JIT, GC) and of the Python workers it started are counted,
+beside what as many of the stage's rows cost ``model.predict`` on one core (the rate measured on that sample).
+The monitoring stage then runs alone on the scored range (rows/s and driver memory). Then the scoring job runs
+again on a Spark standalone cluster on loopback (one master, two one-core workers) beside ``local[2]``. Figures
+are ratios measured in one run on one machine; printed, never asserted.
 """
 from __future__ import annotations
 
@@ -100,6 +100,29 @@ def cpu_seconds(spark) -> tuple[float, float]:
     return sum(times[jvm][:2]) / tick, below / tick
 
 
+# The JVM's threads by the work they do, from their names (Linux shows the first 15 characters).
+JVM_THREAD_KINDS = (("tasks", ("Executor task l",)), ("JIT", ("C1 CompilerThre", "C2 CompilerThre")),
+                    ("GC", ("GC Thread", "G1 ")))
+
+
+def jvm_thread_seconds(spark) -> dict[str, float]:
+    """CPU seconds used so far by the JVM's live threads, summed per kind (``JVM_THREAD_KINDS``, the rest as
+    "other"): the executors' tasks (scan, join, Arrow, write), the JIT compilers, the garbage collector."""
+    tick = os.sysconf("SC_CLK_TCK")
+    jvm = int(spark._jvm.ProcessHandle.current().pid())
+    seconds = {kind: 0.0 for kind, _ in JVM_THREAD_KINDS} | {"other": 0.0}
+    for task in os.listdir(f"/proc/{jvm}/task"):
+        try:
+            stat = Path(f"/proc/{jvm}/task/{task}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        used = sum(int(f) for f in stat.rsplit(")", 1)[1].split()[11:13]) / tick
+        kind = next((k for k, prefixes in JVM_THREAD_KINDS if name.startswith(prefixes)), "other")
+        seconds[kind] += used
+    return seconds
+
+
 def timed(action) -> float:
     started = time.perf_counter()
     action()
@@ -166,31 +189,43 @@ def publish_predictions(spark, lakehouse, run_id: str, connection: str) -> None:
     blob.publish(written, target, f"predictions/{run_id}", {"mlflow_run_id": run_id})
 
 
-def in_process_rate(model, rows: int = 1_000_000, threads=None) -> float:
-    """Rows/s of ``model.predict`` in this process on rows in memory (on ``threads`` OpenMP threads: all cores
-    when None)."""
-    import numpy as np
-    import pandas as pd
+def model_inputs(spark, home: Path, rows: int = 1_000_000):
+    """Up to ``rows`` of the stage's own model inputs (the valid trips of the range with their features) as the
+    pandas frame the model gets: the trees' paths, hence predict's cost, depend on the values (uniform random
+    inputs, the denominator before 2026-11-28, were predicted 1.65x faster than these rows)."""
+    from taxi_fares.features import model_input_columns
+    from taxi_fares_mlops import datasets
+    from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
+    from taxi_fares_mlops.storage import Lakehouse
+
+    scoring = config(ScoringConfig, SCORING_PARAMETERS, home)
+    joined = datasets.trips_with_features(spark, Lakehouse(str(home)), scoring)
+    return joined.select(*model_input_columns()).limit(rows).toPandas()
+
+
+def in_process_rate(model, frame, threads=None) -> float:
+    """Rows/s of ``model.predict`` in this process on ``frame`` (rows in memory), on ``threads`` OpenMP threads
+    (all cores when None)."""
     from threadpoolctl import threadpool_limits
 
-    from taxi_fares.features import MODEL_FEATURES
-
-    frame = pd.DataFrame(np.random.default_rng(0).random((rows, len(MODEL_FEATURES))), columns=list(MODEL_FEATURES))
     with threadpool_limits(threads):
-        return rows / timed(lambda: model.predict(frame))
+        return len(frame) / timed(lambda: model.predict(frame))
 
 
-def scoring_cpu(spark, home: Path) -> tuple[float, float, float]:
-    """(stage seconds, JVM CPU seconds, Python workers' CPU seconds) of a rerun of the scoring stage alone."""
+def scoring_cpu(spark, home: Path) -> tuple[float, float, dict[str, float], float]:
+    """(stage seconds, JVM CPU seconds, those per kind of JVM thread, Python workers' CPU seconds) of a rerun of
+    the scoring stage alone."""
     from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
     from taxi_fares_mlops.jobs import run_job
     from taxi_fares_mlops.summary import JobSummary
 
     scoring = config(ScoringConfig, SCORING_PARAMETERS, home, execute_feature_engineering="false")
     jvm, workers = cpu_seconds(spark)
+    threads = jvm_thread_seconds(spark)
     summary = JobSummary.from_dict(run_job(scoring, spark))
     jvm_after, workers_after = cpu_seconds(spark)
-    return summary.stages["batch_scoring"].duration_s, jvm_after - jvm, workers_after - workers
+    threads = {kind: used - threads.get(kind, 0.0) for kind, used in jvm_thread_seconds(spark).items()}
+    return summary.stages["batch_scoring"].duration_s, jvm_after - jvm, threads, workers_after - workers
 
 
 def main(argv=None) -> int:
@@ -246,9 +281,12 @@ def main(argv=None) -> int:
             print(f"[bench] {size:,} rows: stage breakdown", file=sys.stderr)
             parts = breakdown(spark, home, summary, model_uri, azurite.connection_string)
             print(f"[bench] {size:,} rows: scoring again, counting CPU", file=sys.stderr)
-            cpu = (*scoring_cpu(spark, home), size / in_process_rate(model, threads=1))
-            results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model),
+            cpu = scoring_cpu(spark, home)
+            frame = model_inputs(spark, home)  # after the stages: their driver memory is measured without it
+            cpu = (*cpu, size / in_process_rate(model, frame, threads=1))
+            results.append((size, summary, parts, memory.peak_rss, memory.peak_heap, in_process_rate(model, frame),
                             monitoring, cpu))
+            del frame
     spark.stop()
 
     cluster_rate = None
@@ -301,12 +339,14 @@ def report(spark_start: float, results, cluster_rate) -> None:
         print(f"{size:>10,} " + " ".join(f"{parts[n]:>13.2f}" for n in names))
     cores = os.cpu_count()
     print(f"\nWhere the CPU goes: the scoring stage again (replacing its rows), CPU seconds counted; {cores} cores; "
-          "'predict 1 core' is model.predict of as many rows in this process on one thread")
-    print(f"{'rows':>10} {'stage s':>8} {'JVM cpu s':>10} {'Python workers cpu s':>21} {'predict 1 core s':>17} "
-          f"{'(JVM+workers)/cores':>20}")
-    for size, *_, (stage, jvm, workers, alone) in results:
-        print(f"{size:>10,} {stage:>8.1f} {jvm:>10.1f} {workers:>21.1f} {alone:>17.1f} "
-              f"{(jvm + workers) / cores:>20.1f}")
+          "'predict 1 core' is model.predict of as many rows in this process on one thread; the JVM's CPU split by "
+          "its threads: executor tasks, JIT compilers, garbage collector, the rest")
+    kinds = [kind for kind, _ in JVM_THREAD_KINDS] + ["other"]
+    print(f"{'rows':>10} {'stage s':>8} {'JVM cpu s':>10} " + " ".join(f"{'JVM ' + k:>10}" for k in kinds)
+          + f" {'Python workers cpu s':>21} {'predict 1 core s':>17} {'(JVM+workers)/cores':>20}")
+    for size, *_, (stage, jvm, threads, workers, alone) in results:
+        print(f"{size:>10,} {stage:>8.1f} {jvm:>10.1f} " + " ".join(f"{threads[k]:>10.1f}" for k in kinds)
+              + f" {workers:>21.1f} {alone:>17.1f} {(jvm + workers) / cores:>20.1f}")
     print("\nMonitoring stage (drift against the training profile, outlier share, realized error) on the same rows")
     print(f"{'rows':>10} {'rows/s':>10} {'py driver MiB':>14}")
     for size, *_, (rate, rss), _ in results:
