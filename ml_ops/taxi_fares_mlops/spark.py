@@ -31,6 +31,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,21 @@ JAVA_OPTIONS_ENV = "MLOPS_SPARK_JAVA_OPTIONS"
 @contextmanager
 def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
     """``settings`` for the actions run inside the block (Spark reads them when a query executes), then the
-    session's previous values back: a stage tunes its own queries without changing the job's session."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
+    session's previous values back: a stage tunes its own queries without changing the job's session.
+
+    The settings tune, they never decide a result: one the session refuses (serverless compute accepts a short
+    list of settings; no session takes a static one at runtime) stays as it was, with a warning naming it, and the
+    block runs with the others."""
+    previous = {}
     for key, value in settings.items():
-        spark.conf.set(key, value)
+        try:
+            before = spark.conf.get(key, None)
+            spark.conf.set(key, value)
+        except AnalysisException as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("Spark setting %s=%s refused by the session, left as it was: %s", key, value, reason)
+            continue
+        previous[key] = before
     try:
         yield
     finally:

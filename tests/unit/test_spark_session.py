@@ -1,8 +1,10 @@
 """The local session: after the first start resolved the Delta package with Ivy, later starts (every job run,
-the Connect server) use the jar files it resolved: no Ivy run, no resolution report on the console."""
+the Connect server) use the jar files it resolved: no Ivy run, no resolution report on the console. And a stage's
+tuning settings (``session_conf``): applied for its block, then the session's own values back."""
+import logging
 from pathlib import Path
 
-from taxi_fares_mlops.spark import delta_package, local_conf, resolved_jars
+from taxi_fares_mlops.spark import delta_package, local_conf, resolved_jars, session_conf
 
 
 def test_later_sessions_use_the_jars_the_first_one_resolved(spark):
@@ -71,3 +73,18 @@ def test_recording_an_archive_removes_the_ones_its_installation_can_no_longer_ma
     # the same installation's older archives go (the one named before names carried the jars' times too)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         set(names) - {"mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa.jsa"})
+
+
+def test_a_setting_the_session_refuses_is_left_as_it_was_and_the_block_runs_with_the_others(spark, caplog):
+    # A static setting is refused at runtime by every session, as serverless compute refuses most settings.
+    static, tuning = "spark.sql.extensions", "spark.sql.execution.arrow.maxRecordsPerBatch"
+    extensions, batch = spark.conf.get(static), spark.conf.get(tuning)
+    with caplog.at_level(logging.WARNING, logger="taxi_fares_mlops.spark"):
+        with session_conf(spark, {static: "com.example.Nothing", tuning: "1234"}):
+            assert spark.conf.get(tuning) == "1234"
+            assert spark.conf.get(static) == extensions
+            assert spark.range(3).count() == 3
+    assert spark.conf.get(tuning) == batch
+    assert spark.conf.get(static) == extensions
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(refused) == 1 and refused[0].startswith(f"Spark setting {static}=com.example.Nothing refused"), refused
