@@ -209,6 +209,9 @@ def local_conf(persistent_catalog: bool = False, record_classes_to: Optional[Pat
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # The Python workers import pyspark from site-packages, not from the archives Spark puts first on their
+        # path: before each task a worker re-reads every archive it imported from (taxi_fares_mlops.pyspark_daemon).
+        "spark.python.daemon.module": "taxi_fares_mlops.pyspark_daemon",
         "spark.databricks.delta.snapshotPartitions": "2",
         # Timestamps as Parquet INT64 microseconds, as Databricks runtimes write them (delta-io/delta#400), not
         # open-source Spark's INT96 (deprecated by Parquet, PARQUET-323): 12-byte values that the writer hashes
