@@ -19,9 +19,12 @@ import zipimport
 
 
 def _spark_archive(entry: str) -> bool:
-    """Whether a path entry is one of the archives Spark adds: pyspark's and py4j's zips, a jar."""
-    name = os.path.basename(entry)
-    return name == "pyspark.zip" or (name.startswith("py4j-") and name.endswith(".zip")) or name.endswith(".jar")
+    """Whether a path entry is an archive Spark adds: a zip or jar file inside ``SPARK_HOME`` (for a pip-installed
+    pyspark, the package's own folder), which Spark sets for its Python processes."""
+    home = os.environ.get("SPARK_HOME")
+    if not home or not entry.endswith((".zip", ".jar")) or not os.path.isfile(entry):
+        return False
+    return os.path.commonpath([os.path.realpath(home), os.path.realpath(entry)]) == os.path.realpath(home)
 
 
 def _installed_pyspark() -> bool:
@@ -34,7 +37,9 @@ def _installed_pyspark() -> bool:
 
 def drop_spark_archives() -> list[str]:
     """Remove Spark's archives from ``sys.path`` and forget the zip importers made for them (and for any path
-    inside them), when pyspark is installed as a package; returns the entries removed."""
+    inside them), when pyspark and py4j are installed as packages; returns the entries removed. Entries of the
+    user's own ``PYTHONPATH`` stay, and so do the files a job ships (Spark adds those to a worker's path per
+    task)."""
     if not _installed_pyspark():
         return []
     removed = [entry for entry in sys.path if _spark_archive(entry)]

@@ -108,3 +108,35 @@ def test_python_workers_import_pyspark_from_site_packages_and_hold_no_archive_to
     [(worker_pyspark, archives)] = spark.sparkContext.parallelize([0], 1).mapPartitions(worker_imports).collect()
     assert worker_pyspark == pyspark.__file__ and ".zip" not in worker_pyspark, worker_pyspark
     assert archives == [], archives
+
+
+def test_the_daemon_drops_only_the_archives_inside_spark_home_and_their_importers(tmp_path, monkeypatch):
+    import sys
+    import zipfile
+    import zipimport
+
+    from taxi_fares_mlops.pyspark_daemon import drop_spark_archives
+
+    home, packages, user = tmp_path / "pyspark", tmp_path / "site-packages", tmp_path / "user"
+    for folder in (home / "python/lib", home / "jars", packages / "pyspark", packages / "py4j", user):
+        folder.mkdir(parents=True)
+    for package in ("pyspark", "py4j"):
+        (packages / package / "__init__.py").write_text("")
+    archives = [home / "python/lib/pyspark.zip", home / "python/lib/py4j-0.10.9.9-src.zip", home / "jars/core.jar",
+                user / "mine.zip", user / "mine.jar"]
+    for archive in archives:
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("x.py", "")
+    spark_zip = str(archives[0])
+    monkeypatch.setenv("SPARK_HOME", str(home))
+    monkeypatch.setattr(sys, "path", [*map(str, archives), str(packages)])
+    monkeypatch.setattr(sys, "path_importer_cache", {spark_zip: zipimport.zipimporter(spark_zip),
+                                                     f"{spark_zip}/pyspark": zipimport.zipimporter(spark_zip),
+                                                     str(archives[3]): zipimport.zipimporter(str(archives[3]))})
+    assert drop_spark_archives() == [str(a) for a in archives[:3]]
+    assert sys.path == [str(archives[3]), str(archives[4]), str(packages)]
+    assert list(sys.path_importer_cache) == [str(archives[3])]
+    # a pyspark only in Spark's archives (no installed package): nothing is dropped
+    (packages / "pyspark" / "__init__.py").unlink()
+    monkeypatch.setattr(sys, "path", [spark_zip, str(packages)])
+    assert drop_spark_archives() == [] and sys.path == [spark_zip, str(packages)]
