@@ -3,7 +3,7 @@
 Spark starts the daemon that forks the Python workers with its own archives first on ``PYTHONPATH``
 (``pyspark.zip``, the py4j zip and the spark-core jar), so the workers import pyspark from a zip file; and before
 every task a worker calls ``importlib.invalidate_caches()``, which on Python 3.11 re-reads the central directory
-of every zip archive an import has looked into: about 0.1 s of CPU per task, on the cores the task needs. A
+of every zip archive an import has looked into: 0.1-0.16 s of CPU per task, on the cores the task needs. A
 pip-installed pyspark has the same modules, of the same version, in site-packages: this module drops Spark's
 archives from the path before anything imports pyspark, then runs pyspark's own daemon unchanged. It is what
 ``spark.python.daemon.module`` names in a local session (``taxi_fares_mlops.spark.local_conf``); on Databricks
