@@ -1,9 +1,9 @@
-"""The catalogue of bad inputs (README "Failure behaviour"): each case is refused with the exact message checked,
-and nothing is written (no table, no lakehouse folder, no request, no registered version).
+"""The catalogue of bad inputs (docs/failure-behaviour.md, "Bad inputs"): each case is refused with the exact
+message checked, and nothing is written (no table, no lakehouse folder, no request, no registered version).
 
 Cases run the way a user meets them: job parameters, the CLI and the targets file through ``mlops`` in-process;
 raw data, registry state, storage and services through ``run_job`` on the shared Spark session and a real sqlite
-MLflow store (or a real server that refuses). ``CASES`` counts them for the README's table.
+MLflow store (or a real server that refuses). ``_case_names`` lists them for the page's table.
 """
 import contextlib
 import errno
@@ -429,13 +429,13 @@ def test_workspace_5xx(workspace, mlops):
     assert len(workspace.jobs) == 3
 
 
-# --- the README's catalogue names exactly these cases -------------------------------------------------------------
+# --- the failure page's catalogue names exactly these cases -------------------------------------------------------
 
 def _case_names():
     """Every case of this module as pytest names it (``test_x`` or ``test_x[id]``), from the functions' marks."""
     names = []
     for name, function in sorted(globals().items()):
-        if not name.startswith("test_") or name == "test_the_readme_catalogue_names_every_case":
+        if not name.startswith("test_") or name == "test_the_failure_catalogue_names_every_case":
             continue
         marks = [m for m in getattr(function, "pytestmark", []) if m.name == "parametrize"]
         if not marks:
@@ -445,10 +445,11 @@ def _case_names():
     return names
 
 
-def test_the_readme_catalogue_names_every_case():
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Bad inputs ("):]
-    section = section[:section.index("\n## ")]
+def test_the_failure_catalogue_names_every_case():
+    page = (REPO_ROOT / "docs" / "failure-behaviour.md").read_text()
+    section = page[page.index("### Bad inputs ("):]
+    later = [section.find(h, 1) for h in ("\n# ", "\n## ", "\n### ")]  # the next heading, if any, ends it
+    section = section[:min([i for i in later if i > 0], default=len(section))]
     count = int(section[len("### Bad inputs ("):section.index(")")])
     rows = [line for line in section.splitlines() if line.startswith("| ") and line.endswith("` |")]
     listed = [row.rsplit("| `", 1)[1][:-len("` |")] for row in rows]
