@@ -15,8 +15,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP, TRIP_ID
+from taxi_fares.trip_rules import MAX_DISTANCE_MILES, MAX_FARE, MAX_TRIP_HOURS, ROW_RULES
 
-__all__ = ["DISTANCE", "DROPOFF_TS", "DROPOFF_ZIP", "FARE", "PICKUP_TS", "PICKUP_ZIP", "TRIP_ID"]
+__all__ = ["DISTANCE", "DROPOFF_TS", "DROPOFF_ZIP", "FARE", "MAX_DISTANCE_MILES", "MAX_FARE", "MAX_TRIP_HOURS",
+           "PICKUP_TS", "PICKUP_ZIP", "TRIP_ID"]
 
 RAW_TRIP_SCHEMA = T.StructType([
     T.StructField(PICKUP_TS, T.TimestampType(), True),
@@ -35,11 +37,8 @@ VIOLATIONS_COLUMN = "violations"
 # overwritten or clash, so it is refused.
 RESERVED_COLUMNS = (VIOLATIONS_COLUMN, "mlflow_run_id", "range_start", "range_end", "quarantined_at")
 
-# Bounds beyond any real taxi trip (a typo or a unit error, not an outlier): such rows are invalid, while extreme
-# but possible values are left to the outlier model.
-MAX_FARE = 10_000.0
-MAX_DISTANCE_MILES = 1_000.0
-MAX_TRIP_HOURS = 24
+# The row rules and their bounds (MAX_FARE, MAX_DISTANCE_MILES, MAX_TRIP_HOURS) live in taxi_fares.trip_rules,
+# shared with the online service: one rule set.
 
 FAIL = "fail"
 QUARANTINE = "quarantine"
@@ -102,16 +101,11 @@ def schema_violations(df: DataFrame) -> list[Violation]:
 def _row_rules() -> list[tuple[str, str, Column]]:
     """(column, rule, condition-that-flags-a-bad-row). Null checks guard the comparisons below them."""
     rules = [(c, "have a null value", F.col(c).isNull()) for c in KEY_COLUMNS]
-    rules.append((DISTANCE, "have a negative distance", F.col(DISTANCE) < 0))
-    rules.append((DISTANCE, f"have a distance above {MAX_DISTANCE_MILES:,.0f} miles",
-                  F.col(DISTANCE) > MAX_DISTANCE_MILES))
-    rules.append((FARE, "have a negative fare", F.col(FARE) < 0))
-    rules.append((FARE, f"have a fare above {MAX_FARE:,.0f}", F.col(FARE) > MAX_FARE))
-    rules.append((DROPOFF_TS, "have a dropoff before the pickup", F.col(DROPOFF_TS) < F.col(PICKUP_TS)))
-    # In microseconds: `timestamp + INTERVAL` converts every row through the session's time zone (java.time),
-    # a cost of the scoring job's every row; an interval of hours is an exact duration, so the rule is the same.
-    rules.append((DROPOFF_TS, f"have a trip longer than {MAX_TRIP_HOURS} hours",
-                  F.unix_micros(DROPOFF_TS) - F.unix_micros(PICKUP_TS) > MAX_TRIP_HOURS * 3600 * 10**6))
+    # Times as whole microseconds since the epoch, as the online service gives them to the same rules:
+    # `timestamp + INTERVAL` would convert every row through the session's time zone (java.time), a cost of the
+    # scoring job's every row; an interval of hours is an exact duration, so the rule is the same.
+    values = {c: F.unix_micros(c) if c in (PICKUP_TS, DROPOFF_TS) else F.col(c) for c in RAW_TRIP_SCHEMA.names}
+    rules += [(r.column, r.rule, r.breaks(values)) for r in ROW_RULES]
     return rules
 
 
