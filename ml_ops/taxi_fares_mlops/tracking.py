@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 import taxi_fares.model
 from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
 from taxi_fares.features import MODEL_FEATURES, model_input_columns
+from taxi_fares_mlops.checksums import sha256
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
 from taxi_fares_mlops.errors import RegistryError, TrackingError, first_line
 
@@ -100,7 +101,9 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str, artifact
         )
     finally:
         cloudpickle.unregister_pickle_by_value(taxi_fares.model)
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    record_digests(ModelRef(registered_name, version, info.run_id))
+    return version
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,9 @@ def log_drift_model(reference: dict, example: pd.DataFrame, registered_name: str
                               ("taxi_fares", "taxi_fares_mlops", "pandas", "numpy", "scipy")],
             registered_model_name=registered_name,
         )
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    record_digests(ModelRef(registered_name, version, info.run_id))
+    return version
 
 
 def process_tags() -> dict[str, str]:
@@ -266,8 +271,17 @@ class Tracking:
         return log_drift_model(reference, example, registered_name)
 
     def drift_detector(self, model: "ModelRef") -> DriftDetector:
-        """The ``DriftDetector`` inside registered drift model version ``model``."""
-        return mlflow.pyfunc.load_model(model.uri).unwrap_python_model().detector
+        """The ``DriftDetector`` inside registered drift model version ``model``, loaded from a copy whose files
+        match the digests recorded at registration (``download_verified``)."""
+        with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+            path = download_verified(model, Path(tmp))
+            return mlflow.pyfunc.load_model(str(path)).unwrap_python_model().detector
+
+    def check_artifacts(self, model: "ModelRef") -> None:
+        """An ``ArtifactDigestError`` when the version's files differ from the digests recorded at registration:
+        for a stage to refuse before it reads any data (its loaders check again what they load)."""
+        with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+            download_verified(model, Path(tmp))
 
     def check_inputs(self, model: "ModelRef") -> None:
         check_inputs(model)
@@ -390,9 +404,80 @@ class Registry:
 
 
 def download_model(model: ModelRef, destination: Path) -> Path:
-    """The registered version's MLflow model folder (MLmodel, the pickle, artifacts), copied to ``destination``."""
+    """The registered version's MLflow model folder (MLmodel, the pickle, artifacts), copied to ``destination``,
+    unchecked: what loads a model uses ``download_verified``."""
     destination.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(destination)))
+
+
+# Provenance: each registered version carries the SHA-256 of every file of its model folder, recorded when it is
+# registered, in one version tag (JSON: relative path -> hex digest; one tag, so the set is written at once).
+# Whatever loads a version (batch scoring, monitoring, validation, promotion, the serving packager) downloads it,
+# compares and refuses a file that differs, is missing or was added: a pickle swapped in the artifact store is
+# never unpickled. The registry's tags are the reference: tampering needs write access to the registry itself,
+# not only to the artifact storage. A version without the tag (registered before digests were recorded) is
+# refused too, with the way out: retrain, or record its digests once its files are checked (``record_digests``).
+ARTIFACT_DIGESTS_TAG = "artifact_sha256"
+# Written by MLflow's client into a downloaded models:/ folder, not part of what was registered.
+CLIENT_WRITTEN = frozenset({"registered_model_meta"})
+
+
+class ArtifactDigestError(RegistryError):
+    """A registered version's files differ from the digests recorded at registration, or it has none recorded.
+    The message names the model, the version and the files."""
+
+
+def artifact_digests(folder: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file of a downloaded model folder (but what the client writes in it)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() not in CLIENT_WRITTEN}
+
+
+def record_digests(model: ModelRef) -> dict[str, str]:
+    """Download the version just registered and record its files' digests on it (``ARTIFACT_DIGESTS_TAG``).
+    Called by ``log_model`` and ``log_drift_model``, so every version this package registers has them."""
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+        digests = artifact_digests(download_model(model, Path(tmp)))
+    Registry(model.name).set_version_tag(model.version, ARTIFACT_DIGESTS_TAG,
+                                         json.dumps(digests, sort_keys=True, separators=(",", ":")))
+    logger.info("model %s version %s: recorded the SHA-256 of %d files", model.name, model.version, len(digests))
+    return digests
+
+
+def recorded_digests(model: ModelRef) -> dict[str, str]:
+    """The digests recorded on the version; an ArtifactDigestError when there are none or they are unreadable."""
+    text = Registry(model.name).version_tags(model.version).get(ARTIFACT_DIGESTS_TAG)
+    if text is None:
+        raise ArtifactDigestError(
+            f"model '{model.name}' version {model.version} has no recorded artifact digests (version tag "
+            f"'{ARTIFACT_DIGESTS_TAG}'): it was registered before they were recorded, so its files cannot be "
+            f"checked; retrain it (training records them), or check its files and record them with "
+            f"taxi_fares_mlops.tracking.record_digests")
+    try:
+        digests = json.loads(text)
+    except ValueError:
+        digests = None
+    if not isinstance(digests, dict) or not digests or not all(isinstance(v, str) for v in digests.values()):
+        raise ArtifactDigestError(f"model '{model.name}' version {model.version}: its '{ARTIFACT_DIGESTS_TAG}' "
+                                  f"tag is not a JSON object of file digests")
+    return digests
+
+
+def download_verified(model: ModelRef, destination: Path) -> Path:
+    """``download_model``, then every file compared with the digests recorded at registration: an
+    ArtifactDigestError naming the model, the version and each file that differs, is missing or was added."""
+    recorded = recorded_digests(model)
+    path = download_model(model, destination)
+    found = artifact_digests(path)
+    problems = [f"{name} differs" for name in sorted(recorded) if name in found and found[name] != recorded[name]]
+    problems += [f"{name} is missing" for name in sorted(set(recorded) - set(found))]
+    problems += [f"{name} was added" for name in sorted(set(found) - set(recorded))]
+    if problems:
+        raise ArtifactDigestError(f"model '{model.name}' version {model.version} is not what was registered: "
+                                  f"{'; '.join(problems)} (SHA-256 against the '{ARTIFACT_DIGESTS_TAG}' tag); "
+                                  f"refusing to load it")
+    return path
 
 
 def check_inputs(model: ModelRef) -> None:
@@ -413,7 +498,11 @@ def score(spark: SparkSession, df: DataFrame, model: ModelRef, output_col: str =
     """``df`` with the registered model's predictions, computed on the executors (``mlflow.pyfunc.spark_udf``).
 
     The model is loaded once per Python worker; rows travel in Arrow batches; nothing is collected. A version
-    whose signature takes other inputs than the features is refused by ``check_inputs``.
+    whose signature takes other inputs than the features is refused by ``check_inputs``; one whose files differ
+    from the digests recorded at registration by ``download_verified``. The UDF is built from that verified copy
+    (``spark_udf`` takes its own copy of the folder when it is built, so the temporary one can go).
     """
-    predict = mlflow.pyfunc.spark_udf(spark, model.uri, result_type="double", env_manager="local")
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+        path = download_verified(model, Path(tmp))
+        predict = mlflow.pyfunc.spark_udf(spark, str(path), result_type="double", env_manager="local")
     return df.withColumn(output_col, predict(F.struct(*model_input_columns())))

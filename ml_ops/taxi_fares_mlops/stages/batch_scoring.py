@@ -38,6 +38,7 @@ SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000",
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
     model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
     context.tracking.check_inputs(model)  # a model of other inputs is refused before anything is read
+    context.tracking.check_artifacts(model)  # so is one whose files are not those registered (and score re-checks)
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
     trips = valid_trips(spark, context.lakehouse, config)
     predictions = context.tracking.score(spark, with_features(spark, context.lakehouse, config, trips), model).select(

@@ -12,7 +12,9 @@ which Log Analytics can chart and alert on.
 Drift is judged by the drift model registered with the model version (``<model>_drift``: the training profile
 and the rule of ``taxi_fares.drift_detector``, with this run's thresholds); the outlier detector registered with
 it (``<model>_outliers``) flags trips, and their share goes to ``outlier_metrics``. Both are linked to the fare
-model by version tags; a mismatched pair is refused.
+model by version tags; a mismatched pair is refused. Both are loaded only from copies whose files match the
+digests recorded when they were registered (``tracking.download_verified``); the drift model first, before any
+row is read, so a tampered or unrecorded version fails the stage before it writes anything.
 
 Status: ``INSUFFICIENT_DATA`` (fewer than ``min_rows`` scored rows: nothing is judged), ``DEGRADED`` (realized
 rmse above the holdout's by more than ``rmse_degradation``), ``DRIFT`` (some feature's PSI above
