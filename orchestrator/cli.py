@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--out", help="bundle folder (default <lakehouse>/serving/bundle)")
     pack.add_argument("--lookback-hours", type=float, default=24.0,
                       help="hours of feature rows kept before the newest one (default 24)")
+    pack.add_argument("--signing-key", help="Ed25519 private key (PEM) the manifest is signed with (default: "
+                                            "$MLOPS_SIGNING_KEY_FILE; with --local, a development key under "
+                                            "MLOPS_HOME, made on first use)")
     pack.set_defaults(handler=lambda a: _serving("cmd_serving_package", a))
     load = serving_commands.add_parser("loadtest", help="bounded load on a local service: throughput, latency")
     load.add_argument("--url", required=True, help="the service, on a loopback address")
@@ -352,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bundle", help="bundle folder (default <lakehouse>/serving/bundle)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--trusted-key", help="public key (PEM) the bundle must be signed with (default: "
+                                             "$MLOPS_TRUSTED_KEY_FILE, else the development key's public half)")
     serve.set_defaults(handler=lambda a: _serving("cmd_serve", a))
 
     warm = commands.add_parser("warm", help="record the classes local Spark loads, so later starts map them")

@@ -57,21 +57,52 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     if args.target and not os.environ.get(SPARK_REMOTE_ENV):
         raise ConfigurationError(f"packaging from target '{args.target}' reads its feature tables through Spark "
                                  f"Connect: set {SPARK_REMOTE_ENV} to the cluster's sc://... URL")
+    signing_key = _signing_key(args, root)
     model, lakehouse = _use_registry(args, root)
     destination = Path(args.out) if args.out else bundle_path(root, None)
     started = time.monotonic()
     spark = get_spark("mlops-serving-package")
     try:
         manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
-                           lookback_hours=args.lookback_hours)
+                           lookback_hours=args.lookback_hours, signing_key=signing_key)
     except RegistryError as exc:
         raise ConfigurationError(str(exc)) from exc
     models = manifest["models"]
     progress(f"packaged {models['fare']['name']} version {models['fare']['version']} with "
              f"{models['outliers']['name']} {models['outliers']['version']} and {models['drift']['name']} "
              f"{models['drift']['version']}, {sum(manifest['features']['rows'].values()):,} feature rows, "
-             f"at {destination} in {time.monotonic() - started:.1f}s")
+             f"at {destination} in {time.monotonic() - started:.1f}s, signed by key {manifest['signing_key']}")
     return 0
+
+
+def _signing_key(args: argparse.Namespace, root: str):
+    """The bundle's Ed25519 signing key: ``--signing-key``, else the file ``MLOPS_SIGNING_KEY_FILE`` names (CD: a
+    secure file), else, with ``--local`` only, the development key under ``MLOPS_HOME`` (made on first use)."""
+    from taxi_fares_mlops.signing import SIGNING_KEY_ENV, KeyFileError, development_key, load_private_key
+
+    path = args.signing_key or os.environ.get(SIGNING_KEY_ENV)
+    try:
+        if path:
+            return load_private_key(path)
+        if args.local:
+            return load_private_key(development_key(root))
+    except KeyFileError as exc:
+        raise ConfigurationError(str(exc)) from None
+    raise ConfigurationError(f"packaging from target '{args.target}' needs the bundle-signing key: pass "
+                             f"--signing-key FILE or set {SIGNING_KEY_ENV} (CD: the signing key's secure file)")
+
+
+def trusted_key_path(args: argparse.Namespace, root: str) -> Path:
+    """The public key the local service trusts: ``--trusted-key``, else ``MLOPS_TRUSTED_KEY_FILE``, else the
+    public half of the development key that ``mlops serving package --local`` signs with."""
+    from taxi_fares_mlops.signing import TRUSTED_KEY_ENV, development_public_key
+
+    given = getattr(args, "trusted_key", None) or os.environ.get(TRUSTED_KEY_ENV)
+    path = Path(given) if given else development_public_key(root)
+    if not path.is_file():
+        raise ConfigurationError(f"no trusted key at {path}: run `mlops serving package --local` first (it makes "
+                                 f"the development key), or pass --trusted-key FILE")
+    return path
 
 
 def cmd_smoke(args: argparse.Namespace, root: str) -> int:
@@ -140,8 +171,9 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
     bundle = bundle_path(root, args.bundle)
     if not (bundle / "manifest.json").is_file():
         raise ConfigurationError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
+    trusted = trusted_key_path(args, root)
     progress(f"serving {bundle} at http://{args.host}:{args.port} (Ctrl-C to stop)")
-    command = serve_command(bundle, root, args.host, args.port)
+    command = serve_command(bundle, root, args.host, args.port, ("--trusted-key", str(trusted)))
     # The service replaces this process (exec), so a supervisor's SIGTERM reaches it: run as a child, the service
     # outlived a terminated `mlops serve` and kept the port.
     sys.stdout.flush()

@@ -18,6 +18,7 @@ import pytest
 
 from fakes.ingestion import IngestionCapture
 from taxi_fares_mlops.serving.bundle import BundleError, verify
+from taxi_fares_mlops.signing import development_key, development_public_key, load_private_key, sign
 
 START, END = "2016-01-04", "2016-01-18"
 # The bundle keeps the features of the whole range, so every scored trip can be compared with batch.
@@ -49,10 +50,17 @@ def call(url, body=None, timeout=30):
         headers
 
 
+def _trusted(bundle):
+    """The public half of the development key the bundle is signed with (the `served` fixture's lakehouse holds
+    it, beside the bundle), as `mlops serve --local` trusts it."""
+    return str(development_public_key(Path(bundle).parent / "lakehouse"))
+
+
 def serve(bundle, *args, wait=True, env=None):
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(bundle), "--port",
-                                str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                str(port), "--trusted-key", _trusted(bundle), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -93,7 +101,8 @@ def served(spark, tmp_path_factory):
         scoring = {**{p.name: p.default for p in SCORING_PARAMETERS}, **common}
         run_job(ScoringConfig.from_mapping(scoring), spark)
         batch = lakehouse.read(spark, PREDICTIONS).orderBy("trip_id").toPandas()
-        manifest = package(spark, lakehouse, root / "bundle", "taxi_fares", lookback_hours=LOOKBACK_HOURS)
+        manifest = package(spark, lakehouse, root / "bundle", "taxi_fares", lookback_hours=LOOKBACK_HOURS,
+                           signing_key=load_private_key(development_key(lakehouse.root)))
     process, url = serve(root / "bundle", "--max-trips", str(MAX_TRIPS), "--drift-window", str(WINDOW),
                          "--drift-min-rows", str(MIN_ROWS), "--feature-tables", lakehouse.path("tables"),
                          "--lookback-hours", str(LOOKBACK_HOURS),
@@ -227,16 +236,18 @@ def test_an_incomplete_or_mismatched_bundle_is_refused(served, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(served["bundle"], broken)
     (broken / "features" / "dropoff.parquet").unlink()
-    with pytest.raises(BundleError, match=r"features/dropoff.parquet is missing"):
-        verify(broken)
+    with pytest.raises(BundleError, match=r"features/dropoff.parquet is listed in the manifest but missing"):
+        verify(broken, _trusted(served["bundle"]))
 
     mismatched = tmp_path / "mismatched"
     shutil.copytree(served["bundle"], mismatched)
     manifest = json.loads((mismatched / "manifest.json").read_text())
     manifest["models"]["drift"]["fare_model_version"] = "99"
     (mismatched / "manifest.json").write_text(json.dumps(manifest))
-    done = subprocess.run([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(mismatched)],
-                          capture_output=True, text=True, timeout=60)
+    data = (mismatched / "manifest.json").read_bytes()  # signed again, so the companions' check is what refuses it
+    (mismatched / "manifest.sig").write_bytes(sign(data, load_private_key(development_key(served["lakehouse"]))))
+    done = subprocess.run([sys.executable, "-c", BLOCK_SPARK_AND_MLFLOW, "--bundle", str(mismatched),
+                           "--trusted-key", _trusted(served["bundle"])], capture_output=True, text=True, timeout=60)
     version = served["version"]
     assert done.returncode == 2
     assert (f"model 'taxi_fares_drift' version {version} belongs to 'taxi_fares' version 99, not version {version}"
@@ -246,8 +257,8 @@ def test_an_incomplete_or_mismatched_bundle_is_refused(served, tmp_path):
     shutil.copytree(served["bundle"], altered)
     with open(altered / "models" / "fare" / "model.pkl", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(BundleError, match=r"models/fare/model.pkl does not match its checksum"):
-        verify(altered)
+    with pytest.raises(BundleError, match=r"models/fare/model.pkl does not match its SHA-256 in the manifest"):
+        verify(altered, _trusted(served["bundle"]))
     assert not any(Path(served["bundle"]).parent.glob(".bundle.building-*"))
     assert os.access(served["bundle"] / "manifest.json", os.R_OK)
 
@@ -401,7 +412,8 @@ def test_a_new_champion_reaches_the_service_by_repackaging_and_a_restart(spark, 
                   "lakehouse_root": served["lakehouse"], "mlflow_experiment": "serving", "max_iter": "30",
                   "execute_feature_engineering": "false", "force_promote": "true"}
         new = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
-        package(spark, Lakehouse(served["lakehouse"]), served["bundle"], "taxi_fares", lookback_hours=LOOKBACK_HOURS)
+        package(spark, Lakehouse(served["lakehouse"]), served["bundle"], "taxi_fares", lookback_hours=LOOKBACK_HOURS,
+                signing_key=load_private_key(development_key(served["lakehouse"])))
     assert new != served["version"]
     stale = _mlops(served, "serving", "smoke", "--url", served["url"], "--local")
     assert stale.returncode == 1

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from taxi_fares_mlops.serving.app import Settings, create_app
 from taxi_fares_mlops.serving.bundle import BundleError, verify
+from taxi_fares_mlops.signing import TRUSTED_KEY_ENV
 
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -24,6 +25,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--refresh-seconds", type=float, default=300.0)
     p.add_argument("--lookback-hours", type=float, default=24.0)
     p.add_argument("--telemetry-file", help="write telemetry as JSON lines here when no connection string is set")
+    p.add_argument("--trusted-key", default=os.environ.get(TRUSTED_KEY_ENV) or None,
+                   help=f"the Ed25519 public key (PEM) the bundle must be signed with (default ${TRUSTED_KEY_ENV})")
     return p.parse_args(argv)
 
 
@@ -32,7 +35,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     drift_min_rows=args.drift_min_rows, feature_tables=args.feature_tables,
                     refresh_seconds=args.refresh_seconds, lookback_hours=args.lookback_hours,
                     telemetry_file=args.telemetry_file,
-                    connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None).checked()
+                    connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
+                    trusted_key=args.trusted_key).checked()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -44,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = settings_from(args)
         # Refused before the port opens: an incomplete or mismatched bundle never serves (the models and
         # features then load in the background while /health/ready answers 503).
-        verify(args.bundle)
+        verify(args.bundle, args.trusted_key)  # its signature and every file, before anything is unpickled
     except (ValueError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

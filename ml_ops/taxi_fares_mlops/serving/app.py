@@ -58,6 +58,7 @@ class Settings:
     lookback_hours: float = 24.0
     telemetry_file: Optional[str] = None     # local JSON lines, when no Azure Monitor connection string is set
     connection_string: Optional[str] = None  # Application Insights; from APPLICATIONINSIGHTS_CONNECTION_STRING
+    trusted_key: Optional[str] = None        # the public key (PEM file) the bundle's manifest must be signed with
 
     def checked(self) -> "Settings":
         problems = [f"{name} must be at least 1" for name in ("max_trips", "drift_window", "drift_min_rows")
@@ -135,7 +136,7 @@ class Service:
         if delay > 0:  # a fault-injection hook for tests of readiness (off unless the variable is set)
             time.sleep(delay)
         try:
-            bundle = load_bundle(Path(self.settings.bundle))
+            bundle = load_bundle(Path(self.settings.bundle), self.settings.trusted_key)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("serving bundle not loaded: %s", self.load_error)

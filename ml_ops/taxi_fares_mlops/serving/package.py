@@ -4,6 +4,12 @@ registry and the lakehouse into a serving bundle (``taxi_fares_mlops.serving.bun
 The bundle is built in a sibling folder and renamed into place once its manifest is written: an interrupted
 package leaves no half bundle where a service would look. A fare model without companions (trained before they
 existed) cannot be served: the message says to retrain it.
+
+Provenance: each model version is downloaded and compared with the SHA-256 digests recorded on it when it was
+registered (``tracking.download_verified``); a file that differs is refused (``ArtifactDigestError``, naming the
+model, the version and the file) before anything is written where a service looks. The manifest is then signed
+with the given Ed25519 private key (``manifest.sig`` beside it): the service verifies that signature with the
+public key it trusts before it reads anything else.
 """
 from __future__ import annotations
 
@@ -14,15 +20,17 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from taxi_fares.columns import TS, ZIP
 from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.serving.bundle import (DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
-                                             PICKUP, REFERENCE_PROFILE, checksums)
+                                             PICKUP, REFERENCE_PROFILE, SIGNATURE, checksums)
+from taxi_fares_mlops.signing import fingerprint, sign
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, Lakehouse
-from taxi_fares_mlops.tracking import COMPANIONS, FARE_VERSION_TAG, Registry, download_model
+from taxi_fares_mlops.tracking import COMPANIONS, FARE_VERSION_TAG, Registry, download_verified
 
 DEFAULT_LOOKBACK_HOURS = 24.0
 
@@ -43,9 +51,11 @@ def feature_rows(spark: SparkSession, lakehouse: Lakehouse, table: str, lookback
 
 
 def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_name: str, alias: str = "champion",
-            version: Optional[int] = None, lookback_hours: float = DEFAULT_LOOKBACK_HOURS) -> dict:
-    """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``;
-    returns its manifest. An existing bundle there is replaced only once the new one is complete."""
+            version: Optional[int] = None, lookback_hours: float = DEFAULT_LOOKBACK_HOURS, *,
+            signing_key: Ed25519PrivateKey) -> dict:
+    """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``,
+    its manifest signed with ``signing_key``; returns the manifest. An existing bundle there is replaced only once
+    the new one is complete."""
     registry = Registry(model_name)
     fare = registry.resolve(alias, version)
     companions = {}
@@ -62,7 +72,7 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
         models = {}
         for kind, ref in ((FARE, fare), (OUTLIERS, companions["outliers"]), (DRIFT, companions["drift"])):
             path = f"models/{kind}"
-            download_model(ref, building / path)
+            download_verified(ref, building / path)  # refused unless its files are those registered
             models[kind] = {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "path": path}
             if kind != FARE:
                 belongs = Registry(ref.name).version_tags(ref.version).get(FARE_VERSION_TAG)
@@ -88,8 +98,10 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
             "features": {"source": lakehouse.location(PICKUP_FEATURES).rsplit("/", 1)[0],
                          "snapshot_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                          "since": since.isoformat(), "lookback_hours": lookback_hours, "rows": rows},
-            "files": checksums(building)}
-        (building / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            "files": checksums(building), "signing_key": fingerprint(signing_key)}
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        (building / MANIFEST).write_bytes(data)
+        (building / SIGNATURE).write_bytes(sign(data, signing_key))  # over the exact bytes the service reads
         if destination.exists():
             old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
             destination.rename(old)
