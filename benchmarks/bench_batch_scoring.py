@@ -246,15 +246,15 @@ def main(argv=None) -> int:
     from taxi_fares.synthetic import generate_trips
     from taxi_fares_mlops.config import SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig, TrainingConfig
     from taxi_fares_mlops.jobs import run_job
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
     from taxi_fares_mlops.summary import JobSummary
 
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
-    spark_start = timed(lambda: get_spark("bench"))
-    spark = get_spark("bench")
+    spark_start = timed(lambda: tuned_session("bench"))
+    spark = tuned_session("bench")
 
     print(f"[bench] training the model on {args.train_rows:,} rows", file=sys.stderr)
     train_home = work / "train"
@@ -302,14 +302,14 @@ def standalone_rate(work: Path, rows: int, size: int):
     from orchestrator.local.standalone import StandaloneCluster
     from taxi_fares_mlops.config import SCORING_PARAMETERS, ScoringConfig
     from taxi_fares_mlops.jobs import run_job
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.summary import JobSummary
 
     print(f"[bench] {size:,} rows on a standalone cluster (2 workers x 1 core)", file=sys.stderr)
     with StandaloneCluster(work / "cluster") as cluster:
         os.environ["MLOPS_SPARK_MASTER"] = cluster.url
         try:
-            spark = get_spark("bench-standalone")
+            spark = tuned_session("bench-standalone")
             scoring = config(ScoringConfig, SCORING_PARAMETERS, work / f"n{size}", execute_feature_engineering="false")
             run_job(scoring, spark)  # the first run starts the executors' Python workers
             summary = JobSummary.from_dict(run_job(scoring, spark))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from orchestrator import environment
 from orchestrator.console import progress
 from orchestrator.deploy.commands import cmd_deploy, cmd_repair, cmd_runs, cmd_schedule, nutter, run_remote
 from orchestrator.errors import ConfigurationError, MlopsError, exit_codes_help
@@ -39,14 +40,14 @@ def _positive_int(value: str) -> int:
 
 def lakehouse_root() -> str:
     """``$MLOPS_HOME``, else ``.mlops/`` in the repository."""
-    from taxi_fares_mlops.storage import MLOPS_HOME_ENV
+    from orchestrator import environment
 
-    return os.environ.get(MLOPS_HOME_ENV) or str(REPO_ROOT / ".mlops")
+    return environment.HOME.get() or str(REPO_ROOT / ".mlops")
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from taxi_fares.synthetic import generate_trips
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     if args.end <= args.start:
@@ -57,7 +58,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     lakehouse = Lakehouse(lakehouse_root(), args.table_schema)
     started = time.monotonic()
     progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
-    spark = get_spark("mlops-data-generate", persistent_catalog=bool(args.table_schema))
+    spark = tuned_session("mlops-data-generate", persistent_catalog=bool(args.table_schema))
     trips = generate_trips(spark, args.rows, args.start, args.end, seed=args.seed, shift=shift,
                            outliers=args.outliers)
     if args.append and lakehouse.exists(spark, RAW_TRIPS):
@@ -108,7 +109,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     model = args.model or use_registry(lakehouse_root(), args.target)["model_name"]
     if args.model:
         use_registry(lakehouse_root(), args.target)
-    approver = os.environ.get("MLOPS_APPROVER") or getpass.getuser()
+    approver = environment.APPROVER.get() or getpass.getuser()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         fare = Registry(model).approve(args.version, approver, when)
@@ -125,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from taxi_fares_mlops.spark import class_archive, record_class_archive
+    from orchestrator.local.spark import class_archive, record_class_archive
 
     archive = class_archive()
     if archive.exists():

@@ -56,11 +56,11 @@ def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
 
 def _steps(root: str, rows: int, seed: int, shared: dict) -> JobSummary:
     from taxi_fares.synthetic import generate_trips
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     _banner(f"1/5 generating {rows:,} synthetic trips ({DATA_START} to {DATA_END}, seed {seed})")
-    spark = get_spark()  # the cluster's
+    spark = tuned_session("mlops-demo")  # the cluster's
     Lakehouse(root).write(generate_trips(spark, rows, DATA_START, DATA_END, seed=seed), RAW_TRIPS)
 
     _banner("2/5 training job on January (no champion yet: the first model is promoted)")

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from orchestrator.console import progress
 from orchestrator.errors import ConfigurationError, MlopsError
@@ -33,7 +33,7 @@ def bundle_path(root: str, given: Optional[str]) -> Path:
     return Path(given) if given else Path(root) / "serving" / "bundle"
 
 
-def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, "object"]:
+def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, Any]:
     """Point MLflow at the local store (``--local``) or the target's workspace registry (``--target``); returns
     (model name, the lakehouse the feature tables are read from)."""
     from orchestrator.registry import use_registry
@@ -50,18 +50,19 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     from taxi_fares_mlops.config import CHAMPION
     from taxi_fares_mlops.errors import RegistryError
     from taxi_fares_mlops.serving.package import package
-    from taxi_fares_mlops.spark import SPARK_REMOTE_ENV, get_spark
+    from orchestrator.local.spark import tuned_session
+    from taxi_fares_mlops.environment import SPARK_REMOTE
 
     if args.lookback_hours <= 0:
         raise ConfigurationError(f"--lookback-hours must be positive, got {args.lookback_hours}")
-    if args.target and not os.environ.get(SPARK_REMOTE_ENV):
+    if args.target and not SPARK_REMOTE.get():
         raise ConfigurationError(f"packaging from target '{args.target}' reads its feature tables through Spark "
-                                 f"Connect: set {SPARK_REMOTE_ENV} to the cluster's sc://... URL")
+                                 f"Connect: set {SPARK_REMOTE.name} to the cluster's sc://... URL")
     signing_key = _signing_key(args, root)
     model, lakehouse = _use_registry(args, root)
     destination = Path(args.out) if args.out else bundle_path(root, None)
     started = time.monotonic()
-    spark = get_spark("mlops-serving-package")
+    spark = tuned_session("mlops-serving-package")
     try:
         manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
                            lookback_hours=args.lookback_hours, signing_key=signing_key)
@@ -172,6 +173,14 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
     if not (bundle / "manifest.json").is_file():
         raise ConfigurationError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
     trusted = trusted_key_path(args, root)
+    from taxi_fares_mlops.serving.__main__ import is_loopback
+
+    if not is_loopback(args.host):
+        raise ConfigurationError(f"--host {args.host} is not a loopback address: `mlops serve --local` serves "
+                                 f"without authentication, so only on this machine (127.0.0.1)")
+    # First, before anything else it prints: whoever reaches the port is served.
+    progress(f"UNAUTHENTICATED: no credentials are asked for; anyone who can reach {args.host}:{args.port} on this "
+             f"machine is served (deployed services authenticate: docs/security.md)")
     progress(f"serving {bundle} at http://{args.host}:{args.port} (Ctrl-C to stop)")
     command = serve_command(bundle, root, args.host, args.port, ("--trusted-key", str(trusted)))
     # The service replaces this process (exec), so a supervisor's SIGTERM reaches it: run as a child, the service
@@ -247,11 +256,12 @@ class LoadResult:
 
 
 def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: int = 7,
-             max_seconds: float = MAX_SECONDS, path: str = "/v1/predict", bodies: Optional[list] = None
-             ) -> LoadResult:
+             max_seconds: float = MAX_SECONDS, path: str = "/v1/predict", bodies: Optional[list] = None,
+             headers: Optional[dict] = None) -> LoadResult:
     """``requests`` POSTs of ``trips`` trips to ``url`` + ``path`` from ``concurrency`` threads, each on its own
     keep-alive connection; stops early (counting the rest as errors) once ``max_seconds`` have passed. The bodies
-    are 16 requests of synthetic trips unless given (``bodies``: encoded JSON, used in turn)."""
+    are 16 requests of synthetic trips unless given (``bodies``: encoded JSON, used in turn); ``headers`` are
+    added to each request (``Authorization`` for a service that authenticates)."""
 
     if not 1 <= requests <= MAX_REQUESTS:
         raise ConfigurationError(f"--requests must be in 1..{MAX_REQUESTS}, got {requests}")
@@ -283,7 +293,7 @@ def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: in
             n += 1
             started = time.perf_counter()
             try:
-                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                connection.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
                 response = connection.getresponse()
                 response.read()
                 outcome = None if response.status == 200 else f"HTTP {response.status}"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from orchestrator import environment
 from orchestrator.build import wheel_names
 from orchestrator.errors import ConfigurationError
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
@@ -26,7 +26,7 @@ JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_bat
 # Jobs another job starts (run_job_task): the template names the started job's id ``${training_job_id}``; a plan
 # renders it as 0 and the deployer puts the id of the job it just created or reset (the local runner, its name).
 JOB_ID_VARIABLES = {"training_job_id": "training"}
-TARGETS_FILE_ENV = "MLOPS_TARGETS_FILE"  # another targets file (tests, forks); default job_templates/targets.yml
+TARGETS_FILE_ENV = environment.TARGETS_FILE.name  # another targets file (tests, forks)
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
              "notification_emails", "secret_scope", *JOB_ID_VARIABLES)
@@ -89,7 +89,7 @@ def load_template(job: str) -> dict:
 
 
 def targets_file() -> Path:
-    return Path(os.environ.get(TARGETS_FILE_ENV) or TEMPLATES_DIR / "targets.yml")
+    return Path(environment.TARGETS_FILE.get() or TEMPLATES_DIR / "targets.yml")
 
 
 LOCAL_TARGET = "local"  # the embedded default: its paths are local folders ({repo}, {lakehouse})

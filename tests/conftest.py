@@ -55,12 +55,12 @@ def _environment_restored():
 @pytest.fixture(scope="session")
 def spark():
     """A pytest process's own session lives for its whole run, long enough for C2's code to pay: the JVM's default."""
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
 
     with pytest.MonkeyPatch.context() as patch:
         for name in set(os.environ) - set(for_a_long_lived_jvm(dict(os.environ))):
             patch.delenv(name)
-        session = get_spark("taxi-fares-tests")
+        session = tuned_session("taxi-fares-tests")
     yield session
     session.stop()
 

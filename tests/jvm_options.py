@@ -6,7 +6,7 @@ benchmarks keep the JVM's default."""
 import os
 from typing import MutableMapping
 
-from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV
+from orchestrator.local.spark import JAVA_OPTIONS_ENV
 
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-CRASH_ENV = "MLOPS_CRASH_AT"
+from taxi_fares_mlops import environment
+
+CRASH_ENV = environment.CRASH_AT.name
 POINTS = (
     "feature_engineering.during_merge",       # a MERGE's data files are being written; its commit is not
     "training.after_fare_model_registered",   # a fare-model version exists; its companions and aliases do not
@@ -28,7 +30,7 @@ POLL_SECONDS = 0.002
 def _armed(name: str) -> bool:
     if name not in POINTS:
         raise ValueError(f"unknown crash point '{name}' (known: {', '.join(POINTS)})")
-    return os.environ.get(CRASH_ENV) == name
+    return environment.CRASH_AT.get() == name
 
 
 def _kill() -> None:

@@ -7,7 +7,9 @@ import logging
 import os
 import sys
 
-LOG_LEVEL_ENV = "MLOPS_LOG_LEVEL"  # DEBUG brings third-party logs back (mlops -v sets it for local jobs)
+from taxi_fares_mlops import environment
+
+LOG_LEVEL_ENV = environment.LOG_LEVEL.name  # DEBUG brings third-party logs back (mlops -v sets it for local jobs)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 THIRD_PARTY = ("azure", "py4j", "urllib3", "alembic", "matplotlib", "mlflow", "databricks.sdk", "opentelemetry",
                "pyspark", "grpc", "git", "PIL", "numba", "fsspec", "asyncio")
@@ -15,7 +17,7 @@ THIRD_PARTY = ("azure", "py4j", "urllib3", "alembic", "matplotlib", "mlflow", "d
 
 def configure_logging(level: str | None = None) -> int:
     """Configure the root logger once for this process; returns the level used."""
-    name = (level or os.environ.get(LOG_LEVEL_ENV) or "INFO").upper()
+    name = (level or environment.LOG_LEVEL.get() or "INFO").upper()
     numeric = logging.getLevelName(name)
     if not isinstance(numeric, int):
         raise ValueError(f"{LOG_LEVEL_ENV}={name} is not a logging level (DEBUG, INFO, WARNING, ERROR)")

@@ -14,7 +14,6 @@ clusters) does not give, and the same SQL runs on a classic session.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Iterator, Optional, Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, TimestampType
 
+from taxi_fares_mlops import environment
 from taxi_fares_mlops.errors import MissingTableError, StorageError, first_line
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MODEL_VALIDATIONS = "model_validations"
 TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, DRIFT_METRICS,
           OUTLIER_METRICS, PERFORMANCE_METRICS, MODEL_VALIDATIONS)
 
-MLOPS_HOME_ENV = "MLOPS_HOME"
+MLOPS_HOME_ENV = environment.HOME.name
 
 # Spark's error conditions for "no table there": a name the catalog lacks, a path that does not exist, a folder
 # without a Delta log.
@@ -49,7 +49,7 @@ MISSING_TABLE_CONDITIONS = ("TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "DELTA_
 
 def default_root() -> str:
     """``$MLOPS_HOME`` if set, else ``./.mlops`` (absolute)."""
-    return str(Path(os.environ.get(MLOPS_HOME_ENV) or ".mlops").resolve())
+    return str(Path(environment.HOME.get() or ".mlops").resolve())
 
 
 class Lakehouse:

@@ -39,6 +39,7 @@ class SecretNotFound(Exception):
 
 
 def secret_variable(scope: str, key: str) -> str:
+    # A literal: the kernel runs before the wheels (and the registry, orchestrator.environment) are installed.
     return "MLOPS_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", f"{scope}__{key}").upper()
 
 

@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         value = kernel.run(args.notebook, params)
         result = {"status": "SUCCESS", "exit_value": value, "task_values": kernel.task_values}
     except Exception as exc:  # the notebook failed: report it, the runner decides the exit code
-        if os.environ.get("MLOPS_VERBOSE"):
+        if os.environ.get("MLOPS_VERBOSE"):  # a literal: the kernel runs before the registry is installed
             traceback.print_exc()
         lines = f"{type(exc).__name__}: {exc}".splitlines()
         result = {"status": "FAILED", "error": "\n".join(lines[:MAX_ERROR_LINES])}

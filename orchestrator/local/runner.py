@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from orchestrator import environment
 from orchestrator import build, templates
 from orchestrator.console import progress
 from orchestrator.errors import ConfigurationError
@@ -37,6 +38,7 @@ from orchestrator.local import cluster
 from orchestrator.local.server import without_mlflow_stores
 from orchestrator.parameters import merge_parameters
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+from taxi_fares_mlops.environment import SPARK_CONF_FILE
 from taxi_fares_mlops.summary import JobSummary
 
 PROJECT_DISTRIBUTIONS = ("taxi_fares", "taxi-fares", "__editable__")
@@ -286,13 +288,13 @@ def local_cluster(app_name: str = "mlops-local-cluster"):
     already had is shared as it is, and left running."""
     from pyspark.sql import SparkSession
 
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
 
     previous = {key: os.environ.get(key) for key in SPARK_ENVIRONMENT}
     os.environ.update(SPARK_ENVIRONMENT)
     started_here = SparkSession.getActiveSession() is None
     with _filtered_stderr():  # the JVM, and the Python workers it starts, print what a kernel's output drops
-        spark = get_spark(app_name)
+        spark = tuned_session(app_name)
     try:
         yield cluster.sharing_environment(spark)
     finally:
@@ -335,7 +337,7 @@ def _filtered_stderr():
 
 
 def _verbose() -> bool:
-    return os.environ.get("MLOPS_LOG_LEVEL", "").upper() == "DEBUG"
+    return (environment.LOG_LEVEL.get() or "").upper() == "DEBUG"
 
 
 # What a job's Spark and its Python workers need, whoever starts them (the job's kernel or a shared cluster).
@@ -348,17 +350,21 @@ SPARK_ENVIRONMENT = {
 
 
 def _kernel_environment(env: JobEnvironment, lakehouse: str) -> dict[str, str]:
+    from orchestrator.local.spark import write_conf_file
+
     python = str(env.python)
     # The job's model registry is its tracking store (MLflow's default), set below: nothing inherited from the caller.
     kernel_env = without_mlflow_stores(os.environ)
     kernel_env.update(SPARK_ENVIRONMENT)
     kernel_env.update({
-        "MLOPS_HOME": lakehouse,
+        environment.HOME.name: lakehouse,
         "MLFLOW_TRACKING_URI": tracking_uri(lakehouse),
         "PYTHONPATH": str(REPO_ROOT),          # the kernel itself; the project's packages come from the wheels
         "PYSPARK_PYTHON": python,              # executors must import the wheels too
         "PYSPARK_DRIVER_PYTHON": python,
         "PYTHONUNBUFFERED": "1",
+        # The tuned local session's settings, for the session the wheel starts in the kernel (orchestrator.local.spark)
+        SPARK_CONF_FILE.name: str(write_conf_file(Path(lakehouse) / ".local-spark")),
     })
     return kernel_env
 

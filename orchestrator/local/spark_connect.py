@@ -1,6 +1,6 @@
 """A local Spark Connect server with Delta Lake: what serverless jobs compute and shared-access clusters are to a
 job (no ``sparkContext``, RDDs or JVM access from Python). It runs from the installed pyspark, which ships the
-Connect server jar, with the same Delta jars and settings as the local session (``taxi_fares_mlops.spark``).
+Connect server jar, with the same Delta jars and settings as the local session (``orchestrator.local.spark``).
 Jobs reach it through ``MLOPS_SPARK_REMOTE=sc://127.0.0.1:<port>``; it listens on loopback only."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class SparkConnectServer(LocalServer):
         return f"sc://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        from taxi_fares_mlops.spark import local_conf
+        from orchestrator.local.spark import local_conf
 
         conf = {**local_conf(), "spark.connect.grpc.binding.port": str(self.port),
                 "spark.connect.grpc.binding.address": "127.0.0.1"}

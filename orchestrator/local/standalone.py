@@ -26,10 +26,10 @@ class _Daemon(LocalServer):
         self.name, self.command, self.log = name, command, log
 
     def start(self, timeout_s: float = 120) -> "_Daemon":
-        from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV
+        from orchestrator.environment import SPARK_JAVA_OPTIONS
 
         env = {**without_mlflow_stores(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
-               "SPARK_DAEMON_JAVA_OPTS": os.environ.get(JAVA_OPTIONS_ENV, "")}
+               "SPARK_DAEMON_JAVA_OPTS": SPARK_JAVA_OPTIONS.get() or ""}
         with open(self.log, "ab") as log:
             self.launch(self.command, timeout_s, env=env, output=log, hint=f": see {self.log}")
         return self

@@ -157,3 +157,28 @@ def test_a_build_waits_for_another_process_building_the_same_checkout(tmp_path):
     waiting.join(timeout=300)
     assert sorted(p.name for p in built) == sorted(build.wheel_names(project_version()))
     assert all(p.exists() for p in built)
+
+
+# What only the embedded default or the test suite uses: it lives in the operator tool (orchestrator/local) or in
+# tests/, never in the wheel a Databricks cluster installs.
+LOCAL_ONLY_FILES = ("pyspark_daemon.py", "ivysettings.xml")
+LOCAL_ONLY_CODE = ("ArchiveClassesAtExit", "SharedArchiveFile", "spark.python.daemon.module", "record_class_archive",
+                   "spark.jars.ivySettings", "MLOPS_SERVING_LOAD_DELAY_SECONDS")
+
+
+def test_the_mlops_wheel_carries_the_product_modules_and_nothing_local_or_test_only(dist):
+    wheel = next(dist.glob("taxi_fares_mlops-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        files = [n for n in zf.namelist() if ".dist-info/" not in n]
+        sources = {n: zf.read(n).decode() for n in files}
+    package = REPO_ROOT / "ml_ops"
+    expected = sorted(str(p.relative_to(package)) for p in (package / "taxi_fares_mlops").rglob("*.py"))
+    assert sorted(files) == expected  # Python modules only: no data file, nothing the source tree lacks
+    assert [n for n in files if Path(n).name in LOCAL_ONLY_FILES] == []
+    found = {n: [marker for marker in LOCAL_ONLY_CODE if marker in text] for n, text in sources.items()}
+    assert {n: markers for n, markers in found.items() if markers} == {}
+
+
+def test_the_ml_wheel_says_it_is_typed(dist):
+    with zipfile.ZipFile(next(dist.glob("taxi_fares-*.whl"))) as zf:
+        assert "taxi_fares/py.typed" in zf.namelist()

@@ -5,7 +5,8 @@ workers import pyspark from site-packages, not from Spark's archives. And a stag
 import logging
 from pathlib import Path
 
-from taxi_fares_mlops.spark import delta_package, local_conf, resolved_jars, session_conf
+from orchestrator.local.spark import local_conf, resolved_jars
+from taxi_fares_mlops.spark import delta_package, session_conf
 
 
 def test_later_sessions_use_the_jars_the_first_one_resolved(spark):
@@ -25,14 +26,14 @@ def test_a_local_driver_maps_the_classes_mlops_warm_recorded(tmp_path):
     import subprocess
     import sys
 
-    from taxi_fares_mlops.spark import JAVA_OPTIONS_ENV, class_archive
+    from orchestrator.local.spark import JAVA_OPTIONS_ENV, class_archive
 
     subprocess.run([str(Path(sys.executable).parent / "mlops"), "warm"], check=True, capture_output=True)
     assert class_archive().exists()
     log = tmp_path / "classes.log"
     env = {**os.environ, JAVA_OPTIONS_ENV: f"-Xlog:class+load=info:file={log}"}
-    subprocess.run([sys.executable, "-c", "from taxi_fares_mlops.spark import get_spark; "
-                    "get_spark().range(3).count()"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-c", "from orchestrator.local.spark import tuned_session; "
+                    "tuned_session('t').range(3).count()"], env=env, check=True, capture_output=True, timeout=300)
     sources = {line.split(" source: ")[0].split()[-1]: line.split(" source: ")[1]
                for line in log.read_text().splitlines() if " source: " in line}
     assert sources["org.apache.spark.SparkContext"] == "shared objects file (top)", sources.get(
@@ -48,7 +49,7 @@ def test_a_pyspark_installed_again_at_the_same_path_gets_an_archive_of_its_own(t
 
     import pyspark
 
-    from taxi_fares_mlops.spark import class_archive
+    from orchestrator.local.spark import class_archive
 
     jar = tmp_path / "pyspark" / "jars" / "spark-core_2.13-4.1.0.jar"
     jar.parent.mkdir(parents=True)
@@ -64,7 +65,7 @@ def test_a_pyspark_installed_again_at_the_same_path_gets_an_archive_of_its_own(t
 
 
 def test_recording_an_archive_removes_the_ones_its_installation_can_no_longer_map(tmp_path):
-    from taxi_fares_mlops.spark import _remove_superseded_archives
+    from orchestrator.local.spark import _remove_superseded_archives
 
     names = ["mlops-classes-aaaa-0001.jsa", "mlops-classes-aaaa-0002.jsa", "mlops-classes-aaaa.jsa",
              "mlops-classes-bbbb-0001.jsa", "mlops-classes-bbbb.jsa", "mlops-io.delta_delta-spark_4.1_2.13_4.3.1.jars"]
@@ -115,7 +116,7 @@ def test_the_daemon_drops_only_the_archives_inside_spark_home_and_their_importer
     import zipfile
     import zipimport
 
-    from taxi_fares_mlops.pyspark_daemon import drop_spark_archives
+    from orchestrator.local.pyspark_daemon import drop_spark_archives
 
     home, packages, user = tmp_path / "pyspark", tmp_path / "site-packages", tmp_path / "user"
     for folder in (home / "python/lib", home / "jars", packages / "pyspark", packages / "py4j", user):
@@ -140,3 +141,30 @@ def test_the_daemon_drops_only_the_archives_inside_spark_home_and_their_importer
     (packages / "pyspark" / "__init__.py").unlink()
     monkeypatch.setattr(sys, "path", [spark_zip, str(packages)])
     assert drop_spark_archives() == [] and sys.path == [spark_zip, str(packages)]
+
+
+def test_a_session_the_wheel_starts_in_a_local_job_takes_the_operator_tools_tuning(tmp_path):
+    """A local job's notebook starts Spark through the wheel (``get_spark``); the kernel's environment names the
+    tuning the operator tool keeps (``MLOPS_SPARK_CONF_FILE``), and the session carries it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.local.spark import DAEMON_MODULE, write_conf_file
+
+    conf_file = write_conf_file(tmp_path / "conf")
+    probe = ("import json; from taxi_fares_mlops.spark import get_spark; "
+             "c = get_spark('probe').sparkContext.getConf(); "
+             "print(json.dumps({k: c.get(k, None) for k in ('spark.python.daemon.module', 'spark.jars.packages', "
+             "'spark.ui.enabled', 'spark.sql.session.timeZone')}))")
+    env = {**os.environ, "MLOPS_SPARK_CONF_FILE": str(conf_file)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True,
+                         timeout=300).stdout.strip().splitlines()[-1]
+    assert json.loads(out) == {"spark.python.daemon.module": DAEMON_MODULE, "spark.jars.packages": None,
+                               "spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    refused = subprocess.run([sys.executable, "-c", probe], env={**env, "MLOPS_SPARK_CONF_FILE": str(bad)},
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and f"MLOPS_SPARK_CONF_FILE={bad}: expected a JSON object" in refused.stderr

@@ -6,7 +6,7 @@ every task a worker calls ``importlib.invalidate_caches()``, which on Python 3.1
 of every zip archive an import has looked into: 0.1-0.16 s of CPU per task, on the cores the task needs. A
 pip-installed pyspark has the same modules, of the same version, in site-packages: this module drops Spark's
 archives from the path before anything imports pyspark, then runs pyspark's own daemon unchanged. It is what
-``spark.python.daemon.module`` names in a local session (``taxi_fares_mlops.spark.local_conf``); on Databricks
+``spark.python.daemon.module`` names in a local session (``orchestrator.local.spark.local_conf``); on Databricks
 the runtime's own daemon runs.
 
 Nothing here may import pyspark (or anything that does) at module level.
