@@ -1,21 +1,13 @@
-"""Packaging for the operator tool: the ``orchestrator`` package and its ``mlops`` command.
-
-Installed (editable) into the development environment by ``make install``. It depends on the MLOps wheel at
-the same version, read from the repository's VERSION file.
-"""
+"""The operator tool's version and its pin on the MLOps wheel (the same version), read from VERSION; everything
+else is in pyproject.toml. Installed (editable) into the development environment by ``make install``."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-HERE = Path(__file__).resolve().parent
-VERSION = (HERE / "VERSION").read_text(encoding="utf-8").strip()
+VERSION = (Path(__file__).resolve().parent / "VERSION").read_text(encoding="utf-8").strip()
 
 setup(
-    name="taxi_fares_orchestrator",
     version=VERSION,
-    description="Operator tooling for the taxi-fare MLOps jobs: build, run locally, deploy, trigger, repair",
-    packages=find_packages(include=["orchestrator", "orchestrator.*"]),
-    python_requires=">=3.10",
     install_requires=[
         f"taxi_fares_mlops=={VERSION}",
         "databricks-sdk>=0.40",
@@ -23,5 +15,4 @@ setup(
         # `mlops test-notebooks` runs and reports the Nutter notebook tests with nutter's own classes.
         "nutter>=0.1.35",
     ],
-    entry_points={"console_scripts": ["mlops = orchestrator.cli:main"]},
 )

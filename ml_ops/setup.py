@@ -1,22 +1,15 @@
-"""Packaging for the MLOps wheel, ``taxi_fares_mlops``: stages that wire ``taxi_fares`` to storage and MLflow.
-
-It pins ``taxi_fares`` to the same version (both come from the repository's VERSION file). pyspark and
-delta-spark are an extra because a Databricks runtime provides them outside pip's view.
+"""The version of the MLOps wheel and its dependencies, which pin ``taxi_fares`` to that same version: both read
+from the repository's VERSION file (setuptools reads dynamic values only from inside the project's folder).
+Everything else is in pyproject.toml.
 """
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-HERE = Path(__file__).resolve().parent
-VERSION = (HERE.parent / "VERSION").read_text(encoding="utf-8").strip()
+VERSION = (Path(__file__).resolve().parent.parent / "VERSION").read_text(encoding="utf-8").strip()
 
 setup(
-    name="taxi_fares_mlops",
     version=VERSION,
-    description="MLOps stages for the taxi-fare model: feature tables, training, promotion, batch scoring",
-    packages=find_packages(include=["taxi_fares_mlops", "taxi_fares_mlops.*"]),
-    package_data={"taxi_fares_mlops": ["resources/*"]},
-    python_requires=">=3.10",
     install_requires=[
         f"taxi_fares=={VERSION}",
         # Ranges that a Databricks ML runtime's own copies satisfy, so %pip leaves them in place.
@@ -30,11 +23,4 @@ setup(
         "azure-monitor-opentelemetry-exporter>=1.0.0b30",
         "azure-storage-blob>=12.19",
     ],
-    extras_require={
-        # Provided by the Databricks runtime; installed locally by requirements/runtime.txt.
-        "spark": ["pyspark>=3.5", "delta-spark>=3.2"],
-        # The online service (taxi_fares_mlops.serving): no Spark, no JVM; its container installs this extra.
-        "serving": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "deltalake>=1.0", "prometheus-client>=0.20",
-                    "cloudpickle>=3.0", "scikit-learn>=1.4,<2", "numpy>=1.26"],
-    },
 )

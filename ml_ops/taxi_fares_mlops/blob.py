@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from pyspark.sql import DataFrame
 
@@ -60,7 +60,7 @@ def scrub(text: str, connection_string: str) -> str:
 def _service(connection_string: str):
     from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
-    options = dict(CLIENT_OPTIONS)
+    options: dict[str, Any] = dict(CLIENT_OPTIONS)
     retry = ExponentialRetry(initial_backoff=options.pop("initial_backoff"),
                              increment_base=options.pop("increment_base"), retry_total=options.pop("retry_total"))
     return BlobServiceClient.from_connection_string(connection_string, retry_policy=retry, **options)
@@ -82,10 +82,10 @@ def _partition_uploader(connection_string: str, container: str, folder: str):
         import pyarrow.parquet as pq
         from pyspark import TaskContext
 
-        batches = list(batches)
-        if not batches or sum(b.num_rows for b in batches) == 0:
+        received = list(batches)
+        if not received or sum(b.num_rows for b in received) == 0:
             return
-        table = pa.Table.from_batches(batches)
+        table = pa.Table.from_batches(received)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         data = buffer.getvalue()

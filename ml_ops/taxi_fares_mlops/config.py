@@ -290,7 +290,7 @@ class JobConfig:
         for p in self.parameters():
             value = getattr(self, p.name, None)
             if value is None and p.name in HYPERPARAMETER_NAMES:
-                value = getattr(self.model_params, p.name)
+                value = getattr(self.model_params, p.name)  # type: ignore[attr-defined] # training only
             out[p.name] = "" if value is None else _format(value)
         return out
 
@@ -435,4 +435,5 @@ class MonitoringConfig(JobConfig):
         return MONITORING_PARAMETERS
 
 
-CONFIGS = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig, MONITORING_JOB: MonitoringConfig}
+CONFIGS: dict[str, type[JobConfig]] = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig,
+                                       MONITORING_JOB: MonitoringConfig}

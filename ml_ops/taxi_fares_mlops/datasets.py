@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from taxi_fares.features import (DROPOFF_LOOKUP_TS, DROPOFF_WINDOW_SECONDS, LABEL, PICKUP_LOOKUP_TS,
-                                 PICKUP_WINDOW_SECONDS, in_range, join_features, model_input_columns, range_spans)
+from taxi_fares.columns import DROPOFF_WINDOW_SECONDS, PICKUP_WINDOW_SECONDS
+from taxi_fares.features import (DROPOFF_LOOKUP_TS, LABEL, PICKUP_LOOKUP_TS, in_range, join_features,
+                                 model_input_columns, range_spans)
 from taxi_fares.model import split_holdout
 from taxi_fares.schema import (DROPOFF_TS, FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError,
                                ValidationResult, valid_rows, validate_trips)

@@ -63,7 +63,10 @@ class StageError(MlopsError):
     """A stage failed; names the stage and the cause's type and first line (a JVM error's stack stays in the
     chained exception and the logs, not in the message)."""
 
-    def __init__(self, stage, cause):
+    def __init__(self, stage: str, cause: BaseException):  # noqa: B042 - __reduce__ below rebuilds it from both
         self.stage = stage
         self.cause = cause
         super().__init__(f"stage '{stage}' failed: {first_line(cause, with_type=True)}")
+
+    def __reduce__(self):  # pickled (Spark, multiprocessing) and copied with its own arguments, not the message
+        return type(self), (self.stage, self.cause)

@@ -75,7 +75,7 @@ def stage(name: str) -> Callable[[StageFunction], StageFunction]:
             logger.info("stage %s finished in %.1fs", name, duration)
             return outputs
 
-        run.stage_name = name
+        setattr(run, "stage_name", name)  # noqa: B010 - the wrapper carries its stage name
         return run
 
     return decorate

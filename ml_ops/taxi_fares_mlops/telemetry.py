@@ -149,7 +149,8 @@ class Telemetry:
         self.destination = "Azure Monitor" if connection_string else str(local_file)
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         span_exporter, log_exporter = self._exporters(connection_string, local_file, self.tracer_provider)
-        batch = {"schedule_delay_millis": 500, "export_timeout_millis": int(EXPORT_TIMEOUT_SECONDS * 1000)}
+        batch: dict[str, Any] = {"schedule_delay_millis": 500,
+                                 "export_timeout_millis": int(EXPORT_TIMEOUT_SECONDS * 1000)}
         self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, **batch))
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter, **batch))

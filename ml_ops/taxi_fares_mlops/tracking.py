@@ -143,7 +143,7 @@ def outlier_model_name(model_name: str) -> str:
     return companion_name(model_name, OUTLIERS)
 
 
-class DriftModel(mlflow.pyfunc.PythonModel):
+class DriftModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """``<model>_drift`` as an MLflow pyfunc: the training profile (an artifact) in a ``DriftDetector``.
 
     ``predict`` takes a frame of the profiled columns (the model's inputs and its prediction) and returns one row

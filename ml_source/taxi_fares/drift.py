@@ -19,11 +19,12 @@ holds the statistics (PSI, KS, chi-square) and judges them the same way for a pa
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from taxi_fares.aggregates import one_row
 from taxi_fares.drift_detector import PROFILE_VERSION, DriftDetector, FeatureDrift, Summary, finite
 from taxi_fares.features import (DROPOFF_COUNT, DROPOFF_IS_WEEKEND, PICKUP_COUNT, PICKUP_HOUR, PICKUP_MEAN_FARE,
                                  PICKUP_WEEKDAY)
@@ -37,7 +38,7 @@ QUANTILES = tuple(i / 10 for i in range(1, 10))
 __all__ = ["CATEGORICAL", "NUMERIC", "DriftDetector", "FeatureDrift", "compare", "finite", "profile", "summarize"]
 
 
-def _cdf_aggregates(numeric_edges: Mapping[str, Sequence[float]]) -> list:
+def _cdf_aggregates(numeric_edges: Mapping[str, Sequence[float]]) -> list[Column]:
     aggs = [F.count(F.lit(1)).alias("_rows")]
     for column, edges in numeric_edges.items():
         c = F.col(column).cast("double")
@@ -61,28 +62,31 @@ def _categories(df: DataFrame, columns: Sequence[str]) -> dict[str, dict[str, in
     return counts
 
 
-def profile(df: DataFrame, numeric: Sequence[str] = NUMERIC, categorical: Sequence[str] = CATEGORICAL) -> dict:
+def profile(df: DataFrame, numeric: Sequence[str] = NUMERIC,
+            categorical: Sequence[str] = CATEGORICAL) -> dict[str, Any]:
     """The reference profile of ``df`` (training features with the model's predictions)."""
     missing = [c for c in (*numeric, *categorical) if c not in df.columns]
     if missing:
         raise ValueError(f"cannot profile: missing column(s) {missing}")
     quantiles = df.approxQuantile(list(numeric), list(QUANTILES), 0.001)
     edges = {c: sorted(set(float(q) for q in qs)) for c, qs in zip(numeric, quantiles)}
-    row = df.agg(*_cdf_aggregates(edges)).first()
+    row = one_row(df, *_cdf_aggregates(edges))
     rows = int(row["_rows"])
     if rows == 0:
         raise ValueError("cannot profile zero rows")
-    out = {"version": PROFILE_VERSION, "rows": rows, "numeric": {}, "categorical": {}}
+    numeric_profile: dict[str, Any] = {}
+    categorical_profile: dict[str, Any] = {}
+    out = {"version": PROFILE_VERSION, "rows": rows, "numeric": numeric_profile, "categorical": categorical_profile}
     for c in numeric:
         n = int(row[f"{c}#n"])
-        out["numeric"][c] = {
+        numeric_profile[c] = {
             "edges": edges[c],
             "cdf": [int(row[f"{c}#le{i}"]) / n if n else 0.0 for i in range(len(edges[c]))],
             "mean": row[f"{c}#mean"], "std": row[f"{c}#std"], "null_share": 1 - n / rows}
     for c, counts in _categories(df, categorical).items():
         n = sum(counts.values())
-        out["categorical"][c] = {"shares": {v: k / n for v, k in sorted(counts.items())} if n else {},
-                                 "null_share": 1 - n / rows}
+        categorical_profile[c] = {"shares": {v: k / n for v, k in sorted(counts.items())} if n else {},
+                                  "null_share": 1 - n / rows}
     return out
 
 
@@ -93,14 +97,15 @@ def summarize(df: DataFrame, detector: DriftDetector) -> Summary:
     if missing:
         raise ValueError(f"cannot compare with the reference profile: missing column(s) {missing}")
     edges = detector.numeric_edges
-    row = df.agg(*_cdf_aggregates(edges)).first()
+    row = one_row(df, *_cdf_aggregates(edges))
     rows = int(row["_rows"])
     numeric = {c: (int(row[f"{c}#n"]), [int(row[f"{c}#le{i}"]) for i in range(len(e))]) for c, e in edges.items()}
     categorical = _categories(df, detector.categorical) if rows else {c: {} for c in detector.categorical}
     return Summary(rows, numeric, categorical)
 
 
-def compare(df: DataFrame, reference: Union[Mapping, DriftDetector]) -> tuple[int, list[FeatureDrift]]:
+def compare(df: DataFrame,
+            reference: Union[Mapping[str, Any], DriftDetector]) -> tuple[int, list[FeatureDrift]]:
     """(rows, per-feature drift) of ``df`` against ``reference`` (a ``profile``, or a detector holding one)."""
     detector = reference if isinstance(reference, DriftDetector) else DriftDetector(reference)
     summary = summarize(df, detector)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,7 @@ def finite(value: Optional[float]) -> Optional[float]:
     return value if value is not None and math.isfinite(value) else None
 
 
-def category_label(value) -> Optional[str]:
+def category_label(value: Any) -> Optional[str]:
     """``value`` as Spark's cast to string writes it (integral doubles keep their ".0"); None for a null."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -98,6 +98,7 @@ def category_counts(values: pd.Series) -> dict[str, int]:
     """label -> count of a column's non-null values, labelled as ``category_label`` (and Spark) write them.
     Numeric columns are counted per distinct value first (a window of requests holds few), then labelled."""
     counts: dict[str, int] = {}
+    pairs: Iterable[tuple[Optional[str], int]]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         integral = pd.api.types.is_integer_dtype(values)
         array = values.to_numpy(dtype="int64" if integral else "float64")
@@ -117,7 +118,8 @@ def category_counts(values: pd.Series) -> dict[str, int]:
 class DriftDetector:
     """A reference profile (``taxi_fares.drift.profile``) with the thresholds that call a feature drifted."""
 
-    def __init__(self, reference: Mapping, psi_threshold: float = PSI_THRESHOLD, ks_threshold: float = KS_THRESHOLD):
+    def __init__(self, reference: Mapping[str, Any], psi_threshold: float = PSI_THRESHOLD,
+                 ks_threshold: float = KS_THRESHOLD):
         if reference.get("version") != PROFILE_VERSION:
             raise ValueError(f"reference profile version {reference.get('version')!r} is not {PROFILE_VERSION}")
         self.reference = reference

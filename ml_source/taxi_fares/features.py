@@ -19,9 +19,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, GroupedData, Window
 from pyspark.sql import functions as F
 
+from taxi_fares.aggregates import one_row
 from taxi_fares.columns import (DROPOFF_COUNT, DROPOFF_FEATURE_COLUMNS, DROPOFF_IS_WEEKEND, DROPOFF_LOOKUP_TS,
                                 DROPOFF_TS, DROPOFF_WINDOW_SECONDS, DROPOFF_ZIP, FARE, FEATURE_KEYS, LABEL,
                                 MODEL_FEATURES, PICKUP_COUNT, PICKUP_FEATURE_COLUMNS, PICKUP_HOUR, PICKUP_LOOKUP_TS,
@@ -66,7 +67,7 @@ def round_down(ts: Column, seconds: int) -> Column:
 
 
 def _windowed(trips: DataFrame, ts_col: str, zip_col: str, length_s: int, slide_s: int,
-              start: DateLike, end: DateLike):
+              start: DateLike, end: DateLike) -> tuple[GroupedData, dt.datetime, dt.datetime]:
     """Trips grouped by zip and (sliding) window, reading only the trips those windows can hold.
 
     Returns (grouped data, start, end) so the caller can keep the windows whose end lies in [start, end).
@@ -224,7 +225,7 @@ def join_features(trips: DataFrame, pickup: DataFrame, dropoff: DataFrame, grid:
         spans = spans or _trip_spans(keyed)
     joined = keyed
     for features, (zip_col, key, columns, step) in zip((pickup, dropoff), _JOINS):
-        span = spans[key] if grid else None
+        span = spans[key] if grid and spans is not None else None
         if span is None or not span.zips or len(span.zips) * ((span.last - span.first) // step + 1) > GRID_MAX_ROWS:
             joined = point_in_time_join(joined, features, zip_col, key, columns)
             continue
@@ -244,9 +245,9 @@ def _grid_id(zip_code: Column, key: Column, step: int) -> Column:
 
 def _trip_spans(keyed: DataFrame) -> dict[str, Span]:
     """{lookup key: its Span} of the trips, by one aggregation over them."""
-    row = keyed.agg(*[agg for zip_col, key, _, _ in _JOINS for agg in (
+    row = one_row(keyed, *[agg for zip_col, key, _, _ in _JOINS for agg in (
         F.min(F.unix_timestamp(key)).alias(f"first_{key}"), F.max(F.unix_timestamp(key)).alias(f"last_{key}"),
-        F.collect_set(zip_col).alias(f"zips_{key}"))]).first()
+        F.collect_set(zip_col).alias(f"zips_{key}"))])
     return {key: Span(row[f"first_{key}"], row[f"last_{key}"], tuple(sorted(row[f"zips_{key}"] or [])))
             for _, key, _, _ in _JOINS}
 

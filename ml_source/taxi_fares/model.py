@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
+from taxi_fares.aggregates import one_row
 from taxi_fares.features import LABEL, MODEL_FEATURES
 
 
@@ -55,11 +56,11 @@ class ModelParams:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class BinnedHistGradientBoostingRegressor(HistGradientBoostingRegressor):
+class BinnedHistGradientBoostingRegressor(HistGradientBoostingRegressor):  # type: ignore[misc]
     """scikit-learn's HistGradientBoostingRegressor, predicting through its own bins.
 
     Fitting is scikit-learn's, untouched. To predict, the trees compare each value with the split's threshold
@@ -73,7 +74,7 @@ class BinnedHistGradientBoostingRegressor(HistGradientBoostingRegressor):
     unit test (``tests/unit/test_model.py``). Categorical features use the parent's path.
     """
 
-    def _raw_predict(self, X, n_threads=None):
+    def _raw_predict(self, X: Any, n_threads: Optional[int] = None) -> np.ndarray:
         # During fit scikit-learn passes data that is binned already (``_in_fit``): nothing to do here.
         if getattr(self, "_in_fit", False) or self.is_categorical_ is not None:
             return super()._raw_predict(X, n_threads=n_threads)
@@ -135,7 +136,7 @@ def bounded_sample(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
     return df.sample(withReplacement=False, fraction=fraction, seed=seed).limit(max_rows)
 
 
-def regression_metrics(y_true, y_pred) -> dict[str, float]:
+def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
     """rmse, mae and r2 of predictions against labels (numpy)."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -165,7 +166,7 @@ def spark_regression_metrics(df: DataFrame, label: str, prediction: str,
     ]
     if baseline is not None:
         aggs += [F.sum((F.lit(baseline) - y) ** 2).alias("b_ss_res"), F.sum(F.abs(F.lit(baseline) - y)).alias("b_abs")]
-    row = df.agg(*aggs).first()
+    row = one_row(df, *aggs)
     n = int(row["n"])
     if n == 0:
         raise ValueError("cannot compute metrics on zero rows")
@@ -195,8 +196,9 @@ def predict_spark(df: DataFrame, model: Pipeline, output_col: str = "prediction"
 
     names = list(MODEL_FEATURES)
 
-    @F.pandas_udf("double")
-    def _predict(batch: pd.DataFrame) -> pd.Series:
+    def predict(batch: pd.DataFrame) -> pd.Series:
         return pd.Series(model.predict(batch[names]), index=batch.index, dtype="float64")
+
+    _predict = F.pandas_udf(predict, "double")  # type: ignore[call-overload]
 
     return df.withColumn(output_col, _predict(F.struct(*model_input_columns())))

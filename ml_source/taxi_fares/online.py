@@ -13,7 +13,7 @@ Feature rows come as pandas frames with the feature tables' columns (``zip``, ``
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,7 @@ def model_inputs(trips: pd.DataFrame, pickup: pd.DataFrame, dropoff: pd.DataFram
     return out
 
 
-def latest_rows(features: pd.DataFrame, since) -> pd.DataFrame:
+def latest_rows(features: pd.DataFrame, since: Any) -> pd.DataFrame:
     """The feature rows an online service keeps: those at or after ``since``, plus each zip's latest row before
     it (the one a lookup key at ``since`` would take)."""
     ts = _utc(features[TS])

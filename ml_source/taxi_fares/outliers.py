@@ -7,6 +7,8 @@ convention); ``score_samples`` the anomaly score (lower: more anomalous).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
@@ -51,9 +53,9 @@ class OutlierScorer:
         self.denominator = len(self.trees) * _average_path_length([forest._max_samples])
         self.offset = forest.offset_
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: Any) -> np.ndarray:
         rows = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-        depths = np.zeros(rows.shape[0], order="f")
+        depths = np.zeros(int(rows.shape[0]), order="F")
         for tree, leaf_depth in zip(self.trees, self.leaf_depths):
             depths += leaf_depth[tree.apply(rows)]
         scores = 2 ** (-np.divide(depths, self.denominator, out=np.ones_like(depths),

@@ -14,6 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from taxi_fares.aggregates import one_row
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP, TRIP_ID
 from taxi_fares.trip_rules import MAX_DISTANCE_MILES, MAX_FARE, MAX_TRIP_HOURS, ROW_RULES
 
@@ -123,9 +124,9 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
         raise TripValidationError(problems)
 
     rules = _row_rules()
-    counts = df.agg(F.count(F.lit(1)).alias("rows"), *[
+    counts = one_row(df, F.count(F.lit(1)).alias("rows"), *[
         F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, (_, _, cond) in enumerate(rules)
-    ]).first()
+    ])
     violations = [
         Violation(column, rule, int(counts[f"r{i}"] or 0))
         for i, (column, rule, _) in enumerate(rules)

@@ -54,7 +54,7 @@ def _normal(seed: int, draw: int) -> Column:
     return F.sqrt(F.lit(-2.0) * F.log(u1)) * F.cos(F.lit(2 * math.pi) * u2)
 
 
-def _pick(values: tuple, u: Column) -> Column:
+def _pick(values: tuple[object, ...], u: Column) -> Column:
     """values[floor(u * len)], for u in [0, 1)."""
     index = F.least(F.floor(u * len(values)).cast("int"), F.lit(len(values) - 1)) + 1
     return F.element_at(F.array(*[F.lit(v) for v in values]), index)

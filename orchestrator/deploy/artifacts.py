@@ -88,7 +88,8 @@ def notebook_cells(text: str) -> list[str]:
     lines = text.replace("\r\n", "\n").split("\n")
     if lines and lines[0].strip() == NOTEBOOK_HEADER:
         lines = lines[1:]
-    cells, current = [], []
+    cells: list[list[str]] = []
+    current: list[str] = []
     for line in lines:
         if line.strip() == CELL_SEPARATOR:
             cells.append(current)

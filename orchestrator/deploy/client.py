@@ -59,7 +59,7 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         raise DeployError(f"not found at {host} while trying to {operation}: {_message(exc)}") from exc
     except DatabricksError as exc:
         raise DeployError(f"{operation} failed at {host}: {_message(exc)}") from exc
-    except (ConnectionError, OSError) as exc:
+    except OSError as exc:  # ConnectionError included
         raise DeployError(f"cannot reach {host} to {operation}: {exc}") from exc
     except ValueError as exc:  # the SDK's config resolution (no credentials at all) raises ValueError
         if "auth" in str(exc).lower() or "credential" in str(exc).lower():

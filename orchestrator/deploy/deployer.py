@@ -164,7 +164,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     with translate_errors(host, f"find or create the MLflow experiment {plan.experiment}"):
         ensure_experiment(w, plan.experiment, say)
 
-    job_ids = {}
+    job_ids: dict[str, int] = {}
     for name, settings in plan.jobs.items():
         settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
         with translate_errors(host, f"create or reset job {name}"):

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.service.jobs import JobSettings, PauseStatus, Run
+from databricks.sdk.service.jobs import BaseRun, JobSettings, PauseStatus, Run
 
+from orchestrator import environment
 from orchestrator.deploy.client import DeployError, translate_errors
 from orchestrator.errors import ConfigurationError
 from orchestrator.parameters import merge_parameters
 
 TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
-POLL_SECONDS_ENV = "MLOPS_POLL_SECONDS"
+POLL_SECONDS_ENV = environment.POLL_SECONDS.name
 
 
 def find_job(w: WorkspaceClient, name: str, host: str) -> int:
@@ -60,7 +60,7 @@ class RunState:
         return text + (f": {self.message}" if self.message else "")
 
 
-def run_state(run: Run) -> RunState:
+def run_state(run: Union[Run, BaseRun]) -> RunState:
     """The run's state from ``status`` (current API), falling back to the deprecated ``state``."""
     if run.status and run.status.state:
         details = run.status.termination_details
@@ -75,7 +75,7 @@ def run_state(run: Run) -> RunState:
 def wait(w: WorkspaceClient, run_id: int, host: str, say: Callable[[str], None],
          timeout_s: float = 24 * 3600) -> tuple[Run, RunState]:
     """Poll the run until it ends, saying each state change with the elapsed time."""
-    poll = float(os.environ.get(POLL_SECONDS_ENV, "10"))
+    poll = float(environment.POLL_SECONDS.get() or "10")
     started, last = time.monotonic(), None
     while True:
         with translate_errors(host, f"get run {run_id}"):
@@ -105,7 +105,8 @@ def outputs(w: WorkspaceClient, run: Run, host: str) -> list[tuple[str, Optional
 def trigger(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str) -> int:
     with translate_errors(host, f"start job {job_id}"):
         waiter = w.jobs.run_now(job_id=job_id, job_parameters=dict(params) or None)
-    return waiter.response.run_id
+    run_id: int = waiter.response.run_id  # type: ignore[attr-defined] # the SDK types response loosely
+    return run_id
 
 
 def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str) -> None:

@@ -34,7 +34,8 @@ def parse(text: str, name: str = "<notebook>") -> list[Cell]:
     lines = text.splitlines()
     if not lines or lines[0].strip() != HEADER:
         raise NotebookFormatError(f"{name}: the first line must be '{HEADER}'")
-    chunks, current = [], []
+    chunks: list[list[str]] = []
+    current: list[str] = []
     for line in lines[1:]:
         if line.strip() == SEPARATOR:
             chunks.append(current)
@@ -43,7 +44,7 @@ def parse(text: str, name: str = "<notebook>") -> list[Cell]:
             current.append(line)
     chunks.append(current)
 
-    cells = []
+    cells: list[Cell] = []
     for chunk in chunks:
         title = None
         body = list(chunk)

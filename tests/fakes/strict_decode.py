@@ -19,8 +19,11 @@ class RequestRefused(Exception):
     """A request the service would refuse: HTTP status, error code and message."""
 
     def __init__(self, status: int, error_code: str, message: str):
-        super().__init__(message)
+        super().__init__(status, error_code, message)
         self.status, self.error_code, self.message = status, error_code, message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def malformed(message: str) -> RequestRefused:

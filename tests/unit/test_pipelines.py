@@ -94,7 +94,7 @@ def test_no_secret_is_inlined(path):
         for name, value in (node.get("env") or {}).items():
             if SECRET_NAME.search(name):
                 assert re.fullmatch(r"\$\([A-Za-z_][\w.]*\)", str(value)), f"{path.name}: {name} must map a variable"
-        for name, value in (node.get("variables") or {}).items() if isinstance(node.get("variables"), dict) else []:
+        for name in (node.get("variables") or {}) if isinstance(node.get("variables"), dict) else []:
             assert not SECRET_NAME.search(name), f"{path.name}: {name} belongs in a variable group"
 
 

@@ -24,7 +24,7 @@ else ``OK``.
 from __future__ import annotations
 
 import logging
-from typing import Union
+from typing import Any, Union
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -86,7 +86,7 @@ def _judge(spark, config, context: StageContext, model, judge: drift.DriftDetect
     with telemetry.span("compare with the training profile", model_version=model.version) as step:
         rows, features = drift.compare(current, judge)
         step.set_attribute("rows", rows)
-    outliers = {}
+    outliers: dict[str, Any] = {}
     if detector is not None and rows:
         with telemetry.span("flag outliers", model_version=detector.version):
             flagged = context.tracking.score(spark, current.na.fill(0.0, subset=list(MODEL_FEATURES)), detector,

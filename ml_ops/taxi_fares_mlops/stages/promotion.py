@@ -46,8 +46,8 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
         context.tracking.set_tags({"promotion.decision": ALREADY})
         return _outcome(ALREADY, champion.version, challenger.version, None, None)
 
-    validated = context.results.get(VALIDATION)
-    validated = validated.outputs if validated is not None and validated.status == SUCCESS else None
+    validation = context.results.get(VALIDATION)
+    validated = validation.outputs if validation is not None and validation.status == SUCCESS else None
     if validated and validated["challenger_version"] == challenger.version and (
             validated["champion_version"] == (champion.version if champion else None)):
         challenger_rmse, champion_rmse = validated["challenger_rmse"], validated["champion_rmse"]

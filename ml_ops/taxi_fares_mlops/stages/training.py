@@ -5,6 +5,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
@@ -64,7 +65,7 @@ def _fit_and_evaluate(labelled, config: TrainingConfig, context: StageContext) -
     seed = config.model_params.random_state
     # The bounded sample is the only data brought to the driver; its size is set by max_training_rows.
     with telemetry.span("build training sample") as step:
-        sample = bounded_sample(train, config.max_training_rows, seed=seed).toPandas()
+        sample: pd.DataFrame = bounded_sample(train, config.max_training_rows, seed=seed).toPandas()
         step.set_attribute("rows", len(sample))
     if sample.empty:
         raise DataError(f"no training rows for {config.start_date}..{config.end_date}")
