@@ -303,10 +303,12 @@ def test_packaging_for_a_target_without_a_signing_key_is_refused(mlops, monkeypa
 
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
     monkeypatch.setenv("MLOPS_SPARK_REMOTE", "sc://127.0.0.1:1")
-    code, _, err = mlops("serving", "package", "--target", "staging")
+    # a target the targets file does not hold: without the key's check the command fails at once on that instead
+    # (a real target would go on to wait for its Spark Connect server)
+    code, _, err = mlops("serving", "package", "--target", "nowhere")
     assert code == 2
     assert err.strip().splitlines() == [
-        "mlops serving: packaging from target 'staging' needs the bundle-signing key: pass --signing-key FILE or "
+        "mlops serving: packaging from target 'nowhere' needs the bundle-signing key: pass --signing-key FILE or "
         f"set {SIGNING_KEY_ENV} (CD: the signing key's secure file)"]
 
 
