@@ -1,20 +1,76 @@
 """``python -m taxi_fares_mlops.serving --bundle DIR``: the service's command, the same in the container and in
-``mlops serve --local``."""
+``mlops serve --local``.
+
+Fails closed: on any address but loopback (127.0.0.0/8, ::1, localhost) it refuses to start without
+authentication (exit 2, before the port opens) unless ``--allow-unauthenticated`` says the risk is taken. Every
+authentication and limit setting can also come from the environment (``MLOPS_SERVING_*``, see ``ENVIRONMENT``),
+which is how the Kubernetes overlays set them: the container's command is the same everywhere.
+"""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
 from typing import Optional, Sequence
 
+from taxi_fares_mlops.serving import limits
 from taxi_fares_mlops.serving.app import Settings, create_app
+from taxi_fares_mlops.serving.auth import MODES, NONE, AuthSettings
 from taxi_fares_mlops.serving.bundle import BundleError, verify
 from taxi_fares_mlops.signing import TRUSTED_KEY_ENV
 
 
+logger = logging.getLogger("taxi_fares_mlops.serving")
+
+# option -> the environment variable that gives its default (a list option: comma-separated values)
+ENVIRONMENT = {
+    "auth": "MLOPS_SERVING_AUTH", "entra_tenant": "MLOPS_SERVING_ENTRA_TENANT",
+    "entra_audience": "MLOPS_SERVING_ENTRA_AUDIENCE", "entra_issuer": "MLOPS_SERVING_ENTRA_ISSUER",
+    "jwks_url": "MLOPS_SERVING_JWKS_URL", "required_role": "MLOPS_SERVING_REQUIRED_ROLE",
+    "api_keys_file": "MLOPS_SERVING_API_KEYS_FILE", "allow_unauthenticated": "MLOPS_SERVING_ALLOW_UNAUTHENTICATED",
+    "max_body_bytes": "MLOPS_SERVING_MAX_BODY_BYTES", "body_timeout": "MLOPS_SERVING_BODY_TIMEOUT_SECONDS",
+    "header_timeout": "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS", "max_in_flight": "MLOPS_SERVING_MAX_IN_FLIGHT",
+    "cpu_threads": "MLOPS_SERVING_CPU_THREADS", "metrics_port": "MLOPS_SERVING_METRICS_PORT",
+}
+
+
+def _env(option: str, default=None, kind=str):
+    value = os.environ.get(ENVIRONMENT[option])
+    if not value:
+        return default
+    if kind is list:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if kind is bool:
+        return value.strip().lower() not in ("0", "false", "no")
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"error: {ENVIRONMENT[option]}={value!r} is not a {kind.__name__}") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any address
+
+
+def exposure_refusal(host: str, auth: str, allow_unauthenticated: bool) -> Optional[str]:
+    """Why the service must not start (one line), or None: no authentication on an address others can reach."""
+    if auth != NONE or is_loopback(host) or allow_unauthenticated:
+        return None
+    return (f"error: refusing to serve on {host} without authentication: pass --auth entra --entra-tenant ID "
+            f"--entra-audience ID, or --auth api-key --api-keys-file FILE (or bind 127.0.0.1; "
+            f"--allow-unauthenticated takes the risk)")
+
+
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="taxi_fares_mlops.serving", description=__doc__)
+    p = argparse.ArgumentParser(prog="taxi_fares_mlops.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="the serving bundle folder (`mlops serving package`)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -27,6 +83,41 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--telemetry-file", help="write telemetry as JSON lines here when no connection string is set")
     p.add_argument("--trusted-key", default=os.environ.get(TRUSTED_KEY_ENV) or None,
                    help=f"the Ed25519 public key (PEM) the bundle must be signed with (default ${TRUSTED_KEY_ENV})")
+    a = p.add_argument_group("authentication")
+    a.add_argument("--auth", choices=MODES, default=_env("auth", NONE),
+                   help="entra (bearer tokens), api-key (a key file) or none (loopback only, or with "
+                        "--allow-unauthenticated)")
+    a.add_argument("--entra-tenant", default=_env("entra_tenant"), help="the Entra ID tenant id")
+    a.add_argument("--entra-audience", action="append", default=_env("entra_audience", kind=list),
+                   help="an accepted audience (the API's client id or App ID URI); repeat for several")
+    a.add_argument("--entra-issuer", action="append", default=_env("entra_issuer", kind=list),
+                   help="an accepted issuer (default: the tenant's v1 and v2 issuers); repeat for several")
+    a.add_argument("--jwks-url", default=_env("jwks_url"),
+                   help="the signing keys (default: https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys)")
+    a.add_argument("--required-role", default=_env("required_role"),
+                   help="an app role the token's roles claim must hold (403 otherwise)")
+    a.add_argument("--api-keys-file", default=_env("api_keys_file"),
+                   help="a mounted secret file of API keys, one per line (several: rotation)")
+    a.add_argument("--allow-unauthenticated", action="store_true",
+                   default=_env("allow_unauthenticated", False, bool),
+                   help="serve without authentication on a non-loopback address (refused otherwise)")
+    a.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json (off by default)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-body-bytes", type=int, default=_env("max_body_bytes", limits.MAX_BODY_BYTES, int),
+                     help="a larger request body gets a 413 (default 1 MiB)")
+    lim.add_argument("--body-timeout", type=float,
+                     default=_env("body_timeout", limits.BODY_TIMEOUT_SECONDS, float),
+                     help="seconds a request body may take to arrive (then 408)")
+    lim.add_argument("--header-timeout", type=float,
+                     default=_env("header_timeout", limits.HEADER_TIMEOUT_SECONDS, float),
+                     help="seconds a request's headers may take to arrive (then the connection is closed)")
+    lim.add_argument("--max-in-flight", type=int, default=_env("max_in_flight", limits.MAX_IN_FLIGHT, int),
+                     help="requests inside the app beyond which a 503 with Retry-After answers (probes excepted)")
+    lim.add_argument("--cpu-threads", type=int, default=_env("cpu_threads", None, int),
+                     help="threads for parsing and prediction (default: the pod's CPUs)")
+    p.add_argument("--metrics-port", type=int, default=_env("metrics_port", None, int),
+                   help="serve Prometheus metrics on this port (same host), for the in-cluster scraper; "
+                        "not served on --port")
     return p.parse_args(argv)
 
 
@@ -36,7 +127,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     refresh_seconds=args.refresh_seconds, lookback_hours=args.lookback_hours,
                     telemetry_file=args.telemetry_file,
                     connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
-                    trusted_key=args.trusted_key).checked()
+                    trusted_key=args.trusted_key,
+                    auth=AuthSettings(mode=args.auth, tenant=args.entra_tenant,
+                                      audiences=tuple(args.entra_audience or ()),
+                                      issuers=tuple(args.entra_issuer or ()), jwks_url=args.jwks_url,
+                                      required_role=args.required_role,
+                                      api_keys_file=args.api_keys_file).checked(),
+                    max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                    max_in_flight=args.max_in_flight, cpu_threads=args.cpu_threads, docs=args.docs).checked()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -44,15 +142,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    refusal = exposure_refusal(args.host, args.auth, args.allow_unauthenticated)
+    if refusal:  # first, before anything is read or opened
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         settings = settings_from(args)
+        if args.metrics_port is not None and args.metrics_port == args.port:
+            raise ValueError("--metrics-port must differ from --port")
+        if args.header_timeout <= 0:
+            raise ValueError("--header-timeout must be positive")
         # Refused before the port opens: an incomplete or mismatched bundle never serves (the models and
         # features then load in the background while /health/ready answers 503).
         verify(args.bundle, args.trusted_key)  # its signature and every file, before anything is unpickled
     except (ValueError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    try:
+        app = create_app(settings)  # reads the API keys file
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.auth.mode == NONE:
+        logger.warning("serving WITHOUT authentication on %s:%d: anyone who reaches it is served", args.host,
+                       args.port)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, args.host, registry=app.state.service.metrics.registry)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                **limits.server_options(header_timeout=args.header_timeout))
     return 0
 
 
