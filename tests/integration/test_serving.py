@@ -103,11 +103,13 @@ def served(spark, tmp_path_factory):
         batch = lakehouse.read(spark, PREDICTIONS).orderBy("trip_id").toPandas()
         manifest = package(spark, lakehouse, root / "bundle", "taxi_fares", lookback_hours=LOOKBACK_HOURS,
                            signing_key=load_private_key(development_key(lakehouse.root)))
+    metrics_port = _free_port()
     process, url = serve(root / "bundle", "--max-trips", str(MAX_TRIPS), "--drift-window", str(WINDOW),
                          "--drift-min-rows", str(MIN_ROWS), "--feature-tables", lakehouse.path("tables"),
                          "--lookback-hours", str(LOOKBACK_HOURS),
-                         "--telemetry-file", str(root / "telemetry.jsonl"))
-    state = {"url": url, "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
+                         "--telemetry-file", str(root / "telemetry.jsonl"), "--metrics-port", str(metrics_port))
+    state = {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+             "batch": batch, "version": version, "manifest": manifest, "bundle": root / "bundle",
              "telemetry": root / "telemetry.jsonl", "process": process, "lakehouse": lakehouse.root, "mlflow": uri}
     yield state
     state["process"].terminate()
@@ -147,7 +149,8 @@ def test_the_drift_status_is_judged_on_a_window_of_recent_trips(served):
         drift = call(url + "/v1/predict", {"trips": _trips(sample.iloc[start:start + MAX_TRIPS], 1.5)})[1]["drift"]
     assert drift["status"] == "DRIFT" and "trip_distance" in drift["drifted_features"], drift
     assert drift["window_rows"] == WINDOW
-    metrics = call(url + "/metrics")[1]
+    assert call(url + "/metrics")[0] == 404  # metrics are on their own port, for the in-cluster scraper
+    metrics = call(served["metrics"])[1]
     assert 'taxi_fares_drift_status{taxi_fares_drift_status="DRIFT"} 1.0' in metrics
     assert f'taxi_fares_model_info{{model_name="taxi_fares",model_version="{served["version"]}"}} 1.0' in metrics
     assert 'taxi_fares_requests_total{code="200",endpoint="/v1/predict"}' in metrics
@@ -167,7 +170,8 @@ def test_bad_input_gets_a_422_naming_each_field_and_too_many_trips_a_413(served)
                        (("body", "trips", 2), "value_error"),
                        (("body", "trips", 3, "pickup_time"), "datetime_from_date_parsing"),
                        (("body", "trips", 4, "extra"), "extra_forbidden")}, located
-    assert any("dropoff_time is before pickup_time" in e["msg"] for e in body["detail"])
+    assert any("dropoff_time: trips that have a dropoff before the pickup are invalid" in e["msg"]
+               for e in body["detail"])
     assert call(url + "/v1/predict", {"trips": []})[0] == 422
     status, body, _ = call(url + "/v1/predict", {"trips": [good] * (MAX_TRIPS + 1)})
     assert status == 413 and body["detail"] == f"{MAX_TRIPS + 1} trips in one request; at most {MAX_TRIPS} are accepted"
