@@ -7,7 +7,11 @@ serve` (--env-manager local, its default workers) gets the same trips' model inp
 `dataframe_split`. Printed: requests/s, trips/s, p50/p95/p99 latency and errors per server, and our throughput
 and p99 as ratios of MLflow's. The goal (issue 12): 2x MLflow's throughput at an equal or better p99.
 
-    make bench-serving            # or: .venv/bin/python benchmarks/bench_serving.py [--requests N]
+Authentication's cost is measured in the same run: with ``--auth api-key`` (the default) a second instance of our
+service, the same bundle behind API-key authentication, gets the same requests with a key, and the table adds its
+throughput and p50 as ratios of the open instance's (``--auth none`` leaves it out).
+
+    make bench-serving            # or: .venv/bin/python benchmarks/bench_serving.py [--requests N] [--auth none]
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ def wait_ready(url: str, process, seconds: float = 120) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="requests per 1-trip measurement (100-trip: 1/4)")
+    parser.add_argument("--auth", choices=("api-key", "none"), default="api-key",
+                        help="also measure our service behind this authentication (default api-key)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -67,28 +73,40 @@ def main(argv=None) -> int:
     from taxi_fares_mlops.jobs import run_job
     from taxi_fares_mlops.serving.bundle import load_bundle
     from taxi_fares_mlops.serving.package import package
-    from taxi_fares_mlops.spark import get_spark
+    from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    spark = get_spark("bench-serving")
+    spark = tuned_session("bench-serving")
     lakehouse = Lakehouse(str(work / "lakehouse"))
     print("[bench] training the model the two servers serve", file=sys.stderr)
     lakehouse.write(generate_trips(spark, 20_000, START, END, seed=5), RAW_TRIPS)
     values = {**{p.name: p.default for p in TRAINING_PARAMETERS}, "start_date": START, "end_date": END,
               "lakehouse_root": lakehouse.root, "mlflow_experiment": "bench", "max_iter": "40"}
     version = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
-    package(spark, lakehouse, work / "bundle", "taxi_fares", lookback_hours=15 * 24)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from taxi_fares_mlops.signing import public_pem
+
+    signing_key = Ed25519PrivateKey.generate()  # the bench's own: the service trusts its public half
+    (work / "trusted.pub").write_bytes(public_pem(signing_key))
+    package(spark, lakehouse, work / "bundle", "taxi_fares", lookback_hours=15 * 24, signing_key=signing_key)
     spark.stop()
-    bundle = load_bundle(work / "bundle")
+    bundle = load_bundle(work / "bundle", work / "trusted.pub")
 
     ours_port, mlflow_port = free_port(), free_port()
     # `mlflow models serve` starts `uvicorn` by name: the environment's bin folder must be on PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    ours = subprocess.Popen([sys.executable, "-m", "taxi_fares_mlops.serving", "--bundle", str(work / "bundle"),
-                             "--port", str(ours_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = [sys.executable, "-m", "taxi_fares_mlops.serving", "--bundle", str(work / "bundle"), "--trusted-key",
+             str(work / "trusted.pub")]
+    ours = subprocess.Popen([*serve, "--port", str(ours_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    guarded, guarded_port, key = None, free_port(), "bench-" + os.urandom(16).hex()
+    if args.auth == "api-key":
+        (work / "api-keys").write_text(key + "\n")
+        guarded = subprocess.Popen([*serve, "--port", str(guarded_port), "--auth", "api-key", "--api-keys-file",
+                                    str(work / "api-keys")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reference = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
                                   f"models:/taxi_fares/{version}", "--env-manager", "local", "--host", "127.0.0.1",
                                   "--port", str(mlflow_port)], env=env, stdout=subprocess.DEVNULL,
@@ -96,6 +114,8 @@ def main(argv=None) -> int:
     rows = []
     try:
         wait_ready(f"http://127.0.0.1:{ours_port}/health/ready", ours)
+        if guarded is not None:
+            wait_ready(f"http://127.0.0.1:{guarded_port}/health/ready", guarded)
         wait_ready(f"http://127.0.0.1:{mlflow_port}/health", reference)
         for trips in (1, 100):
             requests = args.requests if trips == 1 else max(20, args.requests // 4)
@@ -116,9 +136,11 @@ def main(argv=None) -> int:
                 a = loadtest(f"http://127.0.0.1:{ours_port}", requests, concurrency, trips, bodies=bodies_ours)
                 b = loadtest(f"http://127.0.0.1:{mlflow_port}", requests, concurrency, trips,
                              path="/invocations", bodies=bodies_mlflow)
-                rows.append((trips, concurrency, a, b))
+                c = loadtest(f"http://127.0.0.1:{guarded_port}", requests, concurrency, trips, bodies=bodies_ours,
+                             headers={"Authorization": f"Bearer {key}"}) if guarded is not None else None
+                rows.append((trips, concurrency, a, b, c))
     finally:
-        for process in (ours, reference):
+        for process in (ours, reference, *((guarded,) if guarded is not None else ())):
             process.terminate()
             process.wait(timeout=30)
 
@@ -127,13 +149,24 @@ def main(argv=None) -> int:
     print("| trips/request | concurrency | ours req/s | ours p50 / p95 / p99 ms | ours errors | mlflow req/s | "
           "mlflow p50 / p95 / p99 ms | mlflow errors | throughput ratio | p99 ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for trips, concurrency, a, b in rows:
+    for trips, concurrency, a, b, _ in rows:
         ratio = a.throughput / b.throughput if b.throughput else float("nan")
         p99 = a.percentile(.99) / b.percentile(.99) if b.latencies else float("nan")
         print(f"| {trips} | {concurrency} | {a.throughput:,.1f} | {1000 * a.percentile(.5):.1f} / "
               f"{1000 * a.percentile(.95):.1f} / {1000 * a.percentile(.99):.1f} | {sum(a.errors.values())} | "
               f"{b.throughput:,.1f} | {1000 * b.percentile(.5):.1f} / {1000 * b.percentile(.95):.1f} / "
               f"{1000 * b.percentile(.99):.1f} | {sum(b.errors.values())} | x{ratio:.2f} | x{p99:.2f} |")
+    if args.auth != "none":
+        print(f"\nAuthentication's cost: the same service and requests, open vs behind {args.auth} authentication "
+              f"(one run, side by side)")
+        print("| trips/request | concurrency | open req/s | auth req/s | auth errors | throughput ratio (auth/open) | "
+              "p50 open / auth ms | p50 cost per request ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for trips, concurrency, a, _, c in rows:
+            ratio = c.throughput / a.throughput if a.throughput else float("nan")
+            print(f"| {trips} | {concurrency} | {a.throughput:,.1f} | {c.throughput:,.1f} | {sum(c.errors.values())} "
+                  f"| x{ratio:.2f} | {1000 * a.percentile(.5):.2f} / {1000 * c.percentile(.5):.2f} | "
+                  f"{1000 * (c.percentile(.5) - a.percentile(.5)):+.2f} |")
     return 0
 
 
