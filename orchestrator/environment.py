@@ -3,9 +3,11 @@
 ``docs/reference/environment.md`` is generated from."""
 from __future__ import annotations
 
-from taxi_fares_mlops.environment import VARIABLES, Variable, declare
+from taxi_fares_mlops.environment import (CRASH_AT, HOME, LOG_LEVEL, SPARK_CONF_FILE, SPARK_MASTER, SPARK_REMOTE,
+                                          VARIABLES, Variable, declare)
 
-__all__ = ["VARIABLES", "Variable"]
+# The wheel's variables, so that the operator tool reads every variable from here.
+__all__ = ["VARIABLES", "Variable", "CRASH_AT", "HOME", "LOG_LEVEL", "SPARK_CONF_FILE", "SPARK_MASTER", "SPARK_REMOTE"]
 
 SPARK_DRIVER_MEMORY = declare(
     "MLOPS_SPARK_DRIVER_MEMORY", "The local driver's heap.", default="2g", scope="local")
@@ -33,6 +35,7 @@ SECRET_PREFIX = declare(
     "reads `MLOPS_SECRET_<SCOPE>__<KEY>` (upper case, other characters as `_`), or `.secrets.env`.",
     scope="local")
 SERVING_LOAD_DELAY = declare(
-    "MLOPS_SERVING_LOAD_DELAY_SECONDS", "Test hook of the test suite's service launcher (`tests/support`): the online "
+    "MLOPS_SERVING_LOAD_DELAY_SECONDS", "Test hook of the test suite's service launcher "
+    "(`tests/integration/test_serving.py`): the online "
     "service waits this long before loading its bundle, so a test sees `/health/ready` answer 503 first.",
     kind="number", scope="test")

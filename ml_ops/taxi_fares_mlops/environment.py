@@ -61,6 +61,51 @@ SPARK_CONF_FILE = declare(
 SPARK_MASTER = declare(
     "MLOPS_SPARK_MASTER", "The master of a local session (`local[N]`, or `spark://...` of a local standalone "
     "cluster).", default="local[2]", scope="local")
+SIGNING_KEY_FILE = declare(
+    "MLOPS_SIGNING_KEY_FILE", "The Ed25519 private key (PEM file) `mlops serving package` signs a bundle's manifest "
+    "with (CD: a secure file). `--local` uses a development key under `MLOPS_HOME` instead.", kind="path")
+TRUSTED_KEY_FILE = declare(
+    "MLOPS_TRUSTED_KEY_FILE", "The Ed25519 public key (PEM file) the online service verifies a bundle's signature "
+    "with before it loads anything (AKS: a mounted ConfigMap).", kind="path")
+
+# The online service's settings (python -m taxi_fares_mlops.serving): each is also a command-line option of the
+# same name; the Kubernetes overlays set them here, so the container's command is the same everywhere.
+SERVING_AUTH = declare(
+    "MLOPS_SERVING_AUTH", "How the online service authenticates callers: `entra` (Microsoft Entra ID bearer "
+    "tokens), `api-key` (keys from a mounted file) or `none` (loopback only, unless allowed).")
+SERVING_ENTRA_TENANT = declare("MLOPS_SERVING_ENTRA_TENANT", "The Entra ID tenant (directory) id of the callers.")
+SERVING_ENTRA_AUDIENCE = declare(
+    "MLOPS_SERVING_ENTRA_AUDIENCE", "The audiences a token must carry (comma-separated): the API's client id or "
+    "App ID URI.")
+SERVING_ENTRA_ISSUER = declare(
+    "MLOPS_SERVING_ENTRA_ISSUER", "The issuers a token may come from (comma-separated); default the tenant's v1 and "
+    "v2 issuers.")
+SERVING_JWKS_URL = declare(
+    "MLOPS_SERVING_JWKS_URL", "Where the signing keys are published; default the tenant's "
+    "`https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys`.")
+SERVING_REQUIRED_ROLE = declare(
+    "MLOPS_SERVING_REQUIRED_ROLE", "An app role a token must carry in its `roles` claim (403 without it).")
+SERVING_API_KEYS_FILE = declare(
+    "MLOPS_SERVING_API_KEYS_FILE", "A file of API keys, one per line (several at once for rotation).", kind="path")
+SERVING_ALLOW_UNAUTHENTICATED = declare(
+    "MLOPS_SERVING_ALLOW_UNAUTHENTICATED", "Serve without authentication on an address other than loopback "
+    "(refused otherwise: exit 2 before the port opens).", kind="flag")
+SERVING_MAX_BODY_BYTES = declare(
+    "MLOPS_SERVING_MAX_BODY_BYTES", "The largest request body, in bytes (413 beyond).", kind="integer")
+SERVING_BODY_TIMEOUT = declare(
+    "MLOPS_SERVING_BODY_TIMEOUT_SECONDS", "How long a request body may stall between chunks (408 beyond).",
+    kind="number")
+SERVING_HEADER_TIMEOUT = declare(
+    "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS", "How long a client may take to send its request's headers.",
+    kind="number")
+SERVING_MAX_IN_FLIGHT = declare(
+    "MLOPS_SERVING_MAX_IN_FLIGHT", "Requests handled at once (503 with `Retry-After` beyond).", kind="integer")
+SERVING_CPU_THREADS = declare(
+    "MLOPS_SERVING_CPU_THREADS", "Threads that run the model off the event loop (default: the CPUs the pod has).",
+    kind="integer")
+SERVING_METRICS_PORT = declare(
+    "MLOPS_SERVING_METRICS_PORT", "The separate port `/metrics` is served on, for the in-cluster scraper.",
+    kind="integer")
 CRASH_AT = declare(
     "MLOPS_CRASH_AT", "Test hook: the job process kills itself with SIGKILL at the named crash point "
     "(`taxi_fares_mlops.faults.POINTS`); unset, every point is a no-op.", scope="test")

@@ -18,7 +18,8 @@ def pytest_runtest_setup(item):
 
 
 def _make_test_options() -> list[str]:
-    rule = re.search(r"pytest -n \$\(TEST_WORKERS\) (.+?) \$\(PYTEST_ARGS\)", (REPO_ROOT / "Makefile").read_text())
+    rule = re.search(r"^test:.*\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) (.+?) \$\(PYTEST_ARGS\)",
+                     (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
     assert rule, "the Makefile's test rule no longer reads `pytest -n $(TEST_WORKERS) ... $(PYTEST_ARGS)`"
     return rule.group(1).split()
 
