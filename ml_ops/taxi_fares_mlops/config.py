@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from taxi_fares.model import ModelParams
 from taxi_fares.schema import FAIL, QUARANTINE
@@ -163,14 +163,16 @@ COMMON = (
     Parameter("databricks_run_id", _run_context, "", "Databricks run id (the job passes {{job.run_id}})"),
 )
 
+_MODEL_DEFAULTS = ModelParams()  # the hyperparameters' defaults are the model's own, written once in taxi_fares
 HYPERPARAMETERS = (
-    Parameter("learning_rate", _float(0.0, 1.0, low_open=True), "0.1", "Learning rate"),
-    Parameter("max_iter", _int(1), "200", "Boosting iterations"),
-    Parameter("max_depth", _int(0), "0", "Maximum tree depth (0: unlimited)"),
-    Parameter("max_leaf_nodes", _int(2), "31", "Maximum leaves per tree"),
-    Parameter("min_samples_leaf", _int(1), "20", "Minimum samples per leaf"),
-    Parameter("l2_regularization", _float(0.0, float("inf")), "0.0", "L2 regularization"),
-    Parameter("random_state", _int(0), "42", "Random seed"),
+    Parameter("learning_rate", _float(0.0, 1.0, low_open=True), str(_MODEL_DEFAULTS.learning_rate), "Learning rate"),
+    Parameter("max_iter", _int(1), str(_MODEL_DEFAULTS.max_iter), "Boosting iterations"),
+    Parameter("max_depth", _int(0), str(_MODEL_DEFAULTS.max_depth), "Maximum tree depth (0: unlimited)"),
+    Parameter("max_leaf_nodes", _int(2), str(_MODEL_DEFAULTS.max_leaf_nodes), "Maximum leaves per tree"),
+    Parameter("min_samples_leaf", _int(1), str(_MODEL_DEFAULTS.min_samples_leaf), "Minimum samples per leaf"),
+    Parameter("l2_regularization", _float(0.0, float("inf")), str(_MODEL_DEFAULTS.l2_regularization),
+              "L2 regularization"),
+    Parameter("random_state", _int(0), str(_MODEL_DEFAULTS.random_state), "Random seed"),
 )
 
 TRAINING_PARAMETERS = COMMON + (
@@ -255,7 +257,8 @@ def _widget_reader(dbutils) -> Callable[[str], Optional[str]]:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """What every job shares."""
+    """What every job shares. The fields have no defaults: each parameter's default is written once, in its
+    ``Parameter`` declaration, and reaches a config through ``from_mapping``/``from_widgets`` (``defaults()``)."""
 
     start_date: dt.date
     end_date: dt.date
@@ -271,6 +274,7 @@ class JobConfig:
     databricks_run_id: str
 
     job: str = field(init=False, default="")
+    STAGES: ClassVar[tuple[str, ...]] = ()
 
     @property
     def time_range(self) -> tuple[dt.datetime, dt.datetime]:
@@ -297,6 +301,11 @@ class JobConfig:
     @classmethod
     def parameters(cls) -> tuple[Parameter, ...]:
         raise NotImplementedError
+
+    @classmethod
+    def defaults(cls) -> dict[str, str]:
+        """Each parameter's default as its widget holds it."""
+        return {p.name: p.default for p in cls.parameters()}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]):
@@ -344,20 +353,20 @@ def _format(value: Any) -> str:
 
 @dataclass(frozen=True)
 class TrainingConfig(JobConfig):
-    execute_training: bool = True
-    execute_promotion: bool = True
-    holdout_fraction: float = 0.2
-    max_training_rows: int = 1_000_000
-    promotion_margin: float = 0.0
-    force_promote: bool = False
-    require_approval: bool = False
-    model_validation: str = "dry_run"
-    max_rmse: Optional[float] = None
-    min_r2: float = 0.0
-    regression_margin: float = 0.05
-    retrain_reason: str = ""
-    triggered_by: str = ""
-    model_params: ModelParams = field(default_factory=ModelParams)
+    execute_training: bool
+    execute_promotion: bool
+    holdout_fraction: float
+    max_training_rows: int
+    promotion_margin: float
+    force_promote: bool
+    require_approval: bool
+    model_validation: str
+    max_rmse: Optional[float]
+    min_r2: float
+    regression_margin: float
+    retrain_reason: str
+    triggered_by: str
+    model_params: ModelParams
 
     job: str = field(init=False, default=TRAINING_JOB)
     STAGES = (FEATURE_ENGINEERING, TRAINING, VALIDATION, PROMOTION)
@@ -389,18 +398,18 @@ class TrainingConfig(JobConfig):
 
 @dataclass(frozen=True)
 class ScoringConfig(JobConfig):
-    execute_batch_scoring: bool = True
-    model_alias: str = CHAMPION
-    model_version: Optional[int] = None
-    publish_predictions: str = "auto"
-    blob_container: str = "taxi-fares-predictions"
-    blob_rows_per_part: int = 1_000_000
-    execute_monitoring: bool = False
-    psi_threshold: float = 0.2
-    ks_threshold: float = 0.1
-    outlier_rate_threshold: float = 0.05
-    rmse_degradation: float = 0.25
-    min_rows: int = 1000
+    execute_batch_scoring: bool
+    model_alias: str
+    model_version: Optional[int]
+    publish_predictions: str
+    blob_container: str
+    blob_rows_per_part: int
+    execute_monitoring: bool
+    psi_threshold: float
+    ks_threshold: float
+    outlier_rate_threshold: float
+    rmse_degradation: float
+    min_rows: int
 
     job: str = field(init=False, default=SCORING_JOB)
     STAGES = (FEATURE_ENGINEERING, BATCH_SCORING, MONITORING)
@@ -417,15 +426,15 @@ class ScoringConfig(JobConfig):
 
 @dataclass(frozen=True)
 class MonitoringConfig(JobConfig):
-    execute_monitoring: bool = True
-    model_alias: str = CHAMPION
-    model_version: Optional[int] = None
-    psi_threshold: float = 0.2
-    ks_threshold: float = 0.1
-    outlier_rate_threshold: float = 0.05
-    rmse_degradation: float = 0.25
-    min_rows: int = 1000
-    retrain_on_drift: bool = True
+    execute_monitoring: bool
+    model_alias: str
+    model_version: Optional[int]
+    psi_threshold: float
+    ks_threshold: float
+    outlier_rate_threshold: float
+    rmse_degradation: float
+    min_rows: int
+    retrain_on_drift: bool
 
     job: str = field(init=False, default=MONITORING_JOB)
     STAGES = (MONITORING,)

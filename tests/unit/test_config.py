@@ -117,3 +117,21 @@ def test_from_widgets_reads_every_widget_once():
     assert config.start_date == dt.date(2016, 1, 2)
     with pytest.raises(ConfigError, match="model_version: missing"):
         ScoringConfig.from_widgets(FakeDbutils({k: v for k, v in SCORING_DEFAULTS.items() if k != "model_version"}))
+
+
+def test_each_parameters_default_is_written_once_in_its_declaration():
+    """The config dataclasses carry no defaults of their own: a default lives in its Parameter (the widgets and
+    from_mapping read it there), so the two can never disagree."""
+    import dataclasses
+
+    from taxi_fares.model import ModelParams
+    from taxi_fares_mlops.config import CONFIGS, HYPERPARAMETERS
+
+    for job, config_class in CONFIGS.items():
+        with_defaults = [f.name for f in dataclasses.fields(config_class) if f.init and (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+        assert with_defaults == [], f"{job}: {with_defaults}"
+        assert config_class.from_mapping(config_class.defaults()).job == job
+    model_defaults = ModelParams()
+    assert {p.name: p.default for p in HYPERPARAMETERS} == {
+        f.name: str(getattr(model_defaults, f.name)) for f in dataclasses.fields(ModelParams)}
