@@ -12,7 +12,8 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -245,13 +246,6 @@ def _diff(expected: Any, actual: Any, path: str = "") -> str:
     return f"'{path.rstrip('.')}' changed from {expected!r} to {actual!r}"
 
 
-def notebook_task(settings: dict) -> dict:
-    tasks = [t for t in settings.get("tasks", []) if "notebook_task" in t]
-    if len(tasks) != 1:
-        raise TemplateError(f"job '{settings.get('name')}' must have exactly one notebook task")
-    return tasks[0]["notebook_task"]
-
-
 def started_jobs(job: str) -> dict[str, str]:
     """task key -> the job (a key of ``JOBS``) that the task's run_job_task starts, read from the template's
     ``${<job>_job_id}`` placeholder."""
@@ -266,6 +260,58 @@ def started_jobs(job: str) -> dict[str, str]:
     return started
 
 
-def job_parameters(settings: dict) -> dict[str, str]:
-    """Job-level parameters with their defaults (what the notebook's widgets receive)."""
-    return {p["name"]: p["default"] for p in settings.get("parameters", [])}
+@dataclass(frozen=True)
+class Task:
+    """One task of a rendered job, as the local runner and the deployer need it."""
+
+    key: str
+    depends_on: tuple[tuple[str, Optional[str]], ...]  # (task key, required outcome or None)
+    notebook_path: Optional[str] = None                # notebook task: the workspace path, without .py
+    condition: Optional[Mapping[str, str]] = None     # condition task: op, left, right
+    starts: Optional[str] = None                      # run-job task: the job (a key of JOBS) it starts
+    job_parameters: Mapping[str, str] = field(default_factory=dict)  # run-job task: what it passes
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """A job template rendered for a target and validated by the SDK's round trip, read once into what its users
+    need: the settings as the Jobs API takes them, the job parameters' defaults and the tasks."""
+
+    job: str
+    name: str
+    settings: dict[str, Any]
+    parameters: Mapping[str, str]
+    tasks: tuple[Task, ...]
+
+    @property
+    def notebook_paths(self) -> list[str]:
+        return [t.notebook_path for t in self.tasks if t.notebook_path]
+
+    @property
+    def started_jobs(self) -> dict[str, str]:
+        """task key -> the job its run-job task starts."""
+        return {t.key: t.starts for t in self.tasks if t.starts}
+
+
+def read_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> RenderedJob:
+    """``job`` rendered with ``variables`` for ``target``, validated, and read into a ``RenderedJob``."""
+    settings = render_job(job, variables, target)
+    validate(settings)
+    starts = started_jobs(job)
+    tasks = []
+    for task in settings.get("tasks", []):
+        kinds = [k for k in ("notebook_task", "condition_task", "run_job_task") if k in task]
+        if len(kinds) != 1:
+            raise TemplateError(f"job '{job}' task '{task.get('task_key')}': one notebook, condition or run-job "
+                                f"task expected, found {', '.join(kinds) or 'none'}")
+        tasks.append(Task(
+            key=task["task_key"],
+            depends_on=tuple((d["task_key"], d.get("outcome")) for d in task.get("depends_on", [])),
+            notebook_path=task["notebook_task"]["notebook_path"] if "notebook_task" in task else None,
+            condition=task.get("condition_task"),
+            starts=starts.get(task["task_key"]),
+            job_parameters=dict(task["run_job_task"].get("job_parameters", {})) if "run_job_task" in task else {}))
+    if not any(t.notebook_path for t in tasks):
+        raise TemplateError(f"job '{job}' has no notebook task")
+    parameters = {p["name"]: p["default"] for p in settings.get("parameters", [])}
+    return RenderedJob(job, settings["name"], settings, parameters, tuple(tasks))

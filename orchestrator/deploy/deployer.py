@@ -84,13 +84,10 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     root = variables["workspace_root"].rstrip("/")
     notebooks = [Upload(src, f"{root}/{folder}/{src.stem}")
                  for folder in NOTEBOOK_SOURCES for src in sorted((REPO_ROOT / folder).glob("*.py"))]
-    jobs, keys = {}, {}
-    for job in templates.JOBS:
-        settings = templates.render_job(job, variables, target)
-        templates.validate(settings)
-        jobs[settings["name"]], keys[job] = settings, settings["name"]
-    starts = {keys[job]: {task: keys[started] for task, started in templates.started_jobs(job).items()}
-              for job in templates.JOBS}
+    rendered = [templates.read_job(job, variables, target) for job in templates.JOBS]
+    jobs = {r.name: r.settings for r in rendered}
+    keys = {r.job: r.name for r in rendered}
+    starts = {r.name: {task: keys[started] for task, started in r.started_jobs.items()} for r in rendered}
     return Plan(target, workspace_host(target), version, wheels, sums,
                 wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
                 variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s})

@@ -144,16 +144,12 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
     ``shared`` names, if given)."""
     started = time.monotonic()
     # Parameters first: a bad name or value is refused before wheels are built or anything starts.
-    settings = templates.render_job(job, templates.target_variables("local", lakehouse=lakehouse))
-    templates.validate(settings)
-    params = merge_parameters(templates.job_parameters(settings), overrides, job)
+    rendered = templates.read_job(job, templates.target_variables("local", lakehouse=lakehouse))
+    params = merge_parameters(rendered.parameters, overrides, job)
     _, env = prepare(lakehouse)
     with job_lock(lakehouse, job):
-        progress(f"running job {settings['name']} locally")
-        if len(settings["tasks"]) == 1:
-            notebook = Path(templates.notebook_task(settings)["notebook_path"] + ".py")
-            return run_notebook(notebook, params, lakehouse, env, started, shared)
-        return _run_tasks(job, settings, params, lakehouse, env, started, shared)
+        progress(f"running job {rendered.name} locally")
+        return _run_tasks(rendered, params, lakehouse, env, started, shared)
 
 
 @contextmanager
@@ -203,7 +199,7 @@ def _resolve(text: str, params: Mapping[str, str], values: Mapping[str, Mapping[
     return _REFERENCE.sub(value, text)
 
 
-def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: str, env: "JobEnvironment",
+def _run_tasks(rendered: templates.RenderedJob, params: Mapping[str, str], lakehouse: str, env: "JobEnvironment",
                started: float, shared: Optional[Mapping[str, str]] = None) -> RunResult:
     """A job of several tasks, in their order, as the Jobs service runs them: notebook tasks, condition tasks
     (their outcome gates the tasks that depend on it) and run-job tasks (the started job runs locally too).
@@ -212,36 +208,33 @@ def _run_tasks(job: str, settings: dict, params: Mapping[str, str], lakehouse: s
     outcomes: dict[str, str] = {}
     ran: set[str] = set()
     result: Optional[RunResult] = None
-    starts = templates.started_jobs(job)
-    for task in settings["tasks"]:
-        key = task["task_key"]
-        blocked = [d["task_key"] for d in task.get("depends_on", [])
-                   if d["task_key"] not in ran or ("outcome" in d and outcomes.get(d["task_key"]) != d["outcome"])]
+    for task in rendered.tasks:
+        key = task.key
+        blocked = [needed for needed, outcome in task.depends_on
+                   if needed not in ran or (outcome is not None and outcomes.get(needed) != outcome)]
         if blocked:
             progress(f"task {key}: excluded ({', '.join(blocked)} did not lead here)")
             continue
-        if "notebook_task" in task:
-            result = run_notebook(Path(task["notebook_task"]["notebook_path"] + ".py"), params, lakehouse, env,
-                                  started, shared)
+        if task.notebook_path:
+            result = run_notebook(Path(task.notebook_path + ".py"), params, lakehouse, env, started, shared)
             if result.status != "SUCCESS":
                 return result
             values[key] = result.task_values
-        elif "condition_task" in task:
-            condition = task["condition_task"]
+        elif task.condition is not None:
+            condition = task.condition
             left, right = (_resolve(condition[k], params, values) for k in ("left", "right"))
             tests = {"EQUAL_TO": left == right, "NOT_EQUAL": left != right}
             if condition["op"] not in tests:
                 raise ConfigurationError(f"task {key}: the local runner does not evaluate op {condition['op']}")
             outcomes[key] = "true" if tests[condition["op"]] else "false"
             progress(f"task {key}: {left!r} {condition['op']} {right!r} is {outcomes[key]}")
-        elif "run_job_task" in task:
-            arguments = {k: _resolve(v, params, values)
-                         for k, v in task["run_job_task"].get("job_parameters", {}).items()}
-            progress(f"task {key}: starting job {starts[key]}")
-            other = run_local(starts[key], arguments, lakehouse, shared)
+        elif task.starts is not None:
+            arguments = {k: _resolve(v, params, values) for k, v in task.job_parameters.items()}
+            progress(f"task {key}: starting job {task.starts}")
+            other = run_local(task.starts, arguments, lakehouse, shared)
             if other.status != "SUCCESS":
                 return RunResult("FAILED", result.exit_value if result else None,
-                                 f"task {key}: job {starts[key]} failed: {other.error}", time.monotonic() - started)
+                                 f"task {key}: job {task.starts} failed: {other.error}", time.monotonic() - started)
         else:
             raise ConfigurationError(f"task {key}: the local runner runs notebook, condition and run-job tasks only")
         ran.add(key)

@@ -23,7 +23,7 @@ from pyspark.testing import assertDataFrameEqual
 from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
 from orchestrator.local import cluster, runner
 from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
-from orchestrator.templates import job_parameters, render_job, target_variables
+from orchestrator.templates import read_job, target_variables
 from taxi_fares_mlops.config import WHEEL_PARAMETERS
 
 START, END = "2016-01-04", "2016-01-18"
@@ -109,7 +109,7 @@ def version(spark, root, name):
 def test_training_run_records_params_metrics_artifacts_and_model(root, client, trained):
     run = client.get_run(trained["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    defaults = job_parameters(render_job("training", target_variables("local", lakehouse=str(root))))
+    defaults = read_job("training", target_variables("local", lakehouse=str(root))).parameters
     given = {**defaults, **dict(p.split("=", 1) for p in (*RANGE, "max_iter=40", "learning_rate=0.2"))}
     expected = {k: v for k, v in given.items() if k not in WHEEL_PARAMETERS}
     assert run.data.params == expected

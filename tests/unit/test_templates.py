@@ -7,8 +7,8 @@ import pytest
 
 from orchestrator.local import notebook as nb
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR
-from orchestrator.templates import (JOBS, TemplateError, job_parameters, load_targets, load_template,
-                                    notebook_task, placeholders, render, render_job, target_variables, validate)
+from orchestrator.templates import (JOBS, TemplateError, load_targets, load_template, placeholders, read_job, render,
+                                    render_job, target_variables, validate)
 from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
 
 TARGETS = sorted(load_targets())
@@ -17,7 +17,8 @@ TARGETS = sorted(load_targets())
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_every_template_renders_fully_and_round_trips(job, target):
-    settings = render_job(job, target_variables(target, version="9.9.9", lakehouse="/tmp/lakehouse"))
+    rendered = read_job(job, target_variables(target, version="9.9.9", lakehouse="/tmp/lakehouse"))
+    settings = rendered.settings
     text = json.dumps(settings)
     assert "${" not in text and "{repo}" not in text and "{lakehouse}" not in text
     assert validate(settings).as_dict() == settings
@@ -25,8 +26,8 @@ def test_every_template_renders_fully_and_round_trips(job, target):
     assert settings["queue"] == {"enabled": True}
     assert settings["schedule"]["pause_status"] == "PAUSED"
     assert settings["timeout_seconds"] > 0
-    assert job_parameters(settings)["wheel_version"] == "9.9.9"
-    path = notebook_task(settings)["notebook_path"]
+    assert rendered.parameters["wheel_version"] == "9.9.9"
+    [path] = rendered.notebook_paths
     workspace_root = target_variables(target)["workspace_root"]
     relative = path[len(workspace_root):].lstrip("/")
     assert (REPO_ROOT / f"{relative}.py").exists(), f"{path} has no notebook in the repository"
@@ -64,8 +65,13 @@ def test_unknown_target_is_named():
         target_variables("qa")
 
 
+def _template_parameters(job):
+    return {p["name"]: p["default"] for p in load_template(job)["parameters"]}
+
+
 def _notebook(job):
-    path = notebook_task(load_template(job))["notebook_path"].replace("${workspace_root}/", "")
+    [path] = [t["notebook_task"]["notebook_path"].replace("${workspace_root}/", "")
+              for t in load_template(job)["tasks"] if "notebook_task" in t]
     return nb.load(REPO_ROOT / f"{path}.py")
 
 
@@ -116,7 +122,7 @@ def test_the_notebook_header_lists_exactly_the_jobs_parameters(job):
 
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_template_parameters_notebook_widgets_and_config_agree(job):
-    template_params = job_parameters(load_template(job))
+    template_params = _template_parameters(job)
     widgets = _widgets(job)
     config_params = {p.name: p.default for p in CONFIGS[job].parameters()}
     assert set(template_params) == set(WHEEL_PARAMETERS) | set(config_params)
