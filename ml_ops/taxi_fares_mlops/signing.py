@@ -20,12 +20,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from taxi_fares_mlops import environment
 from taxi_fares_mlops.errors import MlopsError
 
 logger = logging.getLogger(__name__)
 
-SIGNING_KEY_ENV = "MLOPS_SIGNING_KEY_FILE"   # the packager's private key (CD: a secure file)
-TRUSTED_KEY_ENV = "MLOPS_TRUSTED_KEY_FILE"   # the service's public key (AKS: a mounted ConfigMap)
+SIGNING_KEY_ENV = environment.SIGNING_KEY_FILE.name   # the packager's private key (CD: a secure file)
+TRUSTED_KEY_ENV = environment.TRUSTED_KEY_FILE.name   # the service's public key (AKS: a mounted ConfigMap)
 DEVELOPMENT_KEY = Path("keys") / "bundle-signing.key"   # under MLOPS_HOME, for `mlops serving package --local`
 DEVELOPMENT_PUBLIC_KEY = DEVELOPMENT_KEY.with_suffix(".pub")
 

@@ -24,8 +24,14 @@ START, END = "2016-01-04", "2016-01-18"
 # The bundle keeps the features of the whole range, so every scored trip can be compared with batch.
 LOOKBACK_HOURS = 15 * 24
 MAX_TRIPS, WINDOW, MIN_ROWS = 200, 1000, 500
-BLOCK_SPARK_AND_MLFLOW = ("import sys; sys.modules['pyspark'] = None; sys.modules['mlflow'] = None; "
-                          "from taxi_fares_mlops.serving.__main__ import main; sys.exit(main(sys.argv[1:]))")
+# The service's command as the container runs it, where neither Spark nor MLflow can be imported. With
+# MLOPS_SERVING_LOAD_DELAY_SECONDS (a test hook, declared in orchestrator.environment) the bundle loads that much
+# later, so a test sees readiness answer 503 first: the delay lives here, not in the product.
+BLOCK_SPARK_AND_MLFLOW = (
+    "import os, sys, time; sys.modules['pyspark'] = None; sys.modules['mlflow'] = None; "
+    "from taxi_fares_mlops.serving import app; delay = float(os.environ.get('MLOPS_SERVING_LOAD_DELAY_SECONDS') or 0); "
+    "load = app.load_bundle; app.load_bundle = lambda *a: (time.sleep(delay), load(*a))[1]; "
+    "from taxi_fares_mlops.serving.__main__ import main; sys.exit(main(sys.argv[1:]))")
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from taxi_fares_mlops import environment
 from taxi_fares_mlops.serving import limits
 from taxi_fares_mlops.serving.app import Settings, create_app
 from taxi_fares_mlops.serving.auth import MODES, NONE, AuthSettings
@@ -24,20 +25,22 @@ from taxi_fares_mlops.signing import TRUSTED_KEY_ENV
 
 logger = logging.getLogger("taxi_fares_mlops.serving")
 
-# option -> the environment variable that gives its default (a list option: comma-separated values)
+# option -> the variable (declared in taxi_fares_mlops.environment) that gives its default; a list option takes
+# comma-separated values
 ENVIRONMENT = {
-    "auth": "MLOPS_SERVING_AUTH", "entra_tenant": "MLOPS_SERVING_ENTRA_TENANT",
-    "entra_audience": "MLOPS_SERVING_ENTRA_AUDIENCE", "entra_issuer": "MLOPS_SERVING_ENTRA_ISSUER",
-    "jwks_url": "MLOPS_SERVING_JWKS_URL", "required_role": "MLOPS_SERVING_REQUIRED_ROLE",
-    "api_keys_file": "MLOPS_SERVING_API_KEYS_FILE", "allow_unauthenticated": "MLOPS_SERVING_ALLOW_UNAUTHENTICATED",
-    "max_body_bytes": "MLOPS_SERVING_MAX_BODY_BYTES", "body_timeout": "MLOPS_SERVING_BODY_TIMEOUT_SECONDS",
-    "header_timeout": "MLOPS_SERVING_HEADER_TIMEOUT_SECONDS", "max_in_flight": "MLOPS_SERVING_MAX_IN_FLIGHT",
-    "cpu_threads": "MLOPS_SERVING_CPU_THREADS", "metrics_port": "MLOPS_SERVING_METRICS_PORT",
+    "auth": environment.SERVING_AUTH, "entra_tenant": environment.SERVING_ENTRA_TENANT,
+    "entra_audience": environment.SERVING_ENTRA_AUDIENCE, "entra_issuer": environment.SERVING_ENTRA_ISSUER,
+    "jwks_url": environment.SERVING_JWKS_URL, "required_role": environment.SERVING_REQUIRED_ROLE,
+    "api_keys_file": environment.SERVING_API_KEYS_FILE,
+    "allow_unauthenticated": environment.SERVING_ALLOW_UNAUTHENTICATED,
+    "max_body_bytes": environment.SERVING_MAX_BODY_BYTES, "body_timeout": environment.SERVING_BODY_TIMEOUT,
+    "header_timeout": environment.SERVING_HEADER_TIMEOUT, "max_in_flight": environment.SERVING_MAX_IN_FLIGHT,
+    "cpu_threads": environment.SERVING_CPU_THREADS, "metrics_port": environment.SERVING_METRICS_PORT,
 }
 
 
 def _env(option: str, default=None, kind=str):
-    value = os.environ.get(ENVIRONMENT[option])
+    value = ENVIRONMENT[option].get()
     if not value:
         return default
     if kind is list:
@@ -47,7 +50,7 @@ def _env(option: str, default=None, kind=str):
     try:
         return kind(value)
     except ValueError:
-        raise SystemExit(f"error: {ENVIRONMENT[option]}={value!r} is not a {kind.__name__}") from None
+        raise SystemExit(f"error: {ENVIRONMENT[option].name}={value!r} is not a {kind.__name__}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -68,7 +71,8 @@ def exposure_refusal(host: str, auth: str, allow_unauthenticated: bool) -> Optio
             f"--allow-unauthenticated takes the risk)")
 
 
-def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The service's options; each authentication and limit option defaults to its ``MLOPS_SERVING_*`` variable."""
     p = argparse.ArgumentParser(prog="taxi_fares_mlops.serving", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="the serving bundle folder (`mlops serving package`)")
@@ -81,7 +85,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--refresh-seconds", type=float, default=300.0)
     p.add_argument("--lookback-hours", type=float, default=24.0)
     p.add_argument("--telemetry-file", help="write telemetry as JSON lines here when no connection string is set")
-    p.add_argument("--trusted-key", default=os.environ.get(TRUSTED_KEY_ENV) or None,
+    p.add_argument("--trusted-key", default=environment.TRUSTED_KEY_FILE.get(),
                    help=f"the Ed25519 public key (PEM) the bundle must be signed with (default ${TRUSTED_KEY_ENV})")
     a = p.add_argument_group("authentication")
     a.add_argument("--auth", choices=MODES, default=_env("auth", NONE),
@@ -118,7 +122,11 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=_env("metrics_port", None, int),
                    help="serve Prometheus metrics on this port (same host), for the in-cluster scraper; "
                         "not served on --port")
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -60,7 +60,6 @@ from taxi_fares_mlops.serving.window import DRIFT, INSUFFICIENT_DATA, OK, DriftW
 logger = logging.getLogger(__name__)
 
 ROLE = "serving"
-LOAD_DELAY_ENV = "MLOPS_SERVING_LOAD_DELAY_SECONDS"
 UNMATCHED = "<unmatched>"  # the one metric label of every path no route serves
 EXCERPT_CHARS = 40         # a 422 quotes at most this much of a bad value
 MAX_ERRORS = 20            # and names at most this many problems
@@ -231,9 +230,6 @@ class Service:
         return self.bundle is not None
 
     def load(self) -> None:
-        delay = float(os.environ.get(LOAD_DELAY_ENV) or 0)
-        if delay > 0:  # a fault-injection hook for tests of readiness (off unless the variable is set)
-            time.sleep(delay)
         try:
             bundle = load_bundle(Path(self.settings.bundle), self.settings.trusted_key)
         except Exception as exc:
