@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.paths import REPO_ROOT, project_version
 from taxi_fares_mlops.checksums import sha256  # noqa: F401  (build.sha256: what the tool's callers use)
 
@@ -74,7 +74,7 @@ def _build(dist: Path) -> list[Path]:
         done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
                                str(project)], capture_output=True, text=True)
         if done.returncode != 0:  # the build's own output only when it fails
-            raise ConfigurationError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            raise UsageError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         shutil.rmtree(project / "build", ignore_errors=True)
     wheels = [dist / name for name in wheel_names(project_version())]
     sums = "".join(f"{sha256(w)}  {w.name}\n" for w in wheels)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from orchestrator import environment
 from orchestrator.console import progress
 from orchestrator.deploy.commands import cmd_deploy, cmd_repair, cmd_runs, cmd_schedule, nutter, run_remote
-from orchestrator.errors import ConfigurationError, MlopsError, exit_codes_help
+from orchestrator.errors import UsageError, OperatorError, exit_codes_help
 from orchestrator.paths import REPO_ROOT, project_version
 
 
@@ -51,10 +51,10 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
 
     if args.end <= args.start:
-        raise ConfigurationError(f"--end ({args.end}) must be after --start ({args.start})")
+        raise UsageError(f"--end ({args.end}) must be after --start ({args.start})")
     shift = _shifts(args.shift)
     if not 0 <= args.outliers <= 1:
-        raise ConfigurationError(f"--outliers must be a share in [0, 1], got {args.outliers}")
+        raise UsageError(f"--outliers must be a share in [0, 1], got {args.outliers}")
     lakehouse = Lakehouse(lakehouse_root(), args.table_schema)
     started = time.monotonic()
     progress(f"generating {args.rows:,} trips from {args.start} to {args.end} (seed {args.seed})")
@@ -91,7 +91,7 @@ def _shifts(specs: list[str]) -> dict[str, float]:
         else:
             shifts[column] = value
     if problems:
-        raise ConfigurationError("; ".join(problems))
+        raise UsageError("; ".join(problems))
     return shifts
 
 
@@ -105,7 +105,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from taxi_fares_mlops.tracking import Registry
 
     if not (args.model or args.target):
-        raise ConfigurationError("--model is required with the local registry")
+        raise UsageError("--model is required with the local registry")
     model = args.model or use_registry(lakehouse_root(), args.target)["model_name"]
     if args.model:
         use_registry(lakehouse_root(), args.target)
@@ -114,7 +114,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     try:
         fare = Registry(model).approve(args.version, approver, when)
     except RegistryError as exc:
-        raise ConfigurationError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when}; it is the champion")
     return 0
 
@@ -193,8 +193,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     path = Path(Lakehouse(lakehouse_root()).path("runs", args.run_id, "telemetry.jsonl"))
     if not path.exists():
-        raise ConfigurationError(f"no local telemetry for MLflow run {args.run_id} ({path}); runs with a "
-                                 f"connection string send theirs to Azure Monitor instead")
+        raise UsageError(f"no local telemetry for MLflow run {args.run_id} ({path}); runs with a "
+                         f"connection string send theirs to Azure Monitor instead")
     print(format_tree(read_local(path)))
     return 0
 
@@ -381,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return handler(args)
-    except MlopsError as exc:
+    except OperatorError as exc:
         print(f"mlops {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
 

@@ -1,6 +1,8 @@
-"""The operator tool's errors: one base carrying the exit code, caught once in ``mlops``'s ``main``.
+"""The operator tool's errors: one base, ``OperatorError``, carrying the exit code, caught once in ``mlops``'s
+``main``. (The wheel's errors are another tree, rooted at ``taxi_fares_mlops.errors.MlopsError``: what a job
+raises. The operator tool turns those into one of these where it runs a job.)
 
-Exit codes (also in ``mlops --help`` and the README):
+Exit codes (also in ``mlops --help`` and docs/reference/exit-codes.md):
 
     0  success
     1  the job (or a notebook test) ran and failed
@@ -17,19 +19,19 @@ EXIT_CODES = {
 }
 
 
-class MlopsError(Exception):
+class OperatorError(Exception):
     """An error the operator can act on; its message is printed as one line, without a traceback."""
 
     exit_code = 2
 
 
-class ConfigurationError(MlopsError):
+class UsageError(OperatorError):
     """Bad arguments, parameters, targets or artifacts: found before anything was started."""
 
     exit_code = 2
 
 
-class RemoteError(MlopsError):
+class RemoteError(OperatorError):
     """A remote service (the Databricks workspace) failed or refused a request."""
 
     exit_code = 3
@@ -39,7 +41,7 @@ def exit_codes_help() -> str:
     return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 
-class JobFailed(MlopsError):
+class JobFailed(OperatorError):
     """A job the command ran did not succeed (the demo stops at the first)."""
 
     exit_code = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.paths import NOTEBOOKS_DIR
 from orchestrator.templates import cluster_readable
 
@@ -16,7 +16,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise ConfigurationError(f"--param '{pair}' is not of the form name=value")
+            raise UsageError(f"--param '{pair}' is not of the form name=value")
         overrides[name.strip()] = value
     return overrides
 
@@ -27,7 +27,7 @@ def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str],
     its notebook would refuse (checked with the job's own config class, before any run starts)."""
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ConfigurationError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
+        raise UsageError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
     params = {**defaults, **overrides}
     if job is not None:
         check_values(job, params)
@@ -35,7 +35,7 @@ def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str],
 
 
 def check_values(job: str, params: Mapping[str, str]) -> None:
-    """Raise ConfigurationError listing every value of ``params`` the notebooks of ``job`` would refuse."""
+    """Raise UsageError listing every value of ``params`` the notebooks of ``job`` would refuse."""
     from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
     from taxi_fares_mlops.errors import ConfigError
 
@@ -45,7 +45,7 @@ def check_values(job: str, params: Mapping[str, str]) -> None:
     try:
         config.from_mapping({k: v for k, v in params.items() if k not in WHEEL_PARAMETERS})
     except ConfigError as exc:
-        raise ConfigurationError(f"{job}: {exc}") from None
+        raise UsageError(f"{job}: {exc}") from None
 
 
 def local_test_parameters(lakehouse: Path, variables: dict) -> dict[str, str]:

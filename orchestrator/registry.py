@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 
 
 def use_registry(root: str, target: Optional[str], local: bool = True) -> dict:
@@ -20,7 +20,7 @@ def use_registry(root: str, target: Optional[str], local: bool = True) -> dict:
                            "MLFLOW_REGISTRY_URI": variables.get("mlflow_registry_uri") or "databricks"})
         return variables
     if not local:
-        raise ConfigurationError("say where the registry is: --local or --target T")
+        raise UsageError("say where the registry is: --local or --target T")
     uri = tracking_uri(root)
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     return {}

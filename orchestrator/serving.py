@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.console import progress
-from orchestrator.errors import ConfigurationError, MlopsError
+from orchestrator.errors import OperatorError, UsageError
 
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 64
@@ -54,10 +54,10 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     from taxi_fares_mlops.environment import SPARK_REMOTE
 
     if args.lookback_hours <= 0:
-        raise ConfigurationError(f"--lookback-hours must be positive, got {args.lookback_hours}")
+        raise UsageError(f"--lookback-hours must be positive, got {args.lookback_hours}")
     if args.target and not SPARK_REMOTE.get():
-        raise ConfigurationError(f"packaging from target '{args.target}' reads its feature tables through Spark "
-                                 f"Connect: set {SPARK_REMOTE.name} to the cluster's sc://... URL")
+        raise UsageError(f"packaging from target '{args.target}' reads its feature tables through Spark "
+                         f"Connect: set {SPARK_REMOTE.name} to the cluster's sc://... URL")
     signing_key = _signing_key(args, root)
     model, lakehouse = _use_registry(args, root)
     destination = Path(args.out) if args.out else bundle_path(root, None)
@@ -67,7 +67,7 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
         manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
                            lookback_hours=args.lookback_hours, signing_key=signing_key)
     except RegistryError as exc:
-        raise ConfigurationError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     models = manifest["models"]
     progress(f"packaged {models['fare']['name']} version {models['fare']['version']} with "
              f"{models['outliers']['name']} {models['outliers']['version']} and {models['drift']['name']} "
@@ -88,9 +88,9 @@ def _signing_key(args: argparse.Namespace, root: str):
         if args.local:
             return load_private_key(development_key(root))
     except KeyFileError as exc:
-        raise ConfigurationError(str(exc)) from None
-    raise ConfigurationError(f"packaging from target '{args.target}' needs the bundle-signing key: pass "
-                             f"--signing-key FILE or set {SIGNING_KEY_ENV} (CD: the signing key's secure file)")
+        raise UsageError(str(exc)) from None
+    raise UsageError(f"packaging from target '{args.target}' needs the bundle-signing key: pass "
+                     f"--signing-key FILE or set {SIGNING_KEY_ENV} (CD: the signing key's secure file)")
 
 
 def trusted_key_path(args: argparse.Namespace, root: str) -> Path:
@@ -101,8 +101,8 @@ def trusted_key_path(args: argparse.Namespace, root: str) -> Path:
     given = getattr(args, "trusted_key", None) or os.environ.get(TRUSTED_KEY_ENV)
     path = Path(given) if given else development_public_key(root)
     if not path.is_file():
-        raise ConfigurationError(f"no trusted key at {path}: run `mlops serving package --local` first (it makes "
-                                 f"the development key), or pass --trusted-key FILE")
+        raise UsageError(f"no trusted key at {path}: run `mlops serving package --local` first (it makes "
+                         f"the development key), or pass --trusted-key FILE")
     return path
 
 
@@ -117,7 +117,7 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
     try:
         champion = Registry(model).resolve(args.alias).version
     except RegistryError as exc:
-        raise ConfigurationError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     base = f"http://{parts.hostname}:{parts.port or 80}"
     deadline = time.monotonic() + args.wait
     status = None
@@ -149,7 +149,7 @@ def _status(url: str) -> Optional[int]:
         return None
 
 
-class SmokeFailure(MlopsError):
+class SmokeFailure(OperatorError):
     """The deployed service is not what the registry says it should be."""
 
     exit_code = 1
@@ -167,17 +167,17 @@ def serve_command(bundle: Path, root: Optional[str], host: str, port: int, extra
 
 def cmd_serve(args: argparse.Namespace, root: str) -> int:
     if not args.local:
-        raise ConfigurationError("only --local serving is available here: deployed services run on AKS "
-                                 "(serving/k8s, released by the CD pipeline)")
+        raise UsageError("only --local serving is available here: deployed services run on AKS "
+                         "(serving/k8s, released by the CD pipeline)")
     bundle = bundle_path(root, args.bundle)
     if not (bundle / "manifest.json").is_file():
-        raise ConfigurationError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
+        raise UsageError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
     trusted = trusted_key_path(args, root)
     from taxi_fares_mlops.serving.__main__ import is_loopback
 
     if not is_loopback(args.host):
-        raise ConfigurationError(f"--host {args.host} is not a loopback address: `mlops serve --local` serves "
-                                 f"without authentication, so only on this machine (127.0.0.1)")
+        raise UsageError(f"--host {args.host} is not a loopback address: `mlops serve --local` serves "
+                         f"without authentication, so only on this machine (127.0.0.1)")
     # First, before anything else it prints: whoever reaches the port is served.
     progress(f"UNAUTHENTICATED: no credentials are asked for; anyone who can reach {args.host}:{args.port} on this "
              f"machine is served (deployed services authenticate: docs/security.md)")
@@ -195,14 +195,14 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
 def _loopback(url: str) -> urllib.parse.SplitResult:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigurationError(f"--url must be http://<loopback host>:<port>, got {url!r}")
+        raise UsageError(f"--url must be http://<loopback host>:<port>, got {url!r}")
     try:
         loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise ConfigurationError(f"--url {url!r} is not a loopback address: the load test only runs against a "
-                                 f"service on this machine")
+        raise UsageError(f"--url {url!r} is not a loopback address: the load test only runs against a "
+                         f"service on this machine")
     return parts
 
 
@@ -264,9 +264,9 @@ def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: in
     added to each request (``Authorization`` for a service that authenticates)."""
 
     if not 1 <= requests <= MAX_REQUESTS:
-        raise ConfigurationError(f"--requests must be in 1..{MAX_REQUESTS}, got {requests}")
+        raise UsageError(f"--requests must be in 1..{MAX_REQUESTS}, got {requests}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ConfigurationError(f"--concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
+        raise UsageError(f"--concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
     parts = _loopback(url)
     if bodies is None:
         from taxi_fares.synthetic import ALL_ZIPS

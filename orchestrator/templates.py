@@ -19,7 +19,7 @@ import yaml
 
 from orchestrator import environment
 from orchestrator.build import wheel_names
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json",
@@ -39,7 +39,7 @@ SERVERLESS_ENVIRONMENT = "taxi_fares"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class TemplateError(ConfigurationError, ValueError):
+class TemplateError(UsageError, ValueError):
     """A template, target or targets file cannot be rendered as it is."""
 
 

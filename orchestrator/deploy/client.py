@@ -13,7 +13,7 @@ from typing import Iterator
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import DatabricksError, NotFound, PermissionDenied, Unauthenticated
 
-from orchestrator.errors import ConfigurationError, RemoteError
+from orchestrator.errors import UsageError, RemoteError
 
 
 class DeployError(RemoteError):
@@ -32,8 +32,8 @@ def is_missing(exc: Exception) -> bool:
 def workspace_host(target: dict) -> str:
     host = os.environ.get("DATABRICKS_HOST") or target.get("host")
     if not host:
-        raise ConfigurationError(f"target '{target.get('name')}' has no host (set it in targets.yml or "
-                                 f"DATABRICKS_HOST)")
+        raise UsageError(f"target '{target.get('name')}' has no host (set it in targets.yml or "
+                         f"DATABRICKS_HOST)")
     return host.rstrip("/")
 
 
@@ -63,7 +63,7 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         raise DeployError(f"cannot reach {host} to {operation}: {exc}") from exc
     except ValueError as exc:  # the SDK's config resolution (no credentials at all) raises ValueError
         if "auth" in str(exc).lower() or "credential" in str(exc).lower():
-            raise ConfigurationError(f"no credentials for {host}: {_first_line(exc)}") from exc
+            raise UsageError(f"no credentials for {host}: {_first_line(exc)}") from exc
         raise
 
 

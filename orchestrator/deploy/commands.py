@@ -131,13 +131,13 @@ def nutter(args: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from orchestrator.errors import ConfigurationError
+    from orchestrator.errors import UsageError
     from orchestrator.parameters import workspace_test_parameters
     from orchestrator.templates import target_variables
 
     variables = target_variables(args.target)
     if not args.cluster_id:
-        raise ConfigurationError("give --cluster-id with --target (nutter runs on an existing cluster)")
+        raise UsageError("give --cluster-id with --target (nutter runs on an existing cluster)")
     command = ["nutter", "run", f"{variables['workspace_root'].rstrip('/')}/tests/notebooks/{args.pattern}",
                args.cluster_id, "--recursive", "--junit_report", "--timeout", str(args.timeout),
                "--notebook_params", json.dumps(workspace_test_parameters(variables))]

@@ -24,7 +24,7 @@ from databricks.sdk.service.jobs import JobSettings
 from orchestrator import build, templates
 from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
 from orchestrator.deploy.client import is_missing, translate_errors, workspace_host
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _wheels(version: str, dist: Path, allow_build: bool) -> list[Path]:
     wheels = [dist / name for name in build.wheel_names(version)]
     missing = [w.name for w in wheels if not w.exists()]
     if missing:
-        raise ConfigurationError(f"{dist} lacks {', '.join(missing)}: build version {version} first or give --dist")
+        raise UsageError(f"{dist} lacks {', '.join(missing)}: build version {version} first or give --dist")
     return wheels
 
 
@@ -75,7 +75,7 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     in ``dist`` (CD deploys exactly the wheels CI built)."""
     target = templates.target_settings(target_name)
     if target_name == "local":
-        raise ConfigurationError("the local target is run with `mlops run --local`, not deployed")
+        raise UsageError("the local target is run with `mlops run --local`, not deployed")
     version = version or project_version()
     variables = templates.target_variables(target_name, version=version)
     check_workspace_paths(target_name, variables["workspace_root"], variables["mlflow_experiment"])
@@ -103,14 +103,14 @@ def workspace_path(path: str) -> str:
 def check_workspace_paths(target_name: str, workspace_root: str, experiment: str) -> None:
     """Refuse an experiment path that is, contains or lies inside the notebooks' folder."""
     if not experiment.startswith("/"):
-        raise ConfigurationError(f"target '{target_name}': mlflow_experiment '{experiment}' must be an absolute "
-                                 f"workspace path such as /Shared/taxi_fares/experiments/{target_name}")
+        raise UsageError(f"target '{target_name}': mlflow_experiment '{experiment}' must be an absolute "
+                         f"workspace path such as /Shared/taxi_fares/experiments/{target_name}")
     root, exp = workspace_path(workspace_root), workspace_path(experiment)
     if root == exp or exp.startswith(root + "/") or root.startswith(exp + "/"):
-        raise ConfigurationError(f"target '{target_name}': mlflow_experiment '{experiment}' and workspace_root "
-                                 f"'{workspace_root}' overlap; a workspace path holds one object, so the experiment "
-                                 f"cannot be (or sit inside, or contain) the notebooks' folder. Use a path outside "
-                                 f"it, for example /Shared/taxi_fares/experiments/{target_name}")
+        raise UsageError(f"target '{target_name}': mlflow_experiment '{experiment}' and workspace_root "
+                         f"'{workspace_root}' overlap; a workspace path holds one object, so the experiment "
+                         f"cannot be (or sit inside, or contain) the notebooks' folder. Use a path outside "
+                         f"it, for example /Shared/taxi_fares/experiments/{target_name}")
 
 
 def ensure_experiment(w: WorkspaceClient, name: str, say: Callable[[str], None]) -> str:
@@ -193,8 +193,8 @@ def _with_started_job_ids(name: str, settings: dict, starts: dict[str, str], job
         if task["task_key"] in starts:
             started = starts[task["task_key"]]
             if started not in job_ids:
-                raise ConfigurationError(f"job {name}: task {task['task_key']} starts job {started}, which must be "
-                                         f"deployed first")
+                raise UsageError(f"job {name}: task {task['task_key']} starts job {started}, which must be "
+                                 f"deployed first")
             task["run_job_task"]["job_id"] = job_ids[started]
     return settings
 
@@ -205,5 +205,5 @@ def _create_arguments(w: WorkspaceClient, settings: dict) -> dict:
     accepted = inspect.signature(w.jobs.create).parameters
     unknown = [k for k in settings if k not in accepted]
     if unknown:
-        raise ConfigurationError(f"jobs.create does not take {', '.join(unknown)}")
+        raise UsageError(f"jobs.create does not take {', '.join(unknown)}")
     return {k: getattr(typed, k) for k in settings}

@@ -16,7 +16,7 @@ from databricks.sdk.service.jobs import BaseRun, JobSettings, PauseStatus, Run
 
 from orchestrator import environment
 from orchestrator.deploy.client import DeployError, translate_errors
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.parameters import merge_parameters
 
 TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
@@ -27,9 +27,9 @@ def find_job(w: WorkspaceClient, name: str, host: str) -> int:
     with translate_errors(host, f"find job {name}"):
         ids = [j.job_id for j in w.jobs.list(name=name)]
     if not ids:
-        raise ConfigurationError(f"no job named '{name}' at {host}: deploy it first (mlops deploy --target ...)")
+        raise UsageError(f"no job named '{name}' at {host}: deploy it first (mlops deploy --target ...)")
     if len(ids) > 1:
-        raise ConfigurationError(f"{len(ids)} jobs are named '{name}' at {host} ({ids}): redeploy to keep one")
+        raise UsageError(f"{len(ids)} jobs are named '{name}' at {host} ({ids}): redeploy to keep one")
     return ids[0]
 
 
@@ -116,10 +116,10 @@ def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str
         run = w.jobs.get_run(run_id, include_history=True)
     state = run_state(run)
     if not state.done:
-        raise ConfigurationError(f"run {run_id} is still {state.lifecycle}: wait for it to end (mlops runs ...) "
-                                 f"and repair it then")
+        raise UsageError(f"run {run_id} is still {state.lifecycle}: wait for it to end (mlops runs ...) "
+                         f"and repair it then")
     if state.succeeded:
-        raise ConfigurationError(f"run {run_id} succeeded: it has no failed tasks to repair (start a new run instead)")
+        raise UsageError(f"run {run_id} succeeded: it has no failed tasks to repair (start a new run instead)")
     repairs = [item.id for item in run.repair_history or []
                if item.type is not None and item.type.value == "REPAIR" and item.id is not None]
     with translate_errors(host, f"repair run {run_id}"):
@@ -149,7 +149,7 @@ def set_schedule(w: WorkspaceClient, job_id: int, paused: bool, host: str) -> st
     with translate_errors(host, f"read job {job_id}"):
         settings = w.jobs.get(job_id).settings
     if not settings.schedule:
-        raise ConfigurationError(f"job {settings.name} has no schedule")
+        raise UsageError(f"job {settings.name} has no schedule")
     schedule = settings.schedule
     schedule.pause_status = PauseStatus.PAUSED if paused else PauseStatus.UNPAUSED
     with translate_errors(host, f"update the schedule of job {job_id}"):

@@ -16,7 +16,7 @@ from common.testresult import TestResult, TestResults
 
 from orchestrator.console import progress
 from orchestrator.local.runner import local_cluster, prepare, run_notebook
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.parameters import local_test_parameters
 from orchestrator.paths import REPO_ROOT
 
@@ -36,7 +36,7 @@ class NotebookTestOutcome:
 def run_notebook_tests(home: str, junit: Path, pattern: str = "test_*") -> list[NotebookTestOutcome]:
     notebooks = sorted(TESTS_DIR.glob(f"{pattern}.py"))
     if not notebooks:
-        raise ConfigurationError(f"no notebook tests match {TESTS_DIR}/{pattern}.py")
+        raise UsageError(f"no notebook tests match {TESTS_DIR}/{pattern}.py")
     outcomes = []
     writer = JunitXMLReportWriter()
     with local_cluster("mlops-notebook-tests") as shared:

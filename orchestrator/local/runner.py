@@ -33,7 +33,7 @@ from typing import Mapping, Optional, Sequence
 from orchestrator import environment
 from orchestrator import build, templates
 from orchestrator.console import progress
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.local import cluster
 from orchestrator.local.server import without_mlflow_stores
 from orchestrator.parameters import merge_parameters
@@ -169,8 +169,8 @@ def job_lock(lakehouse: str, job: str):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigurationError(f"job {job} is already running on {lakehouse} ({holder}): one run at a time, as "
-                                 f"on Databricks (max_concurrent_runs: 1); wait for it to end") from None
+        raise UsageError(f"job {job} is already running on {lakehouse} ({holder}): one run at a time, as "
+                         f"on Databricks (max_concurrent_runs: 1); wait for it to end") from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -190,11 +190,11 @@ def _resolve(text: str, params: Mapping[str, str], values: Mapping[str, Mapping[
     def value(match: re.Match) -> str:
         if match.group(4):
             if match.group(4) not in params:
-                raise ConfigurationError(f"{match.group(0)}: the job has no parameter '{match.group(4)}'")
+                raise UsageError(f"{match.group(0)}: the job has no parameter '{match.group(4)}'")
             return str(params[match.group(4)])
         task, key = match.group(2), match.group(3)
         if key not in values.get(task, {}):
-            raise ConfigurationError(f"{match.group(0)}: task '{task}' set no value '{key}'")
+            raise UsageError(f"{match.group(0)}: task '{task}' set no value '{key}'")
         return str(values[task][key])
     return _REFERENCE.sub(value, text)
 
@@ -225,7 +225,7 @@ def _run_tasks(rendered: templates.RenderedJob, params: Mapping[str, str], lakeh
             left, right = (_resolve(condition[k], params, values) for k in ("left", "right"))
             tests = {"EQUAL_TO": left == right, "NOT_EQUAL": left != right}
             if condition["op"] not in tests:
-                raise ConfigurationError(f"task {key}: the local runner does not evaluate op {condition['op']}")
+                raise UsageError(f"task {key}: the local runner does not evaluate op {condition['op']}")
             outcomes[key] = "true" if tests[condition["op"]] else "false"
             progress(f"task {key}: {left!r} {condition['op']} {right!r} is {outcomes[key]}")
         elif task.starts is not None:
@@ -236,7 +236,7 @@ def _run_tasks(rendered: templates.RenderedJob, params: Mapping[str, str], lakeh
                 return RunResult("FAILED", result.exit_value if result else None,
                                  f"task {key}: job {task.starts} failed: {other.error}", time.monotonic() - started)
         else:
-            raise ConfigurationError(f"task {key}: the local runner runs notebook, condition and run-job tasks only")
+            raise UsageError(f"task {key}: the local runner runs notebook, condition and run-job tasks only")
         ran.add(key)
     return replace(result, seconds=time.monotonic() - started) if result else RunResult(
         "FAILED", None, "the job has no notebook task", time.monotonic() - started)
@@ -248,7 +248,7 @@ def run_notebook(notebook: Path, params: Mapping[str, str], lakehouse: str, env:
     given); its output goes to stderr."""
     started = time.monotonic() if started is None else started
     if not notebook.exists():
-        raise ConfigurationError(f"notebook {notebook} does not exist")
+        raise UsageError(f"notebook {notebook} does not exist")
     Path(lakehouse).mkdir(parents=True, exist_ok=True)
     progress(f"notebook {notebook.relative_to(REPO_ROOT)}")
     with tempfile.TemporaryDirectory(prefix="mlops-run-") as tmp:

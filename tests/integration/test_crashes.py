@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import UsageError
 from orchestrator.local.azurite import Azurite
 from orchestrator.local.runner import job_lock
 from taxi_fares.features import FEATURE_KEYS, pickup_features
@@ -265,8 +265,8 @@ def test_a_second_run_of_a_job_is_refused_while_the_first_holds_its_lock_and_a_k
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigurationError, match=rf"job batch_scoring is already running on {root} "
-                                                     rf"\(pid {holder.pid}, started .*\): one run at a time"):
+        with pytest.raises(UsageError, match=rf"job batch_scoring is already running on {root} "
+                                             rf"\(pid {holder.pid}, started .*\): one run at a time"):
             with job_lock(root, "batch_scoring"):
                 pass
         with job_lock(root, "training"):  # another job is not held up
@@ -279,7 +279,7 @@ def test_a_second_run_of_a_job_is_refused_while_the_first_holds_its_lock_and_a_k
         try:
             with job_lock(root, "batch_scoring"):
                 break
-        except ConfigurationError:
+        except UsageError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

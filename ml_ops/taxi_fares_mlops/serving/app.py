@@ -139,7 +139,7 @@ def _micros(value: dt.datetime) -> int:
     return (value - EPOCH) // dt.timedelta(microseconds=1)
 
 
-def request_model(max_trips: int) -> type:
+def request_model(max_trips: int) -> type[BaseModel]:
     """The predict request: 1..``max_trips`` trips (a longer list is refused before its trips are validated)."""
     return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
                         trips=(list[Trip], Field(min_length=1, max_length=max_trips)))
@@ -273,7 +273,8 @@ class Service:
 
     def parse(self, body: bytes) -> list[Trip]:
         """The trips of a predict request's body (JSON); a pydantic ValidationError for anything else."""
-        return self.request_model.model_validate_json(body).trips
+        trips: list[Trip] = self.request_model.model_validate_json(body).trips  # type: ignore[attr-defined]
+        return trips
 
     def predict(self, trips: list[Trip]) -> dict:
         frame = pd.DataFrame({

@@ -161,7 +161,7 @@ class H11WithHeaderTimeout(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._header_timer = None
+        self._header_timer: Optional[asyncio.TimerHandle] = None
         self._arm_header_timer()
 
     def on_response_complete(self) -> None:
