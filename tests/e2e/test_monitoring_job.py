@@ -33,7 +33,7 @@ SAME_WEEK = ("2016-01-18", "2016-01-25")
 SHIFTED_WEEK = ("2016-01-25", "2016-02-01")
 OUTLIER_WEEK = ("2016-02-01", "2016-02-08")
 MLOPS = [sys.executable, "-m", "orchestrator.cli"]
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+MONITORING = Path(__file__).resolve().parents[2] / "alerts_and_dashboards"
 
 pytestmark = pytest.mark.slow
 
