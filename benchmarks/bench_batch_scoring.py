@@ -294,6 +294,27 @@ def main(argv=None) -> int:
         cluster_rate = standalone_rate(work, args.cluster_rows, min(sizes, key=lambda s: abs(s - args.cluster_rows)))
 
     report(spark_start, results, cluster_rate)
+    from bench_results import figure, record
+
+    name = "batch_scoring"
+    figures = [figure(name, "Spark session start", spark_start, "s", "JVM start and class loading")]
+    for size, summary, _, rss, _heap, predict_rate, (monitor_rate, _), _cpu in results:
+        stage = summary.stages["batch_scoring"]
+        rate = stage.outputs["rows"] / stage.duration_s
+        figures += [
+            figure(name, f"scoring, {size:,} rows", rate, "rows/s", "2 cores shared by the JVM's tasks and the "
+                   "Python workers' predict"),
+            figure(name, f"scoring / in-process predict, {size:,} rows", rate / predict_rate, "ratio",
+                   "Arrow transfer and the join around the same predict"),
+            figure(name, f"feature engineering, {size:,} rows", summary.stages["feature_engineering"].duration_s, "s",
+                   "Delta MERGE of the feature tables"),
+            figure(name, f"python driver peak RSS, {size:,} rows", rss / 2**20, "MiB",
+                   "constant in the rows: nothing collected to the driver"),
+            figure(name, f"monitoring, {size:,} rows", monitor_rate, "rows/s", "one aggregation pass per statistic")]
+    if cluster_rate is not None:
+        figures.append(figure(name, f"scoring on a standalone cluster, {cluster_rate[0]:,} rows", cluster_rate[1],
+                              "rows/s", "2 one-core workers on the same 2 cores, loopback shuffle"))
+    record(name, "make bench", figures)
     return 0
 
 

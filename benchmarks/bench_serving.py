@@ -167,6 +167,23 @@ def main(argv=None) -> int:
             print(f"| {trips} | {concurrency} | {a.throughput:,.1f} | {c.throughput:,.1f} | {sum(c.errors.values())} "
                   f"| x{ratio:.2f} | {1000 * a.percentile(.5):.2f} / {1000 * c.percentile(.5):.2f} | "
                   f"{1000 * (c.percentile(.5) - a.percentile(.5)):+.2f} |")
+    from bench_results import figure, record
+
+    name = "serving"
+    figures = []
+    for trips, concurrency, a, b, c in rows:
+        shape = f"{trips}-trip requests, concurrency {concurrency}"
+        figures += [
+            figure(name, f"ours, {shape}", a.throughput, "req/s", "one process; model and features on 2 cores"),
+            figure(name, f"ours p99, {shape}", 1000 * a.percentile(.99), "ms", "queueing behind the thread pool"),
+            figure(name, f"mlflow models serve, {shape}", b.throughput, "req/s", "model inputs given, no features"),
+            figure(name, f"ours / mlflow throughput, {shape}", a.throughput / b.throughput if b.throughput else 0.0,
+                   "ratio", "goal: at least 1")]
+        if c is not None:
+            figures.append(figure(name, f"{args.auth} auth / open throughput, {shape}",
+                                  c.throughput / a.throughput if a.throughput else 0.0, "ratio",
+                                  "the credential check per request"))
+    record(name, "make bench-serving", figures)
     return 0
 
 

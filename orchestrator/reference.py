@@ -149,27 +149,39 @@ def exit_codes_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-def latest_result(folder: Path = RESULTS) -> Optional[dict]:
-    """The newest benchmark result (by its recorded time), or None."""
-    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    return max(results, key=lambda r: r.get("date", "")) if results else None
+def latest_results(folder: Path = RESULTS) -> list[dict]:
+    """The newest result of each benchmark (by its recorded time), by benchmark name."""
+    newest: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        result = json.loads(path.read_text())
+        name = result.get("benchmark", path.stem)
+        if name not in newest or result.get("date", "") > newest[name].get("date", ""):
+            newest[name] = result
+    return [newest[name] for name in sorted(newest)]
 
 
-def results_table(result: Optional[dict]) -> str:
-    if result is None:
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def results_table(results: list[dict]) -> str:
+    if not results:
         return "No benchmark result has been recorded yet: run `make bench`, then `make docs`."
-    machine = result.get("machine", {})
-    lines = [f"Measured by `{result.get('command', 'make bench')}` on {result.get('date', '?')[:10]}, commit "
-             f"`{str(result.get('commit', '?'))[:12]}`, on {machine.get('cpus', '?')} CPUs "
-             f"({_cell(machine.get('cpu', 'unknown CPU'))}), {machine.get('memory_gib', '?')} GiB, "
-             f"Python {machine.get('python', '?')}. Source: `benchmarks/results/{result.get('file', '')}`.", "",
-             "| benchmark | figure | value | unit | bounded by |", "|---|---|---|---|---|"]
-    for figure in result.get("figures", []):
-        value = figure["value"]
-        shown = f"{value:,.3g}" if isinstance(value, float) and abs(value) < 1000 else (
-            f"{value:,.0f}" if isinstance(value, (int, float)) else str(value))
-        lines.append(f"| {_cell(figure.get('benchmark', ''))} | {_cell(figure['name'])} | {shown} | "
-                     f"{_cell(figure.get('unit', ''))} | {_cell(figure.get('bound', ''))} |")
+    lines = []
+    for result in results:
+        machine = result.get("machine", {})
+        lines.append(f"* `{result.get('benchmark')}`: `{result.get('command', 'make bench')}` on "
+                     f"{result.get('date', '?')[:10]}, commit `{str(result.get('commit', '?'))[:12]}`, "
+                     f"{machine.get('cpus', '?')} CPUs ({_cell(machine.get('cpu', '?'))}), "
+                     f"{machine.get('memory_gib', '?')} GiB, Python {machine.get('python', '?')} "
+                     f"(`benchmarks/results/{result.get('file', '')}`)")
+    lines += ["", "| benchmark | figure | value | unit | bounded by |", "|---|---|---|---|---|"]
+    for result in results:
+        for f in result.get("figures", []):
+            lines.append(f"| {_cell(f.get('benchmark', result.get('benchmark', '')))} | {_cell(f['name'])} | "
+                         f"{_shown(f['value'])} | {_cell(f.get('unit', ''))} | {_cell(f.get('bound', ''))} |")
     return "\n".join(lines)
 
 
@@ -179,7 +191,7 @@ def performance_page(current: str) -> str:
         raise ValueError(f"docs/performance.md lacks the markers {RESULTS_START} ... {RESULTS_END}")
     head, rest = current.split(RESULTS_START, 1)
     _, tail = rest.split(RESULTS_END, 1)
-    return f"{head}{RESULTS_START}\n{results_table(latest_result())}\n{RESULTS_END}{tail}"
+    return f"{head}{RESULTS_START}\n{results_table(latest_results())}\n{RESULTS_END}{tail}"
 
 
 PAGES: dict[str, Callable[[], str]] = {
