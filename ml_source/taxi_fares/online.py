@@ -23,7 +23,7 @@ from taxi_fares.columns import (DISTANCE, DROPOFF_FEATURE_COLUMNS, DROPOFF_LOOKU
                                 PICKUP_HOUR, PICKUP_LOOKUP_TS, PICKUP_SLIDE_SECONDS, PICKUP_TS, PICKUP_WEEKDAY,
                                 PICKUP_ZIP, TS, ZIP)
 
-__all__ = ["FeatureLookup", "OnlineInputs", "latest_rows", "model_inputs", "prepare"]
+__all__ = ["FeatureLookup", "OnlineInputs", "latest_rows", "lookup_keys", "model_inputs", "prepare"]
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -96,6 +96,16 @@ def latest_rows(features: pd.DataFrame, since: Any) -> pd.DataFrame:
     return pd.concat([last, recent]).sort_values([ZIP, TS]).reset_index(drop=True)
 
 
+def lookup_keys(trips: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each trip's pickup and dropoff lookup keys, as UTC nanoseconds since the epoch: its pickup time rounded down
+    to the 15-minute grid, its dropoff time to the 30-minute grid (the keys ``model_inputs`` looks up)."""
+    second = 1_000_000_000
+    pickup_s = _epoch_seconds(_utc(trips[PICKUP_TS]))
+    dropoff_s = _epoch_seconds(_utc(trips[DROPOFF_TS]))
+    return (pickup_s // PICKUP_SLIDE_SECONDS * PICKUP_SLIDE_SECONDS * second,
+            dropoff_s // DROPOFF_WINDOW_SECONDS * DROPOFF_WINDOW_SECONDS * second)
+
+
 def _as_double(values: pd.Series) -> np.ndarray:
     """A column as float64, nulls (None, NaN, NaT-free booleans included) as NaN."""
     return pd.to_numeric(values.astype("object").where(values.notna(), np.nan), errors="coerce"
@@ -144,10 +154,7 @@ class OnlineInputs:
         if missing:
             raise ValueError(f"trips are missing column(s) {missing}")
         pickup_s = _epoch_seconds(_utc(trips[PICKUP_TS]))
-        dropoff_s = _epoch_seconds(_utc(trips[DROPOFF_TS]))
-        second = 1_000_000_000
-        pickup_key = pickup_s // PICKUP_SLIDE_SECONDS * PICKUP_SLIDE_SECONDS * second
-        dropoff_key = dropoff_s // DROPOFF_WINDOW_SECONDS * DROPOFF_WINDOW_SECONDS * second
+        pickup_key, dropoff_key = lookup_keys(trips)
         pickup_zip = trips[PICKUP_ZIP].to_numpy(dtype=np.int64)
         dropoff_zip = trips[DROPOFF_ZIP].to_numpy(dtype=np.int64)
         found_pickup = self.pickup.lookup(pickup_zip, pickup_key)
