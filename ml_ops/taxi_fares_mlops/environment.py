@@ -106,6 +106,20 @@ SERVING_CPU_THREADS = declare(
 SERVING_METRICS_PORT = declare(
     "MLOPS_SERVING_METRICS_PORT", "The separate port `/metrics` is served on, for the in-cluster scraper.",
     kind="integer")
+SERVING_FEATURE_TABLES = declare(
+    "MLOPS_SERVING_FEATURE_TABLES", "The lakehouse tables folder or `abfss://` URI the online service refreshes "
+    "its features from (delta-rs); unset, it serves the bundle's snapshot.")
+SERVING_FEATURE_IDENTITY = declare(
+    "MLOPS_SERVING_FEATURE_IDENTITY", "How delta-rs authenticates to the feature tables: `workload-identity` (the "
+    "pod's Azure workload identity: the federated token file the AKS webhook mounts).")
+SERVING_REFRESH_SECONDS = declare(
+    "MLOPS_SERVING_REFRESH_SECONDS", "Seconds between refreshes of the online features.", kind="number")
+SERVING_LOOKBACK_HOURS = declare(
+    "MLOPS_SERVING_LOOKBACK_HOURS", "Hours of features before the newest row a refresh keeps; a trip older than "
+    "that window is refused (422) and left to batch scoring.", kind="number")
+SERVING_MAX_FEATURE_AGE_HOURS = declare(
+    "MLOPS_SERVING_MAX_FEATURE_AGE_HOURS", "The online service is not ready (503, with the reason) while its newest "
+    "features are older than this; unset, no limit (historical data).", kind="number")
 CRASH_AT = declare(
     "MLOPS_CRASH_AT", "Test hook: the job process kills itself with SIGKILL at the named crash point "
     "(`taxi_fares_mlops.faults.POINTS`); unset, every point is a no-op.", scope="test")

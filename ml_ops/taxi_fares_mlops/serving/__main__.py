@@ -20,6 +20,7 @@ from taxi_fares_mlops.serving import limits
 from taxi_fares_mlops.serving.app import Settings, create_app
 from taxi_fares_mlops.serving.auth import MODES, NONE, AuthSettings
 from taxi_fares_mlops.serving.bundle import BundleError, verify
+from taxi_fares_mlops.serving.features import IDENTITIES
 from taxi_fares_mlops.signing import TRUSTED_KEY_ENV
 
 
@@ -36,6 +37,9 @@ ENVIRONMENT = {
     "max_body_bytes": environment.SERVING_MAX_BODY_BYTES, "body_timeout": environment.SERVING_BODY_TIMEOUT,
     "header_timeout": environment.SERVING_HEADER_TIMEOUT, "max_in_flight": environment.SERVING_MAX_IN_FLIGHT,
     "cpu_threads": environment.SERVING_CPU_THREADS, "metrics_port": environment.SERVING_METRICS_PORT,
+    "feature_tables": environment.SERVING_FEATURE_TABLES, "feature_identity": environment.SERVING_FEATURE_IDENTITY,
+    "refresh_seconds": environment.SERVING_REFRESH_SECONDS, "lookback_hours": environment.SERVING_LOOKBACK_HOURS,
+    "max_feature_age_hours": environment.SERVING_MAX_FEATURE_AGE_HOURS,
 }
 
 
@@ -81,9 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trips", type=int, default=1000, help="trips per request above which it gets a 413")
     p.add_argument("--drift-window", type=int, default=1000, help="recent trips the drift status is judged on")
     p.add_argument("--drift-min-rows", type=int, default=200, help="trips in the window before drift is judged")
-    p.add_argument("--feature-tables", help="refresh online features from this lakehouse tables folder")
-    p.add_argument("--refresh-seconds", type=float, default=300.0)
-    p.add_argument("--lookback-hours", type=float, default=24.0)
+    f = p.add_argument_group("features")
+    f.add_argument("--feature-tables", default=_env("feature_tables"),
+                   help="refresh online features from this lakehouse tables folder or abfss:// URI (delta-rs)")
+    f.add_argument("--feature-identity", choices=IDENTITIES, default=_env("feature_identity"),
+                   help="how delta-rs authenticates to the tables: workload-identity (the pod's Azure workload "
+                        "identity); default: none needed (a local folder)")
+    f.add_argument("--refresh-seconds", type=float, default=_env("refresh_seconds", 300.0, float),
+                   help="seconds between refreshes from --feature-tables")
+    f.add_argument("--lookback-hours", type=float, default=_env("lookback_hours", 24.0, float),
+                   help="hours of features before the newest row a refresh keeps: older trips are refused (422)")
+    f.add_argument("--max-feature-age-hours", type=float, default=_env("max_feature_age_hours", None, float),
+                   help="not ready (503, with the reason) while the newest features held are older than this "
+                        "(default: no limit, for historical data)")
     p.add_argument("--telemetry-file", help="write telemetry as JSON lines here when no connection string is set")
     p.add_argument("--trusted-key", default=environment.TRUSTED_KEY_FILE.get(),
                    help=f"the Ed25519 public key (PEM) the bundle must be signed with (default ${TRUSTED_KEY_ENV})")
@@ -133,6 +147,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(bundle=args.bundle, max_trips=args.max_trips, drift_window=args.drift_window,
                     drift_min_rows=args.drift_min_rows, feature_tables=args.feature_tables,
                     refresh_seconds=args.refresh_seconds, lookback_hours=args.lookback_hours,
+                    max_feature_age_hours=args.max_feature_age_hours, feature_identity=args.feature_identity,
                     telemetry_file=args.telemetry_file,
                     connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
                     trusted_key=args.trusted_key,

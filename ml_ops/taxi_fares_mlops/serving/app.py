@@ -4,7 +4,8 @@
   drift status of the rolling window of recent trips. Bad input: 422 naming each bad field (quoting at most a
   short excerpt of a bad value); too many trips: 413.
 * ``GET /health/live``: the process answers. ``GET /health/ready``: 503 until the bundle (models, features) is
-  loaded, then 200 with the model version. Both open: the kubelet's probes carry no credentials.
+  loaded, then 200 with the model version; 503 again, with the reason, while the features held are older than
+  ``Settings.max_feature_age_hours``. Both open: the kubelet's probes carry no credentials.
 * ``GET /v1/metadata``: the bundle's manifest (models, versions, run ids, feature snapshot) and the settings.
 * Metrics (Prometheus text: requests by route and code, latency histogram, trips, outliers, the drift status, the
   model version) are not on this app: ``__main__`` serves them on a port of their own (``--metrics-port``) for
@@ -16,8 +17,12 @@
 
 A trip's inputs are built like batch scoring builds them (``taxi_fares.online``) from the online features, so the
 service returns batch's prediction for the same trip, and a trip is checked with batch validation's own rules
-(``taxi_fares.trip_rules``). Parsing, validation and prediction run on a thread pool sized to the pod's CPUs,
-never on the event loop, so the probes answer while the pool is busy. Each predict call is one telemetry span
+(``taxi_fares.trip_rules``). A trip whose lookup time lies before the window of features held is a 422 naming
+the window (``taxi_fares_mlops.serving.features``), never an answer from other features; every answer says as of
+when its features are (``features_as_of``) and how old they are (``feature_age_seconds``).
+
+Parsing, validation and prediction run on a thread pool sized to the pod's CPUs, never on the event loop, so the
+probes answer while the pool is busy. Each predict call is one telemetry span
 (role ``taxi_fares.serving``) with the model version, rows, outliers, drift status and the caller (app id and
 object id, or the API key's position and fingerprint; never a credential); spans are exported in the background,
 so a slow or unreachable Azure Monitor never delays a response. Needs neither Spark nor MLflow.
@@ -44,6 +49,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from starlette.routing import Match
 
@@ -54,7 +60,7 @@ from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.serving.auth import AuthSettings, Authenticator, Caller
 from taxi_fares_mlops.serving.bundle import Bundle, load_bundle
 from taxi_fares_mlops.serving.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, MAX_IN_FLIGHT, Limits
-from taxi_fares_mlops.serving.features import OnlineFeatures
+from taxi_fares_mlops.serving.features import IDENTITIES, OnlineFeatures
 from taxi_fares_mlops.serving.window import DRIFT, INSUFFICIENT_DATA, OK, DriftWindow
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,10 @@ class Settings:
     feature_tables: Optional[str] = None     # a lakehouse's tables folder to refresh features from (delta-rs)
     refresh_seconds: float = 300.0
     lookback_hours: float = 24.0
+    # Older features than this make the service not ready (None: no limit, for replays of historical data such
+    # as the 2016 sample every local run and test serves); the AKS overlays set 48 h.
+    max_feature_age_hours: Optional[float] = None
+    feature_identity: Optional[str] = None   # how delta-rs authenticates to the tables (features.IDENTITIES)
     telemetry_file: Optional[str] = None     # local JSON lines, when no Azure Monitor connection string is set
     connection_string: Optional[str] = None  # Application Insights; from APPLICATIONINSIGHTS_CONNECTION_STRING
     trusted_key: Optional[str] = None        # the public key (PEM file) the bundle's manifest must be signed with
@@ -94,6 +104,10 @@ class Settings:
             problems.append("drift_min_rows must not exceed drift_window")
         if self.refresh_seconds <= 0 or self.lookback_hours <= 0:
             problems.append("refresh_seconds and lookback_hours must be positive")
+        if self.max_feature_age_hours is not None and not self.max_feature_age_hours > 0:
+            problems.append("max_feature_age_hours must be positive")
+        if self.feature_identity is not None and self.feature_identity not in IDENTITIES:
+            problems.append(f"feature_identity must be one of {', '.join(IDENTITIES)}")
         if problems:
             raise ValueError("serving settings: " + "; ".join(problems))
         return self
@@ -193,6 +207,41 @@ def pod_cpus() -> int:
     return cpus
 
 
+class FeaturesNotHeld(ValueError):
+    """Trips whose lookup keys lie before the window of features held: (trip position, field, why) each."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]):
+        super().__init__("; ".join(why for _, _, why in problems))
+        self.problems = problems
+
+
+READY, LOADING, FAILED, STALE = "ready", "loading", "failed", "features_too_old"
+
+
+class Freshness:
+    """The features' age and the readiness with its reason, computed when scraped (a gauge set at refresh time
+    would age with no one noticing): ``taxi_fares_feature_age_seconds``, ``taxi_fares_readiness`` (one state of
+    ready, loading, failed, features_too_old) and ``taxi_fares_feature_refresh_failures``."""
+
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def collect(self):
+        age = GaugeMetricFamily("taxi_fares_feature_age_seconds",
+                                "seconds between now and the time the features held describe (features_as_of)")
+        seconds = self.service.feature_age_seconds()
+        if seconds is not None:
+            age.add_metric([], seconds)
+        yield age
+        status = self.service.readiness()[0]
+        yield StateSetMetricFamily("taxi_fares_readiness", "readiness and why not",
+                                   {s: s == status for s in (READY, LOADING, FAILED, STALE)})
+        features = self.service.features
+        yield CounterMetricFamily("taxi_fares_feature_refresh_failures",
+                                  "refreshes from the feature tables that failed (the rows held were kept)",
+                                  value=features.refresh_failures if features is not None else 0)
+
+
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -224,10 +273,38 @@ class Service:
         # CPU work (parsing, validation, features, model, outlier scores) runs here, never on the event loop.
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="predict")
         self.request_model = request_model(settings.max_trips)
+        self.clock = lambda: dt.datetime.now(dt.timezone.utc)  # what "now" is for the features' age
+        self.metrics.registry.register(Freshness(self))
 
     @property
     def ready(self) -> bool:
+        """The bundle is loaded: requests can be answered (``readiness`` also judges the features' age)."""
         return self.bundle is not None
+
+    def feature_age_seconds(self) -> Optional[float]:
+        as_of = self.features.snapshot.as_of if self.features is not None else None
+        return None if as_of is None else (self.clock() - as_of.to_pydatetime()).total_seconds()
+
+    def readiness(self) -> tuple[str, Optional[str]]:
+        """(status, why not): loading, failed, features_too_old (older than ``max_feature_age_hours``) or ready."""
+        if not self.ready:
+            return (LOADING, None) if self.load_error is None else (FAILED, self.load_error)
+        limit = self.settings.max_feature_age_hours
+        age = self.feature_age_seconds()
+        if limit is not None and (age is None or age > limit * 3600):
+            assert self.features is not None
+            snapshot = self.features.snapshot
+            why = (f"features as of {snapshot.as_of.isoformat() if snapshot.as_of is not None else 'never'} are "
+                   f"{'of unknown age' if age is None else f'{age / 3600:.1f} h old'}; at most {limit:g} h are "
+                   f"served; ")
+            if not self.features.tables_root:
+                why += "no feature tables are configured to refresh them from (--feature-tables)"
+            elif self.features.last_failure:
+                why += f"the last refresh from {self.features.tables_root} failed: {self.features.last_failure}"
+            else:
+                why += f"the newest rows in {self.features.tables_root} are that old (feature engineering late?)"
+            return STALE, why
+        return READY, None
 
     def load(self) -> None:
         try:
@@ -240,8 +317,13 @@ class Service:
 
     def use(self, bundle: Bundle) -> None:
         """Serve ``bundle`` (loaded and verified): its features, drift window and outlier scorer."""
+        packaged = bundle.manifest.get("features") or {}
+        read_at = packaged.get("snapshot_time")
         self.features = OnlineFeatures(bundle.pickup, bundle.dropoff, self.settings.feature_tables,
-                                       self.settings.lookback_hours)
+                                       self.settings.lookback_hours,
+                                       bundle_lookback_hours=packaged.get("lookback_hours"),
+                                       bundle_read_at=dt.datetime.fromisoformat(read_at) if read_at else None,
+                                       identity=self.settings.feature_identity)
         self.features.refresh()
         self.window = DriftWindow(bundle.drift_detector, self.settings.drift_window, self.settings.drift_min_rows)
         self.outliers = OutlierScorer(bundle.outlier_model)
@@ -282,7 +364,11 @@ class Service:
             DROPOFF_TS: pd.to_datetime([_utc(t.dropoff_time) for t in trips], utc=True),
             PICKUP_ZIP: [t.pickup_zip for t in trips], DROPOFF_ZIP: [t.dropoff_zip for t in trips],
             DISTANCE: [float(t.trip_distance) for t in trips]})
-        inputs = self.features.snapshot.inputs(frame)
+        snapshot = self.features.snapshot  # one snapshot per request, whatever a refresh swaps in meanwhile
+        outside = snapshot.outside(frame)
+        if outside:
+            raise FeaturesNotHeld(outside)
+        inputs = snapshot.inputs(frame)
         fares = np.asarray(self.bundle.fare_model.predict(inputs), dtype=float)
         filled = inputs.fillna(0.0)  # as monitoring scores the detector: no earlier feature row reads as 0
         scores = self.outliers.score_samples(filled)
@@ -294,7 +380,10 @@ class Service:
         return {"model_name": self.bundle.model_name, "model_version": self.bundle.model_version,
                 "predictions": [{"fare_amount": float(f), "outlier": bool(o), "outlier_score": float(s)}
                                 for f, o, s in zip(fares, flags, scores)],
-                "drift": status.as_dict()}
+                "drift": status.as_dict(),
+                "features_as_of": snapshot.as_of.tz_localize(None).isoformat() if snapshot.as_of is not None
+                else None,
+                "feature_age_seconds": self.feature_age_seconds()}
 
 
 def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
@@ -337,10 +426,10 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
 
     @app.get("/health/ready")
     def ready():
-        if not service.ready:
-            return JSONResponse({"status": "loading" if service.load_error is None else "failed",
-                                 "detail": service.load_error}, status_code=503)
-        return {"status": "ready", "model_version": service.bundle.model_version}
+        status, why = service.readiness()
+        if status != READY:
+            return JSONResponse({"status": status, "detail": why}, status_code=503)
+        return {"status": READY, "model_version": service.bundle.model_version}
 
     @app.get("/v1/metadata")
     def metadata(caller: Caller = Depends(authenticate)):  # noqa: B008 (FastAPI's dependency idiom)
@@ -351,7 +440,12 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
                 "features": {"source": snapshot.source, "loaded_at": snapshot.loaded_at.isoformat(),
                              "newest": snapshot.newest, "pickup_rows": len(snapshot.pickup),
                              "dropoff_rows": len(snapshot.dropoff), "refreshes": service.features.refreshes,
-                             "refresh_failures": service.features.refresh_failures},
+                             "refresh_failures": service.features.refresh_failures,
+                             "as_of": snapshot.as_of.isoformat() if snapshot.as_of is not None else None,
+                             "window_start": snapshot.window_start.isoformat()
+                             if snapshot.window_start is not None else None,
+                             "age_seconds": service.feature_age_seconds(),
+                             "last_refresh_failure": service.features.last_failure},
                 "settings": {k: v for k, v in asdict(settings).items() if k != "connection_string"},
                 "model_features": list(MODEL_FEATURES)}
 
@@ -382,7 +476,13 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
         spanning = current.span("POST /v1/predict", kind="SERVER", **attributes) \
             if current is not None else telemetry.span("POST /v1/predict")
         with spanning as span:
-            body, summary = await service.run(service.answer, trips, request_id)
+            try:
+                body, summary = await service.run(service.answer, trips, request_id)
+            except FeaturesNotHeld as refused:
+                span.set_attributes({"refused": "features_not_held"})
+                detail = [{"loc": ["body", "trips", i, field], "type": "features_not_held", "msg": why}
+                          for i, field, why in refused.problems[:MAX_ERRORS]]
+                return JSONResponse({"request_id": request_id, "detail": detail}, status_code=422, headers=headers)
             span.set_attributes(summary)
         return Response(body, media_type="application/json", headers=headers)
 
