@@ -10,7 +10,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: install warm demo test check lint typecheck docs docs-check fast-tests dist bench bench-serving clean
 
-$(STAMP): requirements/runtime.txt requirements/dev.txt serving/requirements.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
+$(STAMP): requirements/runtime.txt requirements/dev.txt service_deployment/requirements.txt setup.py ml_source/setup.py ml_ops/setup.py VERSION \
 		pyproject.toml ml_source/pyproject.toml ml_ops/pyproject.toml package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import mlflow
     import pandas as pd
 
-    from orchestrator.serving import loadtest, sample_trips
+    from orchestrator.service_commands import loadtest, sample_trips
     from taxi_fares.columns import MODEL_FEATURES
     from taxi_fares.online import model_inputs
     from taxi_fares.synthetic import ALL_ZIPS, generate_trips

@@ -209,7 +209,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _serving(command: str, args: argparse.Namespace) -> int:
-    from orchestrator import serving
+    from orchestrator import service_commands as serving
 
     return getattr(serving, command)(args, lakehouse_root())
 

@@ -313,7 +313,7 @@ def test_packaging_for_a_target_without_a_signing_key_is_refused(mlops, monkeypa
 
 
 def test_mlops_serve_local_trusts_the_development_key(provenance, monkeypatch):
-    from orchestrator import serving
+    from orchestrator import service_commands as serving
 
     monkeypatch.setenv("MLOPS_HOME", str(provenance["home"]))
     monkeypatch.delenv("MLOPS_TRUSTED_KEY_FILE", raising=False)

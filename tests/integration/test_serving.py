@@ -326,8 +326,8 @@ def test_mlops_packages_serves_and_load_tests_the_local_champion(served):
 
 
 def test_the_containers_command_runs_from_its_requirements_file_alone(served, dist, tmp_path):
-    """What the Dockerfile installs (serving/requirements.txt, then the two wheels with --no-deps) is enough for
-    the Dockerfile's command: built here as a virtual environment, since no Docker engine runs on this machine."""
+    """What the Dockerfile installs (service_deployment/requirements.txt, then the two wheels with --no-deps) is enough
+    for the Dockerfile's command: built here as a virtual environment, since no Docker engine runs on this machine."""
     import venv
 
     from orchestrator.paths import REPO_ROOT
@@ -336,12 +336,13 @@ def test_the_containers_command_runs_from_its_requirements_file_alone(served, di
     python = tmp_path / "venv" / "bin" / "python"
     # No bytecode compilation: nothing here checks it, and it was about 20 s of this test's 75 on a slow day.
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
-    subprocess.run([*pip, "-r", str(REPO_ROOT / "serving" / "requirements.txt")], check=True, timeout=900)
+    subprocess.run([*pip, "-r", str(REPO_ROOT / "service_deployment" / "requirements.txt")], check=True, timeout=900)
     subprocess.run([*pip, "--no-deps", *map(str, sorted(dist.glob("*.whl")))], check=True, timeout=300)
     for absent in ("pyspark", "mlflow"):
         assert subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True).returncode != 0
 
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", (REPO_ROOT / "serving" / "Dockerfile").read_text(), re.M)[1])
+    dockerfile = (REPO_ROOT / "service_deployment" / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M)[1])
     port = _free_port()
     cmd = [str(python) if a == "python" else str(served["bundle"]) if a == "/bundle" else
            "127.0.0.1" if a == "0.0.0.0" else str(port) if a == "8080" else a for a in cmd]

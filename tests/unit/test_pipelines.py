@@ -206,5 +206,5 @@ def test_cd_ships_the_online_service_to_staging_then_behind_the_prod_approval():
     docker = [s["inputs"]["command"] for s in steps if s.get("task") == "Docker@2"]
     assert docker == ["build", "push"]
     build = next(s for s in steps if s.get("task") == "Docker@2")
-    assert build["inputs"]["Dockerfile"] == "serving/Dockerfile"
+    assert build["inputs"]["Dockerfile"] == "service_deployment/Dockerfile"
     assert "BUNDLE=serving-bundle" in build["inputs"]["arguments"]

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from orchestrator.paths import REPO_ROOT
-from orchestrator.serving import serve_command
+from orchestrator.service_commands import serve_command
 
-SERVING = REPO_ROOT / "serving"
+SERVING = REPO_ROOT / "service_deployment"
 KUBERNETES = "1.32.0"  # an AKS-supported minor; the schemas ship with kubernetes-validate
 OVERLAYS = ("staging", "prod")
 
@@ -96,5 +96,5 @@ def test_the_container_runs_what_mlops_serve_runs_as_a_non_root_user():
     assert user not in ("root", "0") and int(user) >= 1000
     assert docker["FROM"][-1].startswith("python:3.11") and "slim" in docker["FROM"][-1]
     assert any("-r /app/requirements.txt" in r for r in docker["RUN"])
-    assert any(shlex.split(c)[0] == "serving/requirements.txt" for c in docker["COPY"])
+    assert any(shlex.split(c)[0] == "service_deployment/requirements.txt" for c in docker["COPY"])
     assert any("--no-deps" in r for r in docker["RUN"])

@@ -168,7 +168,7 @@ def serve_command(bundle: Path, root: Optional[str], host: str, port: int, extra
 def cmd_serve(args: argparse.Namespace, root: str) -> int:
     if not args.local:
         raise UsageError("only --local serving is available here: deployed services run on AKS "
-                         "(serving/k8s, released by the CD pipeline)")
+                         "(service_deployment/k8s, released by the CD pipeline)")
     bundle = bundle_path(root, args.bundle)
     if not (bundle / "manifest.json").is_file():
         raise UsageError(f"no serving bundle at {bundle}: run `mlops serving package --local` first")
