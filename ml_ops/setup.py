@@ -22,5 +22,8 @@ setup(
         "opentelemetry-sdk>=1.30",
         "azure-monitor-opentelemetry-exporter>=1.0.0b30",
         "azure-storage-blob>=12.19",
+        # Verifies registered digests and bundle signatures (taxi_fares_mlops.signing); mlflow requires it already,
+        # so a Databricks runtime has it.
+        "cryptography>=42",
     ],
 )
