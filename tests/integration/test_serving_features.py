@@ -3,6 +3,7 @@ tables written with delta-rs: a trip before the window of features held is a 422
 says as of when its features are and how old; past the maximum age the service is not ready and its metrics say
 why; a refresh from the Delta tables moves the window forward and makes it ready again (the real process)."""
 import datetime as dt
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from deltalake import write_deltalake
 from prometheus_client import generate_latest
 
@@ -249,3 +251,22 @@ def test_the_settings_come_from_the_environment_the_overlays_set(monkeypatch):
             settings.refresh_seconds) == ("abfss://lakehouse@account.dfs.core.windows.net/tables",
                                           WORKLOAD_IDENTITY, 48.0, 120.0)
     assert dt.timedelta(hours=settings.lookback_hours) == dt.timedelta(hours=24)
+
+
+@pytest.mark.parametrize("overlay", ["staging", "prod"])
+def test_each_overlay_refreshes_features_as_the_pods_identity_and_bounds_their_age(overlay, monkeypatch):
+    """The overlays' environment, as the container reads it: an abfss:// refresh with workload identity and a
+    48 h maximum age (rendered by `kubectl kustomize`, as tests/unit/test_serving_manifests.py does)."""
+    from orchestrator.paths import REPO_ROOT
+    from taxi_fares_mlops.serving.__main__ import parse, settings_from
+
+    folder = REPO_ROOT / "service_deployment" / "k8s" / "overlays" / overlay
+    rendered = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True, text=True)
+    deployment = next(d for d in yaml.safe_load_all(rendered.stdout) if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    for variable in container["env"]:
+        if variable["name"].startswith("MLOPS_SERVING_") and "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    settings = settings_from(parse(["--bundle", "/bundle", "--host", "0.0.0.0"]))
+    assert settings.feature_tables.startswith("abfss://") and settings.feature_identity == WORKLOAD_IDENTITY
+    assert settings.max_feature_age_hours == 48 and settings.refresh_seconds == 300
