@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Iterator
 
 from orchestrator.errors import UsageError
 from orchestrator.paths import REPO_ROOT, project_version
+from taxi_fares_mlops import outputs
 from taxi_fares_mlops.checksums import sha256  # noqa: F401  (build.sha256: what the tool's callers use)
 
 logger = logging.getLogger(__name__)
@@ -58,28 +60,45 @@ def is_stale(dist: Path) -> bool:
     return min(w.stat().st_mtime for w in wheels) < _sources_mtime()
 
 
+def _is_dist(folder: Path) -> bool:
+    """A folder holding only what ``build`` writes (wheels of these projects and ``SHA256SUMS``): an output of an
+    earlier version of the tool, from before it marked its folders."""
+    names = [p.name for p in folder.iterdir()]
+    return all(n == "SHA256SUMS" or re.fullmatch(r"(taxi_fares|taxi_fares_mlops)-[^/]+-py3-none-any\.whl", n)
+               for n in names)
+
+
 def build(dist: Path) -> list[Path]:
-    """Build exactly the two wheels into ``dist`` (emptied first) and write ``SHA256SUMS``."""
+    """Build exactly the two wheels and ``SHA256SUMS`` into ``dist``, replacing it as a whole once both are built.
+    A ``dist`` that holds anything else is refused before anything is built (nothing is deleted)."""
     with build_lock():
         return _build(dist)
 
 
 def _build(dist: Path) -> list[Path]:
-    if dist.exists():
-        shutil.rmtree(dist)
-    dist.mkdir(parents=True)
-    for name, project in PROJECTS.items():
-        logger.info("building %s wheel", name)
-        shutil.rmtree(project / "build", ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
-                               str(project)], capture_output=True, text=True)
-        if done.returncode != 0:  # the build's own output only when it fails
-            raise UsageError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-        shutil.rmtree(project / "build", ignore_errors=True)
-    wheels = [dist / name for name in wheel_names(project_version())]
-    sums = "".join(f"{sha256(w)}  {w.name}\n" for w in wheels)
-    (dist / "SHA256SUMS").write_text(sums)
-    return wheels
+    dist = Path(dist).resolve()
+    try:
+        outputs.check_replaceable(dist, _is_dist, "the wheels")
+    except outputs.ForeignOutputError as exc:
+        raise UsageError(str(exc)) from None
+    dist.parent.mkdir(parents=True, exist_ok=True)
+    building = outputs.building_folder(dist)
+    try:
+        for name, project in PROJECTS.items():
+            logger.info("building %s wheel", name)
+            shutil.rmtree(project / "build", ignore_errors=True)
+            done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+                                   str(building), str(project)], capture_output=True, text=True)
+            if done.returncode != 0:  # the build's own output only when it fails
+                raise UsageError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            shutil.rmtree(project / "build", ignore_errors=True)
+        names = wheel_names(project_version())
+        (building / "SHA256SUMS").write_text("".join(f"{sha256(building / n)}  {n}\n" for n in names))
+        (building / outputs.MARKER).write_text("written by `mlops build`: replaced as a whole by the next build\n")
+        outputs.swap_in(building, dist)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return [dist / name for name in wheel_names(project_version())]
 
 
 def ensure_built(dist: Path) -> list[Path]:

@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=cmd_data_generate)
 
     build = commands.add_parser("build", help="build the two wheels and their SHA256SUMS")
-    build.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="output folder (emptied first)")
+    build.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
+                       help="output folder: new, empty or an earlier build (replaced as a whole); never other files")
     build.set_defaults(handler=cmd_build)
 
     from orchestrator.templates import JOBS

@@ -49,6 +49,7 @@ def _use_registry(args: argparse.Namespace, root: str) -> tuple[str, Any]:
 def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     from taxi_fares_mlops.config import CHAMPION
     from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.outputs import ForeignOutputError
     from taxi_fares_mlops.serving.package import package
     from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.environment import SPARK_REMOTE
@@ -66,7 +67,7 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     try:
         manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
                            lookback_hours=args.lookback_hours, signing_key=signing_key)
-    except RegistryError as exc:
+    except (RegistryError, ForeignOutputError) as exc:
         raise UsageError(str(exc)) from exc
     models = manifest["models"]
     progress(f"packaged {models['fare']['name']} version {models['fare']['version']} with "

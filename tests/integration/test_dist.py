@@ -182,3 +182,49 @@ def test_the_mlops_wheel_carries_the_product_modules_and_nothing_local_or_test_o
 def test_the_ml_wheel_says_it_is_typed(dist):
     with zipfile.ZipFile(next(dist.glob("taxi_fares-*.whl"))) as zf:
         assert "taxi_fares/py.typed" in zf.namelist()
+
+
+def test_build_refuses_a_folder_holding_what_it_did_not_write_and_deletes_nothing(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    done = subprocess.run([str(Path(sys.executable).parent / "mlops"), "build", "--dist", str(folder)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"refusing to replace {folder} with the wheels" in done.stderr and "thesis.tex" in done.stderr
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.slow
+def test_build_replaces_its_own_earlier_output_as_a_whole(dist, tmp_path):
+    import shutil
+
+    from orchestrator import build
+    from taxi_fares_mlops.outputs import MARKER
+
+    earlier = tmp_path / "dist"
+    shutil.copytree(dist, earlier)
+    assert (earlier / MARKER).is_file()
+    (earlier / "taxi_fares-0.0.1-py3-none-any.whl").write_text("an older version's wheel, also ours")
+    wheels = build.build(earlier)
+    version = project_version()
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(
+        [MARKER, "SHA256SUMS", f"taxi_fares-{version}-py3-none-any.whl",
+         f"taxi_fares_mlops-{version}-py3-none-any.whl"])
+    assert [w.parent for w in wheels] == [earlier, earlier]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist"]  # no building or old folder left beside it
+
+
+def test_packaging_a_bundle_refuses_a_folder_that_is_not_a_bundle_before_any_work(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from taxi_fares_mlops.outputs import ForeignOutputError
+    from taxi_fares_mlops.serving.package import package
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "report.pdf").write_text("mine")
+    with pytest.raises(ForeignOutputError, match="refusing to replace .* with a serving bundle: .*report.pdf"):
+        package(None, None, folder, "taxi_fares", signing_key=Ed25519PrivateKey.generate())  # no Spark, no registry
+    assert [p.name for p in folder.iterdir()] == ["report.pdf"]

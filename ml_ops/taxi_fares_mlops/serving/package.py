@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -25,6 +24,7 @@ from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from taxi_fares.columns import TS, ZIP
+from taxi_fares_mlops import outputs
 from taxi_fares_mlops.errors import RegistryError
 from taxi_fares_mlops.serving.bundle import (DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
                                              PICKUP, REFERENCE_PROFILE, SIGNATURE, checksums)
@@ -50,12 +50,22 @@ def feature_rows(spark: SparkSession, lakehouse: Lakehouse, table: str, lookback
     return features.filter(F.col(TS) >= F.lit(since)).unionByName(latest_before).orderBy(ZIP, TS).toPandas(), since
 
 
+def _is_bundle(folder: Path) -> bool:
+    """A folder holding a manifest of this bundle format: a bundle the packager wrote, which it may replace."""
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_name: str, alias: str = "champion",
             version: Optional[int] = None, lookback_hours: float = DEFAULT_LOOKBACK_HOURS, *,
             signing_key: Ed25519PrivateKey) -> dict:
     """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``,
     its manifest signed with ``signing_key``; returns the manifest. An existing bundle there is replaced only once
-    the new one is complete."""
+    the new one is complete; a ``destination`` holding anything but a bundle is refused before any work."""
+    destination = Path(destination).resolve()
+    outputs.check_replaceable(destination, _is_bundle, "a serving bundle")
     registry = Registry(model_name)
     fare = registry.resolve(alias, version)
     companions = {}
@@ -65,9 +75,7 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
             raise RegistryError(f"model '{model_name}' version {fare.version} has no {kind} model: it was trained "
                                 f"before companions existed; retrain it to serve it")
         companions[kind] = ref
-    destination = Path(destination).resolve()
-    building = destination.with_name(f".{destination.name}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
+    building = outputs.building_folder(destination)
     try:
         models = {}
         for kind, ref in ((FARE, fare), (OUTLIERS, companions["outliers"]), (DRIFT, companions["drift"])):
@@ -102,17 +110,7 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
         (building / MANIFEST).write_bytes(data)
         (building / SIGNATURE).write_bytes(sign(data, signing_key))  # over the exact bytes the service reads
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            destination.rename(old)
-            try:
-                building.rename(destination)
-            except OSError:
-                old.rename(destination)  # the previous bundle stays where the service looks
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            building.rename(destination)
+        outputs.swap_in(building, destination)  # the previous bundle stays until the new one is whole
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return manifest
