@@ -214,6 +214,15 @@ def _serving(command: str, args: argparse.Namespace) -> int:
     return getattr(serving, command)(args, lakehouse_root())
 
 
+def _credential_options(parser: argparse.ArgumentParser) -> None:
+    """How `serving smoke`/`loadtest` authenticate to a service that asks (the credential is read from a file,
+    never taken on the command line, where process listings and shell history would show it)."""
+    credential = parser.add_mutually_exclusive_group()
+    credential.add_argument("--bearer-token-file", help="a file holding an Entra ID access token for the service")
+    credential.add_argument("--api-key-file", help="a file of the service's API keys, one per line (the mounted "
+                                                   "secret's format): the first is sent")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.",
                                      epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=_positive_int, default=8)
     load.add_argument("--trips", type=_positive_int, default=1, help="trips per request")
     load.add_argument("--json", action="store_true")
+    _credential_options(load)
     load.set_defaults(handler=lambda a: _serving("cmd_loadtest", a))
     smoke = serving_commands.add_parser("smoke", help="a deployed service: ready, one prediction, the champion")
     smoke.add_argument("--url", required=True, help="the service on a loopback address (kubectl port-forward)")
@@ -350,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--model", help="registered model name (default: the target's, or taxi_fares)")
     smoke.add_argument("--alias", default="champion")
     smoke.add_argument("--wait", type=float, default=120.0, help="seconds to wait for readiness")
+    _credential_options(smoke)
     smoke.set_defaults(handler=lambda a: _serving("cmd_smoke", a))
 
     serve = commands.add_parser("serve", help="run the online service on a packaged bundle")

@@ -119,6 +119,7 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
         champion = Registry(model).resolve(args.alias).version
     except RegistryError as exc:
         raise UsageError(str(exc)) from exc
+    headers = {"Content-Type": "application/json", **caller_headers(args)}
     base = f"http://{parts.hostname}:{parts.port or 80}"
     deadline = time.monotonic() + args.wait
     status = None
@@ -128,9 +129,15 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
             raise SmokeFailure(f"{base}/health/ready answers {status or 'nothing'} after {args.wait:.0f}s")
         time.sleep(0 if status == 200 else 1)
     body = json.dumps({"trips": sample_trips(1, 1, ALL_ZIPS)}).encode()
-    request = urllib.request.Request(base + "/v1/predict", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        answer = json.loads(response.read())
+    request = urllib.request.Request(base + "/v1/predict", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        hint = "" if error.code not in (401, 403) else (
+            " (it authenticates: pass --bearer-token-file or --api-key-file)" if "Authorization" not in headers
+            else " (the credential sent was refused)")
+        raise SmokeFailure(f"{base}/v1/predict answers {error.code}{hint}") from None
     served = str(answer["model_version"])
     fare = answer["predictions"][0]["fare_amount"]
     if served != str(champion):
@@ -138,6 +145,26 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
                            f"version {champion}")
     progress(f"smoke test passed: ready, one prediction ({fare:.2f}), version {served} = {args.alias}")
     return 0
+
+
+def caller_headers(args: argparse.Namespace) -> dict:
+    """The ``Authorization`` header for ``--bearer-token-file`` (the whole file) or ``--api-key-file`` (its first
+    key, as the service's key file lists them); none without either. Both modes take ``Bearer <credential>``."""
+    token_file, keys_file = getattr(args, "bearer_token_file", None), getattr(args, "api_key_file", None)
+    path = token_file or keys_file
+    if not path:
+        return {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the credential file {path}: {exc}") from None
+    if token_file:
+        credential = "".join(line.strip() for line in lines)
+    else:
+        credential = next((k.strip() for k in lines if k.strip() and not k.strip().startswith("#")), "")
+    if not credential:
+        raise UsageError(f"the credential file {path} is empty")
+    return {"Authorization": f"Bearer {credential}"}
 
 
 def _status(url: str) -> Optional[int]:
@@ -321,6 +348,6 @@ def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: in
 
 
 def cmd_loadtest(args: argparse.Namespace, root: str) -> int:
-    result = loadtest(args.url, args.requests, args.concurrency, args.trips)
+    result = loadtest(args.url, args.requests, args.concurrency, args.trips, headers=caller_headers(args))
     print(json.dumps(result.as_dict()) if args.json else result.describe())
     return 0 if not result.errors else 1
