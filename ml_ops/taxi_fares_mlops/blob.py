@@ -66,6 +66,27 @@ def _service(connection_string: str):
     return BlobServiceClient.from_connection_string(connection_string, retry_policy=retry, **options)
 
 
+EXECUTOR_SAS_HOURS = 6  # longer than any publish; a task retried late still holds a valid credential
+
+
+def executor_connection_string(target: BlobTarget) -> str:
+    """What the executors get to upload parts with: never the account key. A connection string holding a key is
+    turned, on the driver, into one holding a SAS for this container alone (create and write, no read, list or
+    delete), valid for ``EXECUTOR_SAS_HOURS``; one that holds a SAS already is passed as it is."""
+    fields = dict(part.split("=", 1) for part in target.connection_string.split(";") if "=" in part)
+    if "AccountKey" not in fields:
+        return target.connection_string
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    service = _service(target.connection_string)
+    sas = generate_container_sas(
+        account_name=service.account_name, container_name=target.container, account_key=fields["AccountKey"],
+        permission=ContainerSasPermissions(create=True, write=True),
+        start=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5),
+        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=EXECUTOR_SAS_HOURS))
+    return f"BlobEndpoint={service.url.rstrip('/')};SharedAccessSignature={sas}"
+
+
 def prefix(model: str, start: dt.date, end: dt.date, run_id: str) -> str:
     return f"predictions/{model}/{start}_{end}/run={run_id}"
 
@@ -136,7 +157,8 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
     calls before it writes anything).
     """
     df = as_parts(df, df.count() if rows is None else rows, rows_per_part)
-    uploader = _partition_uploader(target.connection_string, target.container, folder)
+    # The closure travels to every executor (pickled into each task): it carries a container SAS, not the key.
+    uploader = _partition_uploader(executor_connection_string(target), target.container, folder)
     try:
         parts = [row.asDict() for row in df.mapInArrow(uploader, PART_SCHEMA).collect()]
     except Exception as exc:

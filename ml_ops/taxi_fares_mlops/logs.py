@@ -1,13 +1,14 @@
 """Logging for the entry points (the notebooks and the ``mlops`` tool): the stages' progress and warnings on the
 console, third-party chatter (Azure SDK HTTP logging, py4j, urllib3, Spark Connect's gRPC, MLflow internals) kept
-at WARNING unless the level is DEBUG. Library modules only ever call ``logging.getLogger(__name__)``."""
+at WARNING unless the level is DEBUG. Every handler redacts secrets (``redaction``), at every level. Library modules
+only ever call ``logging.getLogger(__name__)``."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
 
-from taxi_fares_mlops import environment
+from taxi_fares_mlops import environment, redaction
 
 LOG_LEVEL_ENV = environment.LOG_LEVEL.name  # DEBUG brings third-party logs back (mlops -v sets it for local jobs)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,6 +25,7 @@ def configure_logging(level: str | None = None) -> int:
     root = logging.getLogger()
     if not root.handlers:  # a notebook on Databricks (or pytest) may own the handlers already: keep them
         logging.basicConfig(format=FORMAT, stream=sys.stderr)
+    redaction.protect_all(root)  # whatever the level: -v shows the Azure SDK's requests, never their secrets
     root.setLevel(numeric)
     if numeric > logging.DEBUG:  # Spark's Python workers (spark_udf) log MLflow and its migrations on their own
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from taxi_fares_mlops import redaction
+
 logger = logging.getLogger(__name__)
 
 CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
@@ -159,6 +161,7 @@ class Telemetry:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.handler = LoggingHandler(level=logging.INFO, logger_provider=self.logger_provider)
         self.handler.addFilter(_AttributesFilter(self.attributes))
+        redaction.protect(self.handler)  # what reaches Azure Monitor is redacted as the console is
 
     @staticmethod
     def _exporters(connection_string: Optional[str], local_file: Optional[Path], tracer_provider):

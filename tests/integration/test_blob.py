@@ -174,3 +174,61 @@ def test_no_storage_or_instrumentation_key_in_logs_traces_envelopes_or_mlflow(
     for where, text in texts.items():
         assert ACCOUNT_KEY not in text, where
         assert INSTRUMENTATION_KEY not in text, where
+
+
+def test_the_executors_get_a_container_sas_never_the_account_key(azurite):
+    """The uploader travels pickled inside every Spark task: it must not carry the key. What it carries instead
+    uploads to its container (a real Azurite), and nothing else: no read, no other container."""
+    import cloudpickle
+    from azure.core.exceptions import HttpResponseError
+
+    from taxi_fares_mlops.blob import BlobTarget, _partition_uploader, executor_connection_string
+
+    target = BlobTarget(azurite.connection_string, CONTAINER)
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(CONTAINER)
+    executors = executor_connection_string(target)
+    assert ACCOUNT_KEY not in executors and "AccountKey" not in executors and "SharedAccessSignature=" in executors
+    assert ACCOUNT_KEY.encode() not in cloudpickle.dumps(_partition_uploader(executors, CONTAINER, "p"))
+    service = BlobServiceClient.from_connection_string(executors)
+    service.get_blob_client(CONTAINER, "p/part-0.parquet").upload_blob(b"rows", overwrite=True)
+    with pytest.raises(HttpResponseError):
+        service.get_blob_client(CONTAINER, "p/part-0.parquet").download_blob().readall()
+    with pytest.raises(HttpResponseError):
+        service.get_blob_client("another-container", "x").upload_blob(b"rows")
+
+
+def test_at_debug_level_no_key_sas_or_token_reaches_the_console(azurite, tmp_path):
+    """`mlops -v` / MLOPS_LOG_LEVEL=DEBUG turns the Azure SDK's HTTP logging on: the requests it logs, a message
+    that names a connection string and a traceback holding a SAS URL all pass through the redacting filter."""
+    import subprocess
+    import sys
+
+    from taxi_fares_mlops.blob import BlobTarget, executor_connection_string
+
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(CONTAINER)
+    sas_connection = executor_connection_string(BlobTarget(azurite.connection_string, CONTAINER))
+    signature = dict(p.split("=", 1) for p in sas_connection.split(";"))["SharedAccessSignature"]
+    sig = dict(p.split("=", 1) for p in signature.split("&"))["sig"]
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvcGVyYXRvciJ9.c2lnbmF0dXJl"
+    script = f'''
+import logging
+from azure.storage.blob import BlobServiceClient
+from taxi_fares_mlops.logs import configure_logging
+configure_logging("DEBUG")
+log = logging.getLogger("taxi_fares_mlops.blob")
+service = BlobServiceClient.from_connection_string({sas_connection!r}, logging_enable=True)
+blob = service.get_blob_client({CONTAINER!r}, "debug/part.parquet")
+blob.upload_blob(b"rows", overwrite=True, logging_enable=True)
+log.debug("publishing with %s", {azurite.connection_string!r})
+log.info("calling the workspace with Authorization: Bearer {token}")
+try:
+    raise RuntimeError("upload failed: " + blob.url)
+except RuntimeError:
+    log.exception("publish failed")
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Request URL" in output and "publish failed" in output and "RuntimeError" in output  # it did log
+    for secret in (ACCOUNT_KEY, sig, token):
+        assert secret not in output, secret
