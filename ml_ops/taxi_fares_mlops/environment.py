@@ -106,6 +106,10 @@ SERVING_CPU_THREADS = declare(
 SERVING_METRICS_PORT = declare(
     "MLOPS_SERVING_METRICS_PORT", "The separate port `/metrics` is served on, for the in-cluster scraper.",
     kind="integer")
+SERVING_CONNECTION_STRING_FILE = declare(
+    "MLOPS_SERVING_CONNECTION_STRING_FILE", "A file holding the Application Insights connection string the online "
+    "service sends telemetry with (AKS: a mounted Secret, so the secret is not in the process's environment); "
+    "without it, `APPLICATIONINSIGHTS_CONNECTION_STRING`.", kind="path")
 SERVING_FEATURE_TABLES = declare(
     "MLOPS_SERVING_FEATURE_TABLES", "The lakehouse tables folder or `abfss://` URI the online service refreshes "
     "its features from (delta-rs); unset, it serves the bundle's snapshot.")

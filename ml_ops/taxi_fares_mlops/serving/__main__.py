@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from taxi_fares_mlops import environment
@@ -40,6 +41,7 @@ ENVIRONMENT = {
     "feature_tables": environment.SERVING_FEATURE_TABLES, "feature_identity": environment.SERVING_FEATURE_IDENTITY,
     "refresh_seconds": environment.SERVING_REFRESH_SECONDS, "lookback_hours": environment.SERVING_LOOKBACK_HOURS,
     "max_feature_age_hours": environment.SERVING_MAX_FEATURE_AGE_HOURS,
+    "connection_string_file": environment.SERVING_CONNECTION_STRING_FILE,
 }
 
 
@@ -99,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="not ready (503, with the reason) while the newest features held are older than this "
                         "(default: no limit, for historical data)")
     p.add_argument("--telemetry-file", help="write telemetry as JSON lines here when no connection string is set")
+    p.add_argument("--connection-string-file", default=_env("connection_string_file"),
+                   help="a file holding the Application Insights connection string (a mounted secret); default "
+                        "$APPLICATIONINSIGHTS_CONNECTION_STRING")
     p.add_argument("--trusted-key", default=environment.TRUSTED_KEY_FILE.get(),
                    help=f"the Ed25519 public key (PEM) the bundle must be signed with (default ${TRUSTED_KEY_ENV})")
     a = p.add_argument_group("authentication")
@@ -143,6 +148,19 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def read_connection_string(path: str) -> str:
+    """The Application Insights connection string from a mounted secret file. Unreadable or empty is a ValueError
+    (the service refuses to start): telemetry that silently goes nowhere is found out in an incident, not at start."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read().strip()
+    except OSError as exc:
+        raise ValueError(f"--connection-string-file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"--connection-string-file {path} is empty")
+    return value
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(bundle=args.bundle, max_trips=args.max_trips, drift_window=args.drift_window,
                     drift_min_rows=args.drift_min_rows, feature_tables=args.feature_tables,
@@ -171,6 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         settings = settings_from(args)
+        if args.connection_string_file:  # the mounted secret, instead of the environment
+            settings = replace(settings, connection_string=read_connection_string(args.connection_string_file))
         if args.metrics_port is not None and args.metrics_port == args.port:
             raise ValueError("--metrics-port must differ from --port")
         if args.header_timeout <= 0:
