@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     place = smoke.add_mutually_exclusive_group(required=True)
     place.add_argument("--local", action="store_true", help="compare with the local registry")
     place.add_argument("--target", help="compare with this deployment target's registry")
+    place.add_argument("--expect-version", help="compare with this model version (CD: the release record of the "
+                                                "image, when it was packaged from another target's registry)")
     smoke.add_argument("--model", help="registered model name (default: the target's, or taxi_fares)")
     smoke.add_argument("--alias", default="champion")
     smoke.add_argument("--wait", type=float, default=120.0, help="seconds to wait for readiness")

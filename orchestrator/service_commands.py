@@ -114,11 +114,15 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
     from taxi_fares_mlops.tracking import Registry
 
     parts = _loopback(args.url)
-    model, _ = _use_registry(args, root)
-    try:
-        champion = Registry(model).resolve(args.alias).version
-    except RegistryError as exc:
-        raise UsageError(str(exc)) from exc
+    if getattr(args, "expect_version", None):
+        model, champion, expected = args.model or "taxi_fares", args.expect_version, "expected"
+    else:
+        model, _ = _use_registry(args, root)
+        expected = f"the registry's {args.alias}"
+        try:
+            champion = Registry(model).resolve(args.alias).version
+        except RegistryError as exc:
+            raise UsageError(str(exc)) from exc
     headers = {"Content-Type": "application/json", **caller_headers(args)}
     base = f"http://{parts.hostname}:{parts.port or 80}"
     deadline = time.monotonic() + args.wait
@@ -141,9 +145,9 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
     served = str(answer["model_version"])
     fare = answer["predictions"][0]["fare_amount"]
     if served != str(champion):
-        raise SmokeFailure(f"the service answers with {model} version {served}; the registry's {args.alias} is "
-                           f"version {champion}")
-    progress(f"smoke test passed: ready, one prediction ({fare:.2f}), version {served} = {args.alias}")
+        raise SmokeFailure(f"the service answers with {model} version {served}; {expected} is version {champion}")
+    progress(f"smoke test passed: ready, one prediction ({fare:.2f}), version {served} = "
+             f"{'expected' if getattr(args, 'expect_version', None) else args.alias}")
     return 0
 
 

@@ -77,3 +77,12 @@ def test_loadtest_authenticates_with_the_same_option(service):
     keyed = mlops(service, "loadtest", "--url", service["url"], "--requests", "4", "--concurrency", "2", "--json",
                   "--api-key-file", str(service["keys"]))
     assert keyed.returncode == 0, keyed.stderr
+
+
+def test_smoke_compares_with_the_release_records_version_without_a_registry(service):
+    """Production's smoke test: the image was packaged from staging's registry, so the version to expect is the one
+    CD's release record names."""
+    keys = ("--api-key-file", str(service["keys"]))
+    assert mlops(service, "smoke", "--url", service["url"], "--expect-version", "1", *keys).returncode == 0
+    wrong = mlops(service, "smoke", "--url", service["url"], "--expect-version", "2", *keys)
+    assert wrong.returncode == 1 and "answers with taxi_fares version 1; expected is version 2" in wrong.stderr
