@@ -97,8 +97,8 @@ def test_the_container_runs_what_mlops_serve_runs_as_a_non_root_user():
     user = docker["USER"][-1].split(":")[0]
     assert user not in ("root", "0") and int(user) >= 1000
     assert docker["FROM"][-1].startswith("python:3.11") and "slim" in docker["FROM"][-1]
-    assert any("-r /app/requirements.txt" in r for r in docker["RUN"])
-    assert any(shlex.split(c)[0] == "service_deployment/requirements.txt" for c in docker["COPY"])
+    assert any("--require-hashes -r /app/requirements.lock" in r for r in docker["RUN"])
+    assert any(shlex.split(c)[0] == "service_deployment/requirements.lock" for c in docker["COPY"])
     assert any("--no-deps" in r for r in docker["RUN"])
 
 
@@ -240,3 +240,20 @@ def test_the_image_says_which_model_version_and_bundle_it_holds():
     labels = " ".join(docker["LABEL"])
     assert 'io.taxi-fares.model-version="${MODEL_VERSION}"' in labels
     assert 'io.taxi-fares.bundle-digest="${BUNDLE_DIGEST}"' in labels
+
+
+def _pins(path) -> dict:
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return {line.split("==")[0].lower(): line.split("==")[1].split()[0] for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
+def test_the_image_installs_exactly_the_tested_pins_each_with_its_hashes():
+    """The lock the Dockerfile installs holds every package of requirements.txt at the same version, each line
+    pinned and hashed (pip's --require-hashes refuses anything else)."""
+    lock = SERVING / "requirements.lock"
+    text = re.sub(r"\\\n\s*", " ", lock.read_text())
+    for line in (ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")):
+        assert re.match(r"^[A-Za-z0-9_.\-\[\],]+==[^\s]+ ", line) and "--hash=sha256:" in line, line
+    wanted, locked = _pins(SERVING / "requirements.txt"), _pins(lock)
+    assert {name: locked.get(name) for name in wanted} == wanted
