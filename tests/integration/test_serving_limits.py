@@ -357,3 +357,23 @@ def test_no_body_gets_a_5xx(app, body):
     status, answer, _ = predict(app, body)
     assert status < 500, (body[:300], answer)
     assert status in (200, 413, 422), (status, answer)
+
+
+def test_each_pool_thread_runs_the_models_openmp_loops_on_one_thread(bundle):
+    """The pool is the service's parallelism: a request's scikit-learn loops must not fan out over every CPU on top
+    of it (two pool threads x two OpenMP threads spin against each other on a two-core pod)."""
+    from threadpoolctl import threadpool_info
+
+    from taxi_fares_mlops.serving.app import Service
+
+    service = Service(Settings(bundle=str(bundle[0]), trusted_key=str(bundle[1]), cpu_threads=2))
+    service.load()
+
+    def openmp_threads():
+        service.answer(service.parse(json.dumps({"trips": sample_trips(5)}).encode()), "probe")
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"})
+
+    try:
+        assert [service.pool.submit(openmp_threads).result(timeout=60) for _ in range(4)] == [[1]] * 4
+    finally:
+        service.stop()

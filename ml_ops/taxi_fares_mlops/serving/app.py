@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from starlette.routing import Match
+from threadpoolctl import threadpool_limits
 
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, MODEL_FEATURES, PICKUP_TS, PICKUP_ZIP
 from taxi_fares.outliers import OutlierScorer
@@ -207,6 +208,11 @@ def pod_cpus() -> int:
     return cpus
 
 
+def one_openmp_thread() -> None:
+    """The calling thread's OpenMP parallel regions use one thread (OpenMP's thread count is per thread)."""
+    threadpool_limits(limits=1, user_api="openmp")
+
+
 class FeaturesNotHeld(ValueError):
     """Trips whose lookup keys lie before the window of features held: (trip position, field, why) each."""
 
@@ -270,8 +276,11 @@ class Service:
         self.load_error: Optional[str] = None
         self._stop = threading.Event()
         self.threads = settings.cpu_threads or pod_cpus()
-        # CPU work (parsing, validation, features, model, outlier scores) runs here, never on the event loop.
-        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="predict")
+        # CPU work (parsing, validation, features, model, outlier scores) runs here, never on the event loop. The
+        # pool is the parallelism: each of its threads runs scikit-learn's OpenMP loops on one thread, or every
+        # request's few rows would fan out over all the pod's CPUs and the threads spin against each other.
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="predict",
+                                       initializer=one_openmp_thread)
         self.request_model = request_model(settings.max_trips)
         self.clock = lambda: dt.datetime.now(dt.timezone.utc)  # what "now" is for the features' age
         self.metrics.registry.register(Freshness(self))
