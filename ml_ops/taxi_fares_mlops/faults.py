@@ -1,6 +1,8 @@
 """Crash points for the fault tests: ``MLOPS_CRASH_AT=<name>`` makes the process kill itself with SIGKILL at that
 point, as a lost node or an out-of-memory kill would end it: no ``finally``, no ``atexit``, no MLflow run ended.
-Off unless the variable names the point; the names are listed in ``POINTS``.
+Off unless the variable names the point; the names are listed in ``POINTS``. It ships in the wheel on purpose, as a
+documented no-op: the fault tests must kill the real job process inside the real stage code, and unset each point
+costs one environment lookup.
 
 ``crash_point`` kills where it is called. ``crash_during`` kills in the middle of work the JVM or the executors do
 (a Delta MERGE, Parquet uploads): a watcher thread polls a condition, such as "a data file of the MERGE exists",
