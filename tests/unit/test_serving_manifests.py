@@ -38,8 +38,8 @@ def dockerfile() -> dict:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_overlay_renders_to_valid_kubernetes_objects(overlay):
     objects = render(overlay)
-    assert set(objects) == {"Namespace", "NetworkPolicy", "Deployment", "Service", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget"}
+    assert set(objects) == {"Namespace", "NetworkPolicy", "ServiceAccount", "Deployment", "Service",
+                            "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     for doc in objects.values():
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
         if doc["kind"] != "Namespace":
@@ -257,3 +257,19 @@ def test_the_image_installs_exactly_the_tested_pins_each_with_its_hashes():
         assert re.match(r"^[A-Za-z0-9_.\-\[\],]+==[^\s]+ ", line) and "--hash=sha256:" in line, line
     wanted, locked = _pins(SERVING / "requirements.txt"), _pins(lock)
     assert {name: locked.get(name) for name in wanted} == wanted
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pods_run_as_the_workload_identity_the_feature_refresh_uses(overlay):
+    """delta-rs refreshes the features as the pod's Azure workload identity (MLOPS_SERVING_FEATURE_IDENTITY): the
+    webhook gives a pod that identity's token only if the pod asks (the label) and runs as a service account that
+    names the identity."""
+    objects, pod, container = _pod(overlay)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLOPS_SERVING_FEATURE_IDENTITY"] == "workload-identity"
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    account = objects["ServiceAccount"]
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["namespace"] == objects["Deployment"]["metadata"]["namespace"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", account["metadata"]["annotations"]["azure.workload.identity/client-id"])
+    assert account["automountServiceAccountToken"] is False
