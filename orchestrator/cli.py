@@ -100,7 +100,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     the version and its companions become champion."""
     import getpass
 
-    from orchestrator.registry import use_registry
+    from orchestrator.registry import use_registry, workspace_identity
     from taxi_fares_mlops.errors import RegistryError
     from taxi_fares_mlops.tracking import Registry
 
@@ -109,7 +109,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     model = args.model or use_registry(lakehouse_root(), args.target)["model_name"]
     if args.model:
         use_registry(lakehouse_root(), args.target)
-    approver = environment.APPROVER.get() or getpass.getuser()
+    # Remotely, the identity the workspace authenticates (read before the registry is touched); locally, the login.
+    approver = (workspace_identity(args.target, getattr(args, "host", None)) if args.target
+                else environment.APPROVER.get() or getpass.getuser())
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         fare = Registry(model).approve(args.version, approver, when)

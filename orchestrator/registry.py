@@ -24,3 +24,22 @@ def use_registry(root: str, target: Optional[str], local: bool = True) -> dict:
     uri = tracking_uri(root)
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
     return {}
+
+
+def workspace_identity(target: str, host: Optional[str] = None) -> str:
+    """Who the SDK authenticates as on the target's workspace (SCIM ``Me``: a user's name, a service principal's
+    application id): what a remote approval records. Never an environment variable, which anyone can set; a
+    workspace that cannot say who is calling refuses the approval (``DeployError``, exit 3) before the registry is
+    touched."""
+    from orchestrator.deploy.client import DeployError, translate_errors, workspace_client, workspace_host
+    from orchestrator.templates import target_settings
+
+    settings = target_settings(target)
+    chosen = workspace_host(settings, host)
+    client = workspace_client(settings, chosen)
+    with translate_errors(chosen, "read the caller's identity"):
+        me = client.current_user.me()
+    if not me.user_name:
+        raise DeployError(f"{chosen} did not name the identity this command authenticates as (SCIM Me has no "
+                          f"userName): cannot record who approves; check the credentials the SDK uses")
+    return me.user_name

@@ -133,6 +133,10 @@ OUTLIER_VERSION_TAG = COMPANIONS[OUTLIERS]
 
 APPROVAL_TAG = "approval.status"
 PENDING, APPROVED = "PENDING", "APPROVED"
+# On a held version: the champion version it was judged against when promotion held it ("none" when there was no
+# champion). An approval is refused when the champion has moved since: the comparison it rests on is stale.
+JUDGED_AGAINST_TAG = "approval.judged_against"
+NO_CHAMPION = "none"
 
 
 def companion_name(model_name: str, kind: str) -> str:
@@ -363,12 +367,22 @@ class Registry:
 
     def approve(self, version: int, approver: str, when: str) -> "ModelRef":
         """An operator's approval of a version promotion held (``approval.status`` PENDING): recorded on the
-        version (who, when), then the version becomes champion. A RegistryError for anything not pending."""
+        version (who, when), then the version becomes champion. A RegistryError for anything not pending, and for
+        a version judged against another champion than the current one (``JUDGED_AGAINST_TAG``): both named."""
         fare = self.by_version(version)
-        status = self.version_tags(fare.version).get(APPROVAL_TAG)
+        tags = self.version_tags(fare.version)
+        status = tags.get(APPROVAL_TAG)
         if status != PENDING:
             raise RegistryError(f"model '{self.name}' version {version} is not waiting for approval "
                                 f"({APPROVAL_TAG}: {status or 'not set'})")
+        judged_against, current = tags.get(JUDGED_AGAINST_TAG), self.aliases().get(CHAMPION) or NO_CHAMPION
+        if judged_against != current:
+            def shown(v: Optional[str]) -> str:
+                return {None: "an unrecorded champion", NO_CHAMPION: "no champion"}.get(v, f"version {v}")
+            raise RegistryError(f"model '{self.name}' version {version} was judged against {shown(judged_against)} "
+                                f"but the champion now is {shown(current)}: re-validate it against the current "
+                                f"champion (the training job with execute_training=false while it is the "
+                                f"'{CHALLENGER}'), or retrain")
         self.promote(fare)
         for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when)):
             self.set_version_tag(fare.version, key, value)

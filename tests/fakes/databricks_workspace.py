@@ -34,6 +34,7 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 from databricks.sdk.service.files import DbfsAPI
+from databricks.sdk.service.iam import CurrentUserAPI
 from databricks.sdk.service.jobs import JobsAPI
 from databricks.sdk.service.ml import ExperimentsAPI
 from databricks.sdk.service.workspace import WorkspaceAPI
@@ -157,6 +158,12 @@ class WorkspaceEmulator:
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
         self.next_run_error: Optional[str] = None
+        # Who the token belongs to, as SCIM `Me` answers (a service principal's userName is its application id).
+        self.identity = {"id": "4242424242424242", "userName": "operator@example.com",
+                         "displayName": "Operator Example", "active": True,
+                         "emails": [{"value": "operator@example.com", "type": "work", "primary": True}],
+                         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                                     "urn:ietf:params:scim:schemas:extension:workspace:2.0:User"]}
         self._ids = itertools.count(101)
         self._open_handles: dict[int, tuple[str, bytearray]] = {}
         self._presigned: dict[str, str] = {}
@@ -292,6 +299,10 @@ class WorkspaceEmulator:
             return self._experiments(r, p[len("/api/2.0/mlflow/experiments/"):])
         if p.startswith("/api/2.2/jobs/"):
             return self._jobs(r, p[len("/api/2.2/jobs/"):])
+        if p == "/api/2.0/preview/scim/v2/Me":
+            self._expect(r, "GET")
+            decode_query(CurrentUserAPI.me, r.query)
+            return 200, dict(self.identity), {}
         raise self._no_endpoint(r)
 
     @staticmethod

@@ -4,7 +4,8 @@ The challenger wins when no champion exists, when ``force_promote`` is set (reco
 is at least ``promotion_margin`` (relative) below the champion's, unless validation ran with
 ``model_validation=enabled`` and failed: then the champion stays (``blocked_by_validation``), forced or not.
 With ``require_approval`` a winning challenger is held (``awaiting_approval``, version tag ``approval.status``
-PENDING) until an operator runs ``mlops approve``.
+PENDING, and ``approval.judged_against`` the champion version it was compared with) until an operator runs
+``mlops approve``, which refuses it if the champion has moved since.
 Both scores and the decision go to MLflow; scores the validation stage computed are not computed again.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from taxi_fares_mlops.config import PROMOTION, VALIDATION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.summary import SUCCESS
-from taxi_fares_mlops.tracking import APPROVAL_TAG, PENDING
+from taxi_fares_mlops.tracking import APPROVAL_TAG, JUDGED_AGAINST_TAG, NO_CHAMPION, PENDING
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
                        validated["failed"])
         decision = BLOCKED
     if decision in (PROMOTED, FORCED, FIRST) and config.require_approval:
-        registry.set_version_tag(challenger.version, APPROVAL_TAG, PENDING)
+        # What the decision rests on, written before the hold: `mlops approve` refuses it once the champion moved.
+        registry.set_version_tag(challenger.version, JUDGED_AGAINST_TAG, champion.version if champion else NO_CHAMPION)
         registry.set_version_tag(challenger.version, "approval.decision", decision)
+        registry.set_version_tag(challenger.version, APPROVAL_TAG, PENDING)
         logger.warning("promotion: challenger v%s would be %s; it waits for `mlops approve --model %s --version %s`",
                        challenger.version, decision, config.model_name, challenger.version)
         decision = AWAITING
