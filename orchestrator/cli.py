@@ -106,6 +106,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
     if not (args.model or args.target):
         raise UsageError("--model is required with the local registry")
+    if args.target:
+        from orchestrator.deploy.client import workspace_host
+        from orchestrator.templates import target_settings
+
+        # MLflow's databricks store reads DATABRICKS_HOST: the checked host, not whatever the shell holds
+        os.environ["DATABRICKS_HOST"] = workspace_host(target_settings(args.target), args.host)
     model = args.model or use_registry(lakehouse_root(), args.target)["model_name"]
     if args.model:
         use_registry(lakehouse_root(), args.target)
@@ -225,6 +231,13 @@ def _credential_options(parser: argparse.ArgumentParser) -> None:
                                                    "secret's format): the first is sent")
 
 
+def _host_option(parser: argparse.ArgumentParser) -> None:
+    """Where a remote command goes, said on purpose: without it, the target's host from targets.yml, and a
+    DATABRICKS_HOST naming another workspace is refused."""
+    parser.add_argument("--host", help="(--target) the workspace URL, when it is not the target's host in "
+                                       "targets.yml (a DATABRICKS_HOST naming another workspace is refused)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description="Operate the taxi-fare MLOps jobs.",
                                      epilog=exit_codes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a job parameter (repeatable)")
     run.add_argument("--json", action="store_true", help="print only the notebook's exit summary as JSON")
     run.add_argument("--no-wait", action="store_true", help="(--target) print the run id and return")
+    _host_option(run)
     run.set_defaults(handler=cmd_run)
 
     deploy = commands.add_parser("deploy", help="upload wheels and notebooks, create or reset the jobs")
@@ -276,12 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
     deploy.add_argument("--reset-schedule", action="store_true",
                         help="apply the template's schedule pause status (default: keep the deployed job's)")
+    _host_option(deploy)
     deploy.set_defaults(handler=cmd_deploy)
 
     runs = commands.add_parser("runs", help="list a deployed job's recent runs")
     runs.add_argument("job", choices=jobs)
     runs.add_argument("--target", required=True)
     runs.add_argument("--limit", type=_positive_int, default=10)
+    _host_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
     repair = commands.add_parser("repair", help="rerun the failed tasks of a run")
@@ -289,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--target", required=True)
     repair.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     repair.add_argument("--json", action="store_true")
+    _host_option(repair)
     repair.set_defaults(handler=cmd_repair)
 
     schedule = commands.add_parser("schedule", help="pause or unpause a deployed job's schedule")
@@ -297,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     toggle = schedule.add_mutually_exclusive_group(required=True)
     toggle.add_argument("--pause", action="store_true")
     toggle.add_argument("--unpause", action="store_true")
+    _host_option(schedule)
     schedule.set_defaults(handler=cmd_schedule)
 
     notebook_tests = commands.add_parser("test-notebooks", help="run the Nutter notebook tests")
@@ -306,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     notebook_tests.add_argument("--cluster-id", help="(--target) the existing cluster nutter runs them on")
     notebook_tests.add_argument("--timeout", type=_positive_int, default=3600, help="(--target) seconds per notebook")
     notebook_tests.add_argument("--dry-run", action="store_true", help="(--target) print the nutter command")
+    _host_option(notebook_tests)
     notebook_tests.add_argument("--pattern", default="test_*", help="notebook name pattern (default test_*)")
     notebook_tests.add_argument("--junit", type=Path, default=REPO_ROOT / "test-results" / "notebook-tests.xml",
                                 help="JUnit XML report path")
@@ -324,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--model", help="registered model name (default: the target's model_name)")
     approve.add_argument("--target", help="a deployment target's registry instead of the local one")
     approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")
+    _host_option(approve)
     approve.set_defaults(handler=cmd_approve)
 
     serving = commands.add_parser("serving", help="the online service: package a bundle, load-test a service")

@@ -103,7 +103,8 @@ PATH_SHAPES = {
     "lakehouse_root": (re.compile(r"(/Volumes/[^/\s]+/[^/\s]+/[^/\s]+(/\S*)?|dbfs:/\S+|abfss://\S+@\S+)"),
                        "/Volumes/<catalog>/<schema>/<volume>/..., dbfs:/... or abfss://<container>@<account>/..."),
 }
-_HOST = re.compile(r"https://[A-Za-z0-9.-]+(:\d+)?/?")
+# https, or plain http on this machine only (a workspace emulator or a local proxy: the token never leaves it)
+_HOST = re.compile(r"(https://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost))(:\d+)?/?")
 
 
 def load_targets(path: Path | None = None) -> dict[str, dict]:

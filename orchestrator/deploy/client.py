@@ -1,14 +1,16 @@
 """The workspace client for a target, and the one place SDK errors become operator messages.
 
 Authentication is whatever databricks-sdk resolves (environment variables, a CLI profile, a service principal,
-Azure CLI). ``DATABRICKS_HOST`` overrides the target's host. No token ever reaches a message: errors name the
-host and the operation only.
+Azure CLI). The host is the target's (``targets.yml``) unless the operator says ``--host``; a ``DATABRICKS_HOST``
+left in the environment that names another workspace is refused, so that a dev deploy never lands in prod because
+of a shell's leftover variable. No token ever reaches a message: errors name the host and the operation only.
 """
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import DatabricksError, NotFound, PermissionDenied, Unauthenticated
@@ -22,6 +24,8 @@ class DeployError(RemoteError):
 
 # A path that is not an API answers 404 with this code: a wrong host or API version, not a missing object.
 ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
+# What --host takes: the shape targets.yml takes (https, or plain http to this machine: an emulator, a proxy).
+_HOST = re.compile(r"(https://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost))(:\d+)?/?")
 
 
 def is_missing(exc: Exception) -> bool:
@@ -29,16 +33,36 @@ def is_missing(exc: Exception) -> bool:
     return isinstance(exc, NotFound) and getattr(exc, "error_code", None) != ENDPOINT_NOT_FOUND
 
 
-def workspace_host(target: dict) -> str:
-    host = os.environ.get("DATABRICKS_HOST") or target.get("host")
-    if not host:
-        raise UsageError(f"target '{target.get('name')}' has no host (set it in targets.yml or "
-                         f"DATABRICKS_HOST)")
-    return host.rstrip("/")
+def same_host(a: str, b: str) -> bool:
+    """Two workspace URLs name the same workspace (scheme and host compared without case or a trailing slash)."""
+    return a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
 
 
-def workspace_client(target: dict) -> WorkspaceClient:
-    host = workspace_host(target)
+def workspace_host(target: dict, host: Optional[str] = None) -> str:
+    """Where the target's commands go: ``host`` (``--host``), else the target's host, else ``DATABRICKS_HOST``.
+
+    Fails closed: a ``DATABRICKS_HOST`` that names another workspace than the one chosen is refused (the SDK,
+    nutter and MLflow would otherwise read it), unless ``--host`` names that same workspace."""
+    name = target.get("name")
+    configured = (target.get("host") or "").rstrip("/")
+    environment = (os.environ.get("DATABRICKS_HOST") or "").rstrip("/")
+    if host is not None and not _HOST.fullmatch(host):
+        raise UsageError(f"--host '{host}' is not a workspace URL: give https://<instance> (e.g. "
+                         f"https://adb-<id>.<n>.azuredatabricks.net)")
+    chosen = (host or configured or environment).rstrip("/")
+    if not chosen:
+        raise UsageError(f"target '{name}' has no host (set it in targets.yml or DATABRICKS_HOST)")
+    if environment and not same_host(environment, chosen):
+        if host:
+            raise UsageError(f"--host {chosen} and DATABRICKS_HOST {environment} disagree: unset DATABRICKS_HOST "
+                             f"or give the same host to both")
+        raise UsageError(f"DATABRICKS_HOST is {environment} but target '{name}' is {configured}: unset "
+                         f"DATABRICKS_HOST, or pass --host {environment} if that workspace is meant")
+    return chosen
+
+
+def workspace_client(target: dict, host: Optional[str] = None) -> WorkspaceClient:
+    host = workspace_host(target, host)
     with translate_errors(host, "authenticate"):
         return WorkspaceClient(host=host)
 

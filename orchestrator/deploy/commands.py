@@ -3,18 +3,21 @@ nutter run of the deployed notebook tests. Argument parsing stays in ``orchestra
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
 from orchestrator.console import progress
 
 
-def _target_client(target_name: str):
+def _target_client(args: argparse.Namespace):
+    """The workspace client and host of ``args.target`` (``--host`` and ``DATABRICKS_HOST`` checked)."""
     from orchestrator.deploy.client import workspace_client, workspace_host
     from orchestrator.templates import target_settings
 
-    target = target_settings(target_name)
-    return workspace_client(target), workspace_host(target)
+    target = target_settings(args.target)
+    host = workspace_host(target, args.host)
+    return workspace_client(target, host), host
 
 
 def _job_name(job: str) -> str:
@@ -52,7 +55,7 @@ def run_remote(args: argparse.Namespace) -> int:
     from orchestrator.parameters import parse_overrides
 
     params = parse_overrides(args.param)
-    w, host = _target_client(args.target)
+    w, host = _target_client(args)
     job_id = runs.find_job(w, _job_name(args.job), host)
     runs.check_parameters(w, job_id, params, host, args.job)
     run_id = runs.trigger(w, job_id, params, host)
@@ -80,7 +83,7 @@ def _finish(w, run_id: int, host: str, as_json: bool) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
 
-    w, host = _target_client(args.target)
+    w, host = _target_client(args)
     job_id = runs.find_job(w, _job_name(args.job), host)
     print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
     for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
@@ -94,7 +97,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
     from orchestrator.parameters import parse_overrides
 
-    w, host = _target_client(args.target)
+    w, host = _target_client(args)
     runs.repair(w, args.run_id, parse_overrides(args.param), host)
     progress(f"repairing run {args.run_id}: rerunning its failed tasks")
     return _finish(w, args.run_id, host, args.json)
@@ -103,7 +106,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
 
-    w, host = _target_client(args.target)
+    w, host = _target_client(args)
     name = _job_name(args.job)
     job_id = runs.find_job(w, name, host)
     status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
@@ -117,12 +120,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from orchestrator.deploy import deployer
     from orchestrator.deploy.client import workspace_client
 
-    plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build)
+    plan = deployer.plan(args.target, args.version, args.dist, allow_build=not args.no_build, host=args.host)
     if args.dry_run:
         print(json.dumps(plan.describe(), indent=2))
         return 0
     progress(f"deploying version {plan.version} to target {args.target} ({plan.host})")
-    deployer.apply(plan, workspace_client(plan.target), progress, reset_schedule=args.reset_schedule)
+    deployer.apply(plan, workspace_client(plan.target, plan.host), progress, reset_schedule=args.reset_schedule)
     return 0
 
 
@@ -131,11 +134,13 @@ def nutter(args: argparse.Namespace) -> int:
     import json
     import shlex
 
+    from orchestrator.deploy.client import workspace_host
     from orchestrator.errors import UsageError
     from orchestrator.parameters import workspace_test_parameters
-    from orchestrator.templates import target_variables
+    from orchestrator.templates import target_settings, target_variables
 
     variables = target_variables(args.target)
+    host = workspace_host(target_settings(args.target), args.host)
     if not args.cluster_id:
         raise UsageError("give --cluster-id with --target (nutter runs on an existing cluster)")
     command = ["nutter", "run", f"{variables['workspace_root'].rstrip('/')}/tests/notebooks/{args.pattern}",
@@ -145,4 +150,5 @@ def nutter(args: argparse.Namespace) -> int:
         print(shlex.join(command))
         return 0
     args.junit.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.call(command, cwd=args.junit.parent)
+    # nutter reads DATABRICKS_HOST: give it the host checked above, not whatever the shell holds
+    return subprocess.call(command, cwd=args.junit.parent, env={**os.environ, "DATABRICKS_HOST": host})

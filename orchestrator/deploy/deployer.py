@@ -70,9 +70,10 @@ def _wheels(version: str, dist: Path, allow_build: bool) -> list[Path]:
     return wheels
 
 
-def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR, allow_build: bool = True) -> Plan:
+def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR, allow_build: bool = True,
+         host: Optional[str] = None) -> Plan:
     """What deploying ``version`` to ``target_name`` means. Without ``allow_build`` the wheels must already be
-    in ``dist`` (CD deploys exactly the wheels CI built)."""
+    in ``dist`` (CD deploys exactly the wheels CI built). ``host`` is the operator's ``--host``."""
     target = templates.target_settings(target_name)
     if target_name == "local":
         raise UsageError("the local target is run with `mlops run --local`, not deployed")
@@ -88,7 +89,7 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     jobs = {r.name: r.settings for r in rendered}
     keys = {r.job: r.name for r in rendered}
     starts = {r.name: {task: keys[started] for task, started in r.started_jobs.items()} for r in rendered}
-    return Plan(target, workspace_host(target), version, wheels, sums,
+    return Plan(target, workspace_host(target, host), version, wheels, sums,
                 wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
                 variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s})
 

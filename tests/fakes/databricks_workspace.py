@@ -155,6 +155,7 @@ class WorkspaceEmulator:
         self.jobs: dict[int, dict] = {}
         self.runs: dict[int, EmulatedRun] = {}
         self.faults: list[Fault] = []
+        self.targets_file: Optional[Any] = None   # a targets.yml naming this emulator (set by the tests' fixture)
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
         self.next_run_error: Optional[str] = None

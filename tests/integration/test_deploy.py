@@ -4,7 +4,9 @@ The tests assert on the exact requests the tool sends (paths and bodies), not on
 """
 import base64
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from databricks.sdk.service.jobs import JobSettings
@@ -116,7 +118,7 @@ def test_a_version_without_wheels_is_refused(workspace, mlops, tmp_path):
 
 
 def test_legacy_dbfs_wheels(workspace, mlops, tmp_path, monkeypatch):
-    targets = (REPO_ROOT / "job_templates/targets.yml").read_text().replace(
+    targets = workspace.targets_file.read_text().replace(
         "/Volumes/staging/taxi_fares/wheels", "dbfs:/FileStore/taxi_fares/wheels")
     (tmp_path / "targets.yml").write_text(targets)
     monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
@@ -280,7 +282,7 @@ def test_notebook_tests_on_a_target_run_nutter_on_the_deployed_notebooks(mlops):
 # --- what a real workspace refuses (each of these failed against the strict emulator before its fix) -------------
 
 def write_targets(tmp_path, monkeypatch, old, new):
-    targets = (REPO_ROOT / "job_templates/targets.yml").read_text()
+    targets = (Path(os.environ["MLOPS_TARGETS_FILE"])).read_text()  # the workspace fixture's: hosts = emulator
     assert old in targets
     (tmp_path / "targets.yml").write_text(targets.replace(old, new))
     monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
