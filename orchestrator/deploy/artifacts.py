@@ -1,21 +1,24 @@
 """Uploads that a deploy makes: wheels into a versioned folder, notebooks into the workspace.
 
-Both are idempotent: a wheel folder carries a ``SHA256SUMS`` that a redeploy compares first, and a notebook is
-exported and compared before it is imported, so unchanged content is never uploaded again.
+Both are idempotent: a wheel folder carries a ``SHA256SUMS`` that a redeploy compares first (a released version is
+never overwritten with other bytes, and each wheel is checked against it and repaired if it differs), and a notebook
+is exported and compared before it is imported, so unchanged content is never uploaded again.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import NotFound
 from databricks.sdk.service.workspace import ExportFormat, ImportFormat, Language
 
 from orchestrator.deploy.client import is_missing
+from orchestrator.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +67,36 @@ def wheel_uploads(wheels: list[Path], base: str, version: str) -> list[Upload]:
     return [Upload(w, f"{folder}/{w.name}") for w in wheels]
 
 
-def upload_wheels(w: WorkspaceClient, wheels: list[Path], sums: bytes, base: str, version: str) -> list[str]:
-    """Upload the wheels and their SHA256SUMS unless the folder already holds exactly these. Returns what was sent."""
+def upload_wheels(w: WorkspaceClient, wheels: list[Path], sums: bytes, base: str, version: str,
+                  say: Callable[[str], None] = logger.info) -> list[str]:
+    """Upload the wheels and their SHA256SUMS; returns what was sent.
+
+    A version folder with a SHA256SUMS is released: its wheels are never replaced by other bytes (refused: change
+    VERSION). A redeploy of the same wheels downloads each one, checks it against SHA256SUMS and repairs (says and
+    re-uploads) any that differ or are missing."""
     store = FileStore(w, base)
-    sums_path = f"{base.rstrip('/')}/{version}/SHA256SUMS"
-    if store.read(sums_path) == sums:
-        return []
+    folder = f"{base.rstrip('/')}/{version}"
+    sums_path = f"{folder}/SHA256SUMS"
+    released = store.read(sums_path)
+    if released is not None and released != sums:
+        raise UsageError(f"version {version} is already released at {folder} with other wheels (its SHA256SUMS "
+                         f"differs from the one built here): a released version is never overwritten; change VERSION")
+    uploads = wheel_uploads(wheels, base, version)
+    if released is not None:
+        lines = [line.split(None, 1) for line in sums.decode().splitlines() if line.strip()]
+        expected = {name.strip(): digest for digest, name in lines}
+        repaired = []
+        for upload in uploads:
+            current = store.read(upload.destination)
+            if current is None or hashlib.sha256(current).hexdigest() != expected.get(upload.source.name):
+                found = "missing" if current is None else f"sha256 {hashlib.sha256(current).hexdigest()}"
+                say(f"wheel {upload.destination} differs from SHA256SUMS ({found}, expected "
+                    f"{expected.get(upload.source.name)}): repairing it")
+                store.write(upload.destination, upload.source.read_bytes())
+                repaired.append(upload.destination)
+        return repaired
     sent = []
-    for upload in wheel_uploads(wheels, base, version):
+    for upload in uploads:
         store.write(upload.destination, upload.source.read_bytes())
         sent.append(upload.destination)
     store.write(sums_path, sums)  # last: a folder with SHA256SUMS is complete

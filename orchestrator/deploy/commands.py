@@ -56,7 +56,7 @@ def run_remote(args: argparse.Namespace) -> int:
 
     params = parse_overrides(args.param)
     w, host = _target_client(args)
-    job_id = runs.find_job(w, _job_name(args.job), host)
+    job_id = runs.find_job(w, _job_name(args.job), host, args.target)
     runs.check_parameters(w, job_id, params, host, args.job)
     run_id = runs.trigger(w, job_id, params, host)
     progress(f"started run {run_id} of job {job_id}: {host}/jobs/{job_id}/runs/{run_id}")
@@ -84,7 +84,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
 
     w, host = _target_client(args)
-    job_id = runs.find_job(w, _job_name(args.job), host)
+    job_id = runs.find_job(w, _job_name(args.job), host, args.target)
     print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
     for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
         when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
@@ -108,7 +108,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     w, host = _target_client(args)
     name = _job_name(args.job)
-    job_id = runs.find_job(w, name, host)
+    job_id = runs.find_job(w, name, host, args.target)
     status = runs.set_schedule(w, job_id, paused=args.pause, host=host)
     print(f"job {name} ({job_id}): schedule {status}")
     return 0

@@ -86,12 +86,27 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     notebooks = [Upload(src, f"{root}/{folder}/{src.stem}")
                  for folder in NOTEBOOK_SOURCES for src in sorted((REPO_ROOT / folder).glob("*.py"))]
     rendered = [templates.read_job(job, variables, target) for job in templates.JOBS]
-    jobs = {r.name: r.settings for r in rendered}
+    jobs = {r.name: with_ownership_tags(r.settings, target_name) for r in rendered}
     keys = {r.job: r.name for r in rendered}
     starts = {r.name: {task: keys[started] for task, started in r.started_jobs.items()} for r in rendered}
     return Plan(target, workspace_host(target, host), version, wheels, sums,
                 wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
                 variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s})
+
+
+PROJECT = "taxi_fares"
+OWNERSHIP_TAGS = ("project", "target")  # what marks a job as this tool's, deployed to this target
+
+
+def with_ownership_tags(settings: dict, target_name: str) -> dict:
+    """``settings`` tagged with the project and the target: the deployer resets and deletes only jobs so tagged."""
+    return {**settings, "tags": {**settings.get("tags", {}), "project": PROJECT, "target": target_name}}
+
+
+def owned_by(settings, target_name: str) -> bool:
+    """A deployed job's settings (SDK ``JobSettings``) carry this project's and this target's tags."""
+    tags = (settings.tags if settings is not None else None) or {}
+    return tags.get("project") == PROJECT and tags.get("target") == target_name
 
 
 def workspace_path(path: str) -> str:
@@ -150,7 +165,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     host = plan.host
     base = plan.wheel_uploads[0].destination.rsplit("/", 2)[0]
     with translate_errors(host, f"upload the wheels to {base}/{plan.version}"):
-        sent = upload_wheels(w, plan.wheels, plan.wheel_sums, base, plan.version)
+        sent = upload_wheels(w, plan.wheels, plan.wheel_sums, base, plan.version, say)
     uploaded = f"uploaded {len(sent)} file(s) to {base}/{plan.version}/" if sent else "unchanged, nothing uploaded"
     say(f"wheels {plan.version}: {uploaded}")
     imported = 0
@@ -166,7 +181,14 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     for name, settings in plan.jobs.items():
         settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
         with translate_errors(host, f"create or reset job {name}"):
-            existing = [j.job_id for j in w.jobs.list(name=name)]
+            # looked up (by name and tags) before any create: a jobs/create the SDK retried after it was applied
+            # left a tagged job, which this finds instead of creating a second
+            same_name = list(w.jobs.list(name=name))
+            existing = [j.job_id for j in same_name if owned_by(j.settings, plan.target["name"])]
+            for other in same_name:
+                if other.job_id not in existing:
+                    say(f"job {name}: left {other.job_id} alone (not tagged project={PROJECT}, "
+                        f"target={plan.target['name']}: this tool did not deploy it)")
             if existing:
                 job_id = existing[0]
                 if not reset_schedule:

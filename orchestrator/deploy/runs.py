@@ -23,11 +23,16 @@ TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 POLL_SECONDS_ENV = environment.POLL_SECONDS.name
 
 
-def find_job(w: WorkspaceClient, name: str, host: str) -> int:
+def find_job(w: WorkspaceClient, name: str, host: str, target: Optional[str] = None) -> int:
+    """The job of that name; with ``target``, only one the deployer tagged for it (others are not ours to run)."""
+    from orchestrator.deploy.deployer import owned_by
+
     with translate_errors(host, f"find job {name}"):
-        ids = [j.job_id for j in w.jobs.list(name=name)]
+        found = list(w.jobs.list(name=name))
+    ids = [j.job_id for j in found if target is None or owned_by(j.settings, target)]
     if not ids:
-        raise UsageError(f"no job named '{name}' at {host}: deploy it first (mlops deploy --target ...)")
+        others = f" ({len(found)} of that name not deployed by this tool to target '{target}')" if found else ""
+        raise UsageError(f"no job named '{name}' at {host}{others}: deploy it first (mlops deploy --target ...)")
     if len(ids) > 1:
         raise UsageError(f"{len(ids)} jobs are named '{name}' at {host} ({ids}): redeploy to keep one")
     return ids[0]
