@@ -30,7 +30,9 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
     """Raw trips of the config's range, validated: bad rows fail the job (``validation_mode=fail``) or come back
     apart, each with the rules it breaks (``quarantine``).
 
-    ``with_lookback`` also reads the trips the first feature windows of the range reach back to.
+    ``with_lookback`` also reads the trips the first feature windows of the range reach back to. Trips without a
+    pickup time belong to no range: every run reads them (they are invalid), so they are counted, and quarantined
+    under the run's range and run id, by whichever run comes, rather than by none.
     """
     start, end = config.time_range
     if with_lookback:
@@ -38,6 +40,7 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
                 | in_range(F.col(DROPOFF_TS), start - dt.timedelta(seconds=DROPOFF_WINDOW_SECONDS), end))
     else:
         rows = in_range(F.col(PICKUP_TS), start, end)
+    rows = rows | F.col(PICKUP_TS).isNull()
     with _raw_trips_checked():
         result = validate_trips(lakehouse.read(spark, RAW_TRIPS).filter(rows), mode=config.validation_mode)
     if result.rows == 0:
@@ -81,17 +84,19 @@ def _no_trips(config: JobConfig) -> DataError:
 
 def quarantine(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, quarantined: DataFrame,
                mlflow_run_id: str) -> dict[str, int]:
-    """Replace the range's rows of ``quarantined_trips`` by ``quarantined`` (trips of the range only), each with
-    the rules it broke, the run and the range: a rerun never duplicates them. Returns the count per rule."""
+    """Replace the range's rows of ``quarantined_trips`` by ``quarantined`` (trips of the range, and the trips
+    without a pickup time, which belong to no range: each run replaces them under its own range and run id), each
+    with the rules it broke, the run and the range: a rerun never duplicates them. Returns the count per rule."""
     start, end = config.time_range
-    rows = (quarantined.filter(in_range(F.col(PICKUP_TS), start, end))
+    ours = in_range(F.col(PICKUP_TS), start, end) | F.col(PICKUP_TS).isNull()
+    rows = (quarantined.filter(ours)
             .withColumn("mlflow_run_id", F.lit(mlflow_run_id))
             .withColumn("range_start", F.lit(config.start_date))
             .withColumn("range_end", F.lit(config.end_date))
             .withColumn("quarantined_at", F.current_timestamp()))
-    lakehouse.replace_range(spark, rows, QUARANTINED_TRIPS, PICKUP_TS, start, end)
+    lakehouse.replace_range(spark, rows, QUARANTINED_TRIPS, PICKUP_TS, start, end, with_nulls=True)
     by_rule = (lakehouse.read(spark, QUARANTINED_TRIPS)
-               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("mlflow_run_id") == mlflow_run_id))
+               .filter(ours & (F.col("mlflow_run_id") == mlflow_run_id))
                .select(F.explode(VIOLATIONS_COLUMN).alias("rule")).groupBy("rule").count().collect())
     return {row["rule"]: int(row["count"]) for row in sorted(by_rule, key=lambda r: r["rule"])}
 

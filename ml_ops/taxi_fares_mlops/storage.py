@@ -170,8 +170,10 @@ class Lakehouse:
         return counts
 
     def replace_range(self, spark: SparkSession, df: DataFrame, table: str, column: str,
-                      start, end, stats_columns: Optional[Sequence[str]] = None) -> int:
-        """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit).
+                      start, end, stats_columns: Optional[Sequence[str]] = None, with_nulls: bool = False) -> int:
+        """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit); ``with_nulls``
+        also the rows whose ``column`` is null (rows that belong to no range, which every writer of a range
+        replaces: the quarantine's trips without a pickup time).
 
         ``df`` must only hold rows of that range. Rerunning the same range never duplicates rows.
         Returns the number of rows written. ``stats_columns``: the only columns a new table keeps data-skipping
@@ -183,6 +185,8 @@ class Lakehouse:
         types = {field.name: field.dataType for field in df.schema.fields}
         kind = types.get(column)
         condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
+        if with_nulls:
+            condition = f"({condition}) OR `{column}` IS NULL"
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)

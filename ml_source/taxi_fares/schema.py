@@ -16,7 +16,8 @@ from pyspark.sql import types as T
 
 from taxi_fares.aggregates import one_row
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP, TRIP_ID
-from taxi_fares.trip_rules import MAX_DISTANCE_MILES, MAX_FARE, MAX_TRIP_HOURS, ROW_RULES
+from taxi_fares.trip_rules import (FLOAT_COLUMNS, MAX_DISTANCE_MILES, MAX_FARE, MAX_TRIP_HOURS, ROW_RULES, SPOKEN,
+                                   nan_key)
 
 __all__ = ["DISTANCE", "DROPOFF_TS", "DROPOFF_ZIP", "FARE", "MAX_DISTANCE_MILES", "MAX_FARE", "MAX_TRIP_HOURS",
            "PICKUP_TS", "PICKUP_ZIP", "TRIP_ID"]
@@ -47,7 +48,8 @@ QUARANTINE = "quarantine"
 
 @dataclass(frozen=True)
 class Violation:
-    """One kind of problem: the column it concerns, the rule it breaks, and how many rows (None for schema)."""
+    """One kind of problem: the column it concerns, the rule it breaks, and how many rows (None for schema). A row
+    rule is a sentence about the row ("the fare is negative"), as quarantined rows carry it."""
 
     column: str
     rule: str
@@ -56,7 +58,7 @@ class Violation:
     def message(self) -> str:
         if self.count is None:
             return f"column '{self.column}': {self.rule}"
-        return f"column '{self.column}': {self.count} row(s) {self.rule}"
+        return f"column '{self.column}': {self.count} row(s) where {self.rule}"
 
 
 class TripValidationError(ValueError):
@@ -101,11 +103,16 @@ def schema_violations(df: DataFrame) -> list[Violation]:
 
 def _row_rules() -> list[tuple[str, str, Column]]:
     """(column, rule, condition-that-flags-a-bad-row). Null checks guard the comparisons below them."""
-    rules = [(c, "have a null value", F.col(c).isNull()) for c in KEY_COLUMNS]
+    rules = [(c, f"{SPOKEN[c]} is missing", F.col(c).isNull()) for c in KEY_COLUMNS]
     # Times as whole microseconds since the epoch, as the online service gives them to the same rules:
     # `timestamp + INTERVAL` would convert every row through the session's time zone (java.time), a cost of the
     # scoring job's every row; an interval of hours is an exact duration, so the rule is the same.
     values = {c: F.unix_micros(c) if c in (PICKUP_TS, DROPOFF_TS) else F.col(c) for c in RAW_TRIP_SCHEMA.names}
+    # NaN as the rules read it (taxi_fares.trip_rules.nan_key): its own rule sees it, the comparisons see a null
+    # (Spark orders NaN above every number: "NaN > 1000" would call a NaN distance one above 1,000 miles).
+    for c in FLOAT_COLUMNS:
+        values[nan_key(c)] = F.isnan(c)
+        values[c] = F.nanvl(F.col(c), F.lit(None).cast(T.DoubleType()))
     rules += [(r.column, r.rule, r.breaks(values)) for r in ROW_RULES]
     return rules
 
@@ -136,8 +143,8 @@ def validate_trips(df: DataFrame, mode: str = FAIL) -> ValidationResult:
         raise TripValidationError(violations)
 
     broken = _broken(rules)
-    # Quarantined rows carry the names of the rules they break.
-    flags = F.filter(F.array(*[F.when(b, F.lit(f"{column} {rule}")) for b, (column, rule, _) in zip(broken, rules)]),
+    # Quarantined rows carry the rules they break, each a sentence about the row ("the fare is negative").
+    flags = F.filter(F.array(*[F.when(b, F.lit(rule)) for b, (_, rule, _) in zip(broken, rules)]),
                      lambda x: x.isNotNull())
     quarantined = df.filter(_any(broken)).withColumn(VIOLATIONS_COLUMN, flags)
     return ValidationResult(valid=_valid(df, broken), quarantined=quarantined, violations=violations,

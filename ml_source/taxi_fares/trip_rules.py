@@ -11,21 +11,37 @@ extreme but possible values are left to the outlier model.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from taxi_fares.columns import DISTANCE, DROPOFF_TS, FARE, PICKUP_TS
+from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP
 
 MAX_FARE = 10_000.0
 MAX_DISTANCE_MILES = 1_000.0
 MAX_TRIP_HOURS = 24
 MICROS_PER_HOUR = 3600 * 10**6
+MIN_ZIP, MAX_ZIP = 1, 99_999
+
+# How a violation speaks of each column: a rule reads as a sentence about the row ("the fare is negative").
+SPOKEN = {PICKUP_TS: "the pickup time", DROPOFF_TS: "the dropoff time", DISTANCE: "the trip distance",
+          FARE: "the fare", PICKUP_ZIP: "the pickup zip", DROPOFF_ZIP: "the dropoff zip"}
+# Columns of floating-point numbers: NaN breaks a rule of its own, and no other rule of the column sees it.
+FLOAT_COLUMNS = (DISTANCE, FARE)
+
+
+def nan_key(column: str) -> str:
+    """The key under which a rule reads whether ``column`` is NaN. The two worlds disagree on NaN (Spark orders
+    it above every number, so ``NaN > 1000`` is true there and false in Python): each gives the rules NaN-ness
+    under this key, and Spark gives NaN as null to the comparisons, so only the NaN rule sees it."""
+    return f"{column} is NaN"
 
 
 @dataclass(frozen=True)
 class RowRule:
-    """A rule a row breaks: the column it is reported on, its wording for a count ("N row(s) <rule>"), the columns
-    it reads, and the test that is true for a row that breaks it (times as epoch microseconds)."""
+    """A rule a row breaks: the column it is reported on, its wording as a sentence about the row ("the fare is
+    negative"), the columns it reads, and the test that is true for a row that breaks it (times as epoch
+    microseconds, NaN-ness of a float column under ``nan_key``)."""
 
     column: str
     rule: str
@@ -33,19 +49,34 @@ class RowRule:
     breaks: Callable[[Mapping[str, Any]], Any]
 
 
+def _not_a_number(column: str) -> RowRule:
+    return RowRule(column, f"{SPOKEN[column]} is not a number", (column,), lambda v: v[nan_key(column)])
+
+
+def _zip_outside(column: str) -> RowRule:
+    return RowRule(column, f"{SPOKEN[column]} is outside {MIN_ZIP} to {MAX_ZIP:,}", (column,),
+                   lambda v: (v[column] < MIN_ZIP) | (v[column] > MAX_ZIP))
+
+
 ROW_RULES = (
-    RowRule(DISTANCE, "have a negative distance", (DISTANCE,), lambda v: v[DISTANCE] < 0),
-    RowRule(DISTANCE, f"have a distance above {MAX_DISTANCE_MILES:,.0f} miles", (DISTANCE,),
+    _not_a_number(DISTANCE),
+    RowRule(DISTANCE, "the trip distance is negative", (DISTANCE,), lambda v: v[DISTANCE] < 0),
+    RowRule(DISTANCE, f"the trip distance is above {MAX_DISTANCE_MILES:,.0f} miles", (DISTANCE,),
             lambda v: v[DISTANCE] > MAX_DISTANCE_MILES),
-    RowRule(FARE, "have a negative fare", (FARE,), lambda v: v[FARE] < 0),
-    RowRule(FARE, f"have a fare above {MAX_FARE:,.0f}", (FARE,), lambda v: v[FARE] > MAX_FARE),
-    RowRule(DROPOFF_TS, "have a dropoff before the pickup", (PICKUP_TS, DROPOFF_TS),
+    _not_a_number(FARE),
+    RowRule(FARE, "the fare is negative", (FARE,), lambda v: v[FARE] < 0),
+    RowRule(FARE, f"the fare is above {MAX_FARE:,.0f}", (FARE,), lambda v: v[FARE] > MAX_FARE),
+    _zip_outside(PICKUP_ZIP),
+    _zip_outside(DROPOFF_ZIP),
+    RowRule(DROPOFF_TS, "the dropoff is before the pickup", (PICKUP_TS, DROPOFF_TS),
             lambda v: v[DROPOFF_TS] < v[PICKUP_TS]),
-    RowRule(DROPOFF_TS, f"have a trip longer than {MAX_TRIP_HOURS} hours", (PICKUP_TS, DROPOFF_TS),
+    RowRule(DROPOFF_TS, f"the trip is longer than {MAX_TRIP_HOURS} hours", (PICKUP_TS, DROPOFF_TS),
             lambda v: v[DROPOFF_TS] - v[PICKUP_TS] > MAX_TRIP_HOURS * MICROS_PER_HOUR),
 )
 
 
 def broken_rules(values: Mapping[str, Any]) -> list[RowRule]:
     """The rules one row of plain values breaks, of those whose columns it has (a request's trip has no fare)."""
-    return [r for r in ROW_RULES if all(c in values for c in r.reads) and bool(r.breaks(values))]
+    plain = {**values, **{nan_key(c): isinstance(v, float) and math.isnan(v) for c, v in values.items()
+                          if c in FLOAT_COLUMNS}}
+    return [r for r in ROW_RULES if all(c in values for c in r.reads) and bool(r.breaks(plain))]

@@ -1,6 +1,7 @@
 """validation_mode=quarantine keeps the invalid trips: in ``quarantined_trips``, with the rules each broke, the
 run and the range; the valid trips are scored; rerunning the range replaces, never duplicates, them.
-(A trip without a pickup time belongs to no range, so no job ever reads it: that rule cannot show up here.)"""
+A trip without a pickup time belongs to no range: every run reads it, and it is kept under the range and run id of
+the last run that quarantined it."""
 import datetime as dt
 
 from mlflow.tracking import MlflowClient
@@ -18,15 +19,20 @@ BAD = [  # (trip_id, pickup, dropoff, distance, fare, pickup_zip, dropoff_zip) -
     (9_000_004, T0, T0 + dt.timedelta(minutes=9), -1.5, 9.0, 10001, 10002),
     (9_000_005, T0, T0 - dt.timedelta(minutes=5), 2.0, 9.0, 10001, 10002),
     (9_000_006, T0, T0 - dt.timedelta(minutes=5), -3.0, 9.0, None, 10002),
+    (9_000_007, None, T0, 2.0, 9.0, 10001, 10002),
+    (9_000_008, None, None, 2.0, 9.0, 10001, 10002),
+    (9_000_009, T0, T0 + dt.timedelta(minutes=9), float("nan"), float("nan"), 10001, 10002),
 ]
 EXPECTED = {
-    9_000_001: ["tpep_dropoff_datetime have a null value"],
-    9_000_002: ["pickup_zip have a null value"],
-    9_000_003: ["dropoff_zip have a null value"],
-    9_000_004: ["trip_distance have a negative distance"],
-    9_000_005: ["tpep_dropoff_datetime have a dropoff before the pickup"],
-    9_000_006: ["pickup_zip have a null value", "trip_distance have a negative distance",
-                "tpep_dropoff_datetime have a dropoff before the pickup"],
+    9_000_001: ["the dropoff time is missing"],
+    9_000_002: ["the pickup zip is missing"],
+    9_000_003: ["the dropoff zip is missing"],
+    9_000_004: ["the trip distance is negative"],
+    9_000_005: ["the dropoff is before the pickup"],
+    9_000_006: ["the pickup zip is missing", "the trip distance is negative", "the dropoff is before the pickup"],
+    9_000_007: ["the pickup time is missing"],
+    9_000_008: ["the pickup time is missing", "the dropoff time is missing"],
+    9_000_009: ["the trip distance is not a number", "the fare is not a number"],
 }
 
 
@@ -43,11 +49,12 @@ def test_quarantined_trips_keep_their_rules_and_the_valid_ones_are_scored(
     valid_rows = _with_bad_rows(spark, trips_lakehouse)
     trained = run_job(training_config(), spark)
     assert trained["stages"]["feature_engineering"]["quarantined"] == {
-        "dropoff_zip have a null value": 1, "pickup_zip have a null value": 2,
-        "tpep_dropoff_datetime have a dropoff before the pickup": 2, "tpep_dropoff_datetime have a null value": 1,
-        "trip_distance have a negative distance": 2}
+        "the dropoff zip is missing": 1, "the pickup zip is missing": 2, "the dropoff is before the pickup": 2,
+        "the dropoff time is missing": 2, "the pickup time is missing": 2, "the trip distance is negative": 2,
+        "the trip distance is not a number": 1, "the fare is not a number": 1}
     metrics = MlflowClient().get_run(trained["mlflow_run_id"]).data.metrics
-    assert metrics["quarantined.trip_distance_have_a_negative_distance"] == 2.0
+    assert metrics["quarantined.the_trip_distance_is_negative"] == 2.0
+    assert metrics["quarantined.the_pickup_time_is_missing"] == 2.0
 
     scored = run_job(scoring_config(), spark)
     quarantined = trips_lakehouse.read(spark, QUARANTINED_TRIPS)
@@ -78,6 +85,22 @@ def test_fail_mode_writes_no_quarantine(spark, trips_lakehouse, mlflow_store, tr
     from taxi_fares_mlops.errors import StageError
 
     _with_bad_rows(spark, trips_lakehouse)
-    with pytest.raises(StageError, match="DataError: table 'raw_trips'.*negative distance"):
+    with pytest.raises(StageError, match="DataError: table 'raw_trips'.*where the trip distance is negative"):
         run_job(training_config(validation_mode="fail"), spark)
     assert not trips_lakehouse.exists(spark, QUARANTINED_TRIPS)
+
+
+def test_a_trip_without_a_pickup_time_is_kept_by_each_run_under_its_range(spark, trips_lakehouse, mlflow_store,
+                                                                          training_config):
+    _with_bad_rows(spark, trips_lakehouse)
+    only_features = dict(execute_training=False, execute_promotion=False)
+    first = run_job(training_config(**only_features), spark)
+    second = run_job(training_config(start_date="2016-01-11", end_date="2016-01-18", **only_features), spark)
+    rows = {r["trip_id"]: r for r in trips_lakehouse.read(spark, QUARANTINED_TRIPS).collect()}
+    undated = {trip: (r["range_start"], r["mlflow_run_id"]) for trip, r in rows.items()
+               if r["tpep_pickup_datetime"] is None}
+    # the rows without a pickup time moved to the later run's range, once each; the dated ones stay where they were
+    assert undated == {9_000_007: (dt.date(2016, 1, 11), second["mlflow_run_id"]),
+                       9_000_008: (dt.date(2016, 1, 11), second["mlflow_run_id"])}
+    assert {r["mlflow_run_id"] for t, r in rows.items() if t not in undated} == {first["mlflow_run_id"]}
+    assert len(rows) == len(EXPECTED)

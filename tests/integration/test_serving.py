@@ -176,7 +176,7 @@ def test_bad_input_gets_a_422_naming_each_field_and_too_many_trips_a_413(served)
                        (("body", "trips", 2), "value_error"),
                        (("body", "trips", 3, "pickup_time"), "datetime_from_date_parsing"),
                        (("body", "trips", 4, "extra"), "extra_forbidden")}, located
-    assert any("dropoff_time: trips that have a dropoff before the pickup are invalid" in e["msg"]
+    assert any("dropoff_time: an invalid trip: the dropoff is before the pickup" in e["msg"]
                for e in body["detail"])
     assert call(url + "/v1/predict", {"trips": []})[0] == 422
     status, body, _ = call(url + "/v1/predict", {"trips": [good] * (MAX_TRIPS + 1)})

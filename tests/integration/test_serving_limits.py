@@ -308,27 +308,28 @@ def test_a_422_quotes_at_most_a_short_excerpt_of_a_bad_value(app):
 
 def test_online_refuses_the_trips_batch_validation_refuses(app):
     pickup = "2016-01-05T10:00:00"
-    cases = {"2016-01-08T10:00:00": "dropoff_time: trips that have a trip longer than 24 hours are invalid",
-             "2016-01-05T09:59:59": "dropoff_time: trips that have a dropoff before the pickup are invalid"}
+    cases = {"2016-01-08T10:00:00": "dropoff_time: an invalid trip: the trip is longer than 24 hours",
+             "2016-01-05T09:59:59": "dropoff_time: an invalid trip: the dropoff is before the pickup"}
     for dropoff, message in cases.items():
         status, body, _ = predict(app, {"trips": [{**GOOD, "pickup_time": pickup, "dropoff_time": dropoff}]})
         assert status == 422 and body["detail"][0]["loc"] == ["body", "trips", 0], body
         assert message in body["detail"][0]["msg"]
     exactly_a_day = {**GOOD, "pickup_time": pickup, "dropoff_time": "2016-01-06T10:00:00"}
     assert predict(app, {"trips": [exactly_a_day]})[0] == 200
-    for distance, rule in ((-0.1, "have a negative distance"), (1000.5, "have a distance above 1,000 miles")):
+    for distance, rule in ((-0.1, "the trip distance is negative"), (1000.5, "the trip distance is above 1,000 miles")):
         status, body, _ = predict(app, {"trips": [{**GOOD, "trip_distance": distance}]})
-        assert status == 422 and f"trip_distance: trips that {rule} are invalid" in body["detail"][0]["msg"]
+        assert status == 422 and f"trip_distance: an invalid trip: {rule}" in body["detail"][0]["msg"]
 
 
 def test_online_reads_the_very_rules_batch_reads(app, monkeypatch):
     from taxi_fares import trip_rules
     from taxi_fares.columns import DISTANCE
 
-    stricter = trip_rules.RowRule(DISTANCE, "have a distance above 5 miles", (DISTANCE,), lambda v: v[DISTANCE] > 5)
+    stricter = trip_rules.RowRule(DISTANCE, "the trip distance is above 5 miles", (DISTANCE,),
+                                  lambda v: v[DISTANCE] > 5)
     monkeypatch.setattr(trip_rules, "ROW_RULES", (*trip_rules.ROW_RULES, stricter))
     status, body, _ = predict(app, {"trips": [{**GOOD, "trip_distance": 6.0}]})
-    assert status == 422 and "trips that have a distance above 5 miles are invalid" in body["detail"][0]["msg"]
+    assert status == 422 and "an invalid trip: the trip distance is above 5 miles" in body["detail"][0]["msg"]
 
 
 # --- no input gets a 5xx ------------------------------------------------------------------------------------------

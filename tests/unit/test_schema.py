@@ -21,30 +21,31 @@ def test_good_trips_pass_unchanged(make_trips):
     assertDataFrameEqual(result.valid, trips)
 
 
-@pytest.mark.parametrize("column, index", [
-    ("tpep_pickup_datetime", 0), ("tpep_dropoff_datetime", 1), ("pickup_zip", 4), ("dropoff_zip", 5),
+@pytest.mark.parametrize("column, index, spoken", [
+    ("tpep_pickup_datetime", 0, "the pickup time"), ("tpep_dropoff_datetime", 1, "the dropoff time"),
+    ("pickup_zip", 4, "the pickup zip"), ("dropoff_zip", 5, "the dropoff zip"),
 ])
-def test_null_key_is_named_with_count(make_trips, column, index):
+def test_null_key_is_named_with_count(make_trips, column, index, spoken):
     bad = list(GOOD)
     bad[index] = None
     with pytest.raises(TripValidationError) as excinfo:
         validate_trips(make_trips([GOOD, tuple(bad), tuple(bad)]))
-    assert excinfo.value.violations == [Violation(column, "have a null value", 2)]
-    assert f"column '{column}': 2 row(s) have a null value" in _messages(excinfo)
+    assert excinfo.value.violations == [Violation(column, f"{spoken} is missing", 2)]
+    assert f"column '{column}': 2 row(s) where {spoken} is missing" in _messages(excinfo)
 
 
 def test_negative_distance_is_named_with_count(make_trips):
     bad = ("2016-01-04 10:00", "2016-01-04 10:20", -1.5, 12.5, 10001, 10002)
     with pytest.raises(TripValidationError) as excinfo:
         validate_trips(make_trips([GOOD, bad, bad, bad]))
-    assert "column 'trip_distance': 3 row(s) have a negative distance" in _messages(excinfo)
+    assert "column 'trip_distance': 3 row(s) where the trip distance is negative" in _messages(excinfo)
 
 
 def test_dropoff_before_pickup_is_named_with_count(make_trips):
     bad = ("2016-01-04 10:00", "2016-01-04 09:59", 1.0, 12.5, 10001, 10002)
     with pytest.raises(TripValidationError) as excinfo:
         validate_trips(make_trips([bad, GOOD]))
-    assert "column 'tpep_dropoff_datetime': 1 row(s) have a dropoff before the pickup" in _messages(excinfo)
+    assert "column 'tpep_dropoff_datetime': 1 row(s) where the dropoff is before the pickup" in _messages(excinfo)
 
 
 def test_a_trip_of_exactly_the_longest_duration_is_valid_one_second_more_is_not(make_trips):
@@ -53,7 +54,7 @@ def test_a_trip_of_exactly_the_longest_duration_is_valid_one_second_more_is_not(
     assert validate_trips(make_trips([longest, GOOD])).ok
     with pytest.raises(TripValidationError) as excinfo:
         validate_trips(make_trips([longest, longer, GOOD]))
-    assert excinfo.value.violations == [Violation("tpep_dropoff_datetime", "have a trip longer than 24 hours", 1)]
+    assert excinfo.value.violations == [Violation("tpep_dropoff_datetime", "the trip is longer than 24 hours", 1)]
 
 
 def test_all_row_problems_are_reported_together(make_trips):
@@ -75,9 +76,44 @@ def test_quarantine_splits_rows_and_names_their_problems(make_trips):
     assertDataFrameEqual(result.valid, make_trips([GOOD]))
     problems = sorted(tuple(sorted(r[VIOLATIONS_COLUMN])) for r in result.quarantined.collect())
     assert problems == [
-        ("tpep_dropoff_datetime have a dropoff before the pickup", "trip_distance have a negative distance"),
-        ("trip_distance have a negative distance",),
+        ("the dropoff is before the pickup", "the trip distance is negative"),
+        ("the trip distance is negative",),
     ]
+
+
+@pytest.mark.parametrize("distance, fare, column, rule", [
+    (float("nan"), 12.5, "trip_distance", "the trip distance is not a number"),
+    (2.0, float("nan"), "fare_amount", "the fare is not a number"),
+    (float("inf"), 12.5, "trip_distance", "the trip distance is above 1,000 miles"),
+    (float("-inf"), 12.5, "trip_distance", "the trip distance is negative"),
+    (2.0, float("inf"), "fare_amount", "the fare is above 10,000"),
+])
+def test_nan_breaks_its_own_rule_and_infinity_the_bound_it_passes(make_trips, distance, fare, column, rule):
+    bad = ("2016-01-04 10:00", "2016-01-04 10:20", distance, fare, 10001, 10002)
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([GOOD, bad]))
+    assert excinfo.value.violations == [Violation(column, rule, 1)]
+    quarantined = validate_trips(make_trips([GOOD, bad]), mode=QUARANTINE).quarantined.collect()
+    assert [r[VIOLATIONS_COLUMN] for r in quarantined] == [[rule]]
+
+
+def test_the_online_service_reads_nan_as_batch_does():
+    from taxi_fares.trip_rules import broken_rules
+
+    assert [r.rule for r in broken_rules({"trip_distance": float("nan")})] == ["the trip distance is not a number"]
+    assert [r.rule for r in broken_rules({"fare_amount": float("nan")})] == ["the fare is not a number"]
+    assert broken_rules({"trip_distance": 2.0, "fare_amount": 9.0}) == []
+
+
+@pytest.mark.parametrize("pickup_zip, dropoff_zip, column, rule", [
+    (0, 10002, "pickup_zip", "the pickup zip is outside 1 to 99,999"),
+    (10001, 100000, "dropoff_zip", "the dropoff zip is outside 1 to 99,999"),
+])
+def test_a_zip_out_of_range_is_named(make_trips, pickup_zip, dropoff_zip, column, rule):
+    bad = ("2016-01-04 10:00", "2016-01-04 10:20", 2.0, 12.5, pickup_zip, dropoff_zip)
+    with pytest.raises(TripValidationError) as excinfo:
+        validate_trips(make_trips([GOOD, bad]))
+    assert excinfo.value.violations == [Violation(column, rule, 1)]
 
 
 def test_missing_and_mistyped_columns_are_all_reported(make_trips):

@@ -144,7 +144,7 @@ class Trip(BaseModel):
         broken = broken_rules({PICKUP_TS: _micros(self.pickup_time), DROPOFF_TS: _micros(self.dropoff_time),
                                DISTANCE: self.trip_distance})
         if broken:
-            raise ValueError("; ".join(f"{FIELD_OF.get(r.column, r.column)}: trips that {r.rule} are invalid "
+            raise ValueError("; ".join(f"{FIELD_OF.get(r.column, r.column)}: an invalid trip: {r.rule} "
                                        f"(batch validation's rule)" for r in broken))
         return self
 
