@@ -13,11 +13,14 @@ clusters) does not give, and the same SQL runs on a classic session.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import random
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, TimestampType
@@ -45,6 +48,60 @@ MLOPS_HOME_ENV = environment.HOME.name
 # without a Delta log.
 MISSING_TABLE_CONDITIONS = ("TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "DELTA_TABLE_NOT_FOUND",
                             "DELTA_MISSING_DELTA_TABLE")
+
+# Delta's optimistic concurrency: a commit that conflicts with one another writer made since it read the table
+# (jobs of overlapping ranges started together: two MERGEs into a feature table, two range replacements, two
+# writers creating the same table) fails with one of these, and is safe to run again from the start. Names of the
+# Java classes and of Delta's error conditions, as either may be all that reaches Python; "already exists": a
+# table created by another writer between our check and our create.
+CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+             "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException",
+             "ConcurrentWriteException", "DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+             "DELTA_PATH_EXISTS", "TABLE_OR_VIEW_ALREADY_EXISTS")
+CONFLICT_ATTEMPTS = 6
+CONFLICT_BACKOFF_SECONDS = 0.5  # doubled after each conflict, with jitter so two writers do not retry in step
+
+T = TypeVar("T")
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a Delta write conflict."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen}"
+        if any(marker in text for marker in CONFLICTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retried_on_conflict(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Run a whole write again (its existence check included) when it meets a concurrent writer's commit, with
+    backoff; after ``CONFLICT_ATTEMPTS`` a StorageError naming the table and the conflict."""
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def retried(self: "Lakehouse", *args, **kwargs) -> T:
+            table = kwargs.get("table") or next(a for a in args if isinstance(a, str))
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if not _conflict(exc):
+                        raise
+                    cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ else exc
+                    if attempt == CONFLICT_ATTEMPTS:
+                        raise StorageError(
+                            f"could not {action} table '{table}' at {self.location(table)}: gave up after "
+                            f"{attempt} attempts, each in conflict with another writer of the table (the last: "
+                            f"{first_line(cause, with_type=True)})") from exc
+                    delay = CONFLICT_BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                    logger.warning("%s table %s: in conflict with another writer (%s); retrying in %.1f s "
+                                   "(attempt %d of %d)", action, table, first_line(cause, with_type=True), delay,
+                                   attempt + 1, CONFLICT_ATTEMPTS)
+                    time.sleep(delay)
+            raise AssertionError("unreachable")
+        return retried
+    return decorate
 
 
 def default_root() -> str:
@@ -135,24 +192,30 @@ class Lakehouse:
             raise StorageError(f"could not read table '{table}' at {self.location(table)}: "
                                f"{first_line(exc)}") from exc
 
+    @_retried_on_conflict("write")
     def write(self, df: DataFrame, table: str, mode: str = "overwrite",
               partition_by: Sequence[str] = ()) -> None:
         """Write a whole table atomically (Delta commits are all-or-nothing)."""
         with self._wrapped("write", table):
-            writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
+            writer = df.write.format("delta").mode(mode)
+            if mode == "overwrite":
+                writer = writer.option("overwriteSchema", "true")
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
             self._save(df.sparkSession, writer, table)
         logger.info("wrote table %s (%s)", table, mode)
 
+    @_retried_on_conflict("merge into")
     def merge(self, spark: SparkSession, df: DataFrame, table: str, keys: Sequence[str]) -> dict[str, int]:
         """Upsert ``df`` into ``table`` on ``keys`` (one atomic Delta MERGE); create the table if missing.
 
         Rows whose values are unchanged are not rewritten, so merging the same rows twice changes nothing.
-        Returns the MERGE's row counts (inserted, updated).
+        Returns the MERGE's row counts (inserted, updated). A writer that creates or changes the table meanwhile
+        makes it start again (a MERGE then), never overwrite the other's rows.
         """
         if not self.exists(spark, table):
-            self.write(df, table)
+            with self._wrapped("create", table):  # refused if another writer created it meanwhile: then a MERGE
+                self._save(spark, df.write.format("delta").mode("errorifexists"), table)
             return {**self._last_metrics(spark, table, inserted="numOutputRows"), "updated": 0}
         source = f"merge_source_{uuid.uuid4().hex}"
         with self._wrapped("merge into", table):
@@ -161,14 +224,17 @@ class Lakehouse:
             changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values) or "false"
             df.createOrReplaceTempView(source)
             try:
-                spark.sql(f"MERGE INTO {self._sql_name(table)} t USING {source} s ON {on} "
-                          f"WHEN MATCHED AND ({changed}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+                # the MERGE's own counts: the table's last commit may be another writer's
+                merged = spark.sql(f"MERGE INTO {self._sql_name(table)} t USING {source} s ON {on} "
+                                   f"WHEN MATCHED AND ({changed}) THEN UPDATE SET * "
+                                   f"WHEN NOT MATCHED THEN INSERT *").first()
             finally:
                 spark.catalog.dropTempView(source)
-        counts = self._last_metrics(spark, table, inserted="numTargetRowsInserted", updated="numTargetRowsUpdated")
+        counts = {"inserted": int(merged["num_inserted_rows"]), "updated": int(merged["num_updated_rows"])}
         logger.info("merged into table %s: %s", table, counts)
         return counts
 
+    @_retried_on_conflict("replace a range of")
     def replace_range(self, spark: SparkSession, df: DataFrame, table: str, column: str,
                       start, end, stats_columns: Optional[Sequence[str]] = None, with_nulls: bool = False) -> int:
         """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit); ``with_nulls``
@@ -189,12 +255,14 @@ class Lakehouse:
             condition = f"({condition}) OR `{column}` IS NULL"
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
-            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+            commit = uuid.uuid4().hex  # finds this write's commit in the history, whoever committed after it
+            writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+                      .option("userMetadata", commit))
             skippable = [c for c in stats_columns or () if c in types and _skippable(types[c])]
             if skippable:
                 writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
             self._save(spark, writer, table)
-        written = self._last_metrics(spark, table, written="numOutputRows")["written"]
+        written = self._last_metrics(spark, table, commit=commit, written="numOutputRows")["written"]
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
 
@@ -205,11 +273,17 @@ class Lakehouse:
         else:
             writer.save(self.table_path(table))
 
-    def _last_metrics(self, spark: SparkSession, table: str, **names: str) -> dict[str, int]:
-        """The last commit's operation metrics ``names`` (key -> Delta's metric name), read in one history query."""
+    def _last_metrics(self, spark: SparkSession, table: str, commit: Optional[str] = None,
+                      **names: str) -> dict[str, int]:
+        """The last commit's operation metrics ``names`` (key -> Delta's metric name), read in one history query;
+        with ``commit``, those of the recent commit whose ``userMetadata`` it is (other writers may have committed
+        since)."""
         with self._wrapped("read the history of", table):
-            row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("operationMetrics").first()
-        metrics = row["operationMetrics"] or {}
+            history = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT {1 if commit is None else 100}")
+            if commit is not None:
+                history = history.filter(history["userMetadata"] == commit)
+            row = history.select("operationMetrics").first()
+        metrics = (row["operationMetrics"] if row else None) or {}
         return {key: int(metrics.get(name, 0)) for key, name in names.items()}
 
 
