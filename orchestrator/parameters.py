@@ -22,28 +22,40 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def merge_parameters(defaults: Mapping[str, str], overrides: Mapping[str, str],
-                     job: Optional[str] = None) -> dict[str, str]:
-    """The job's parameters with the overrides; a name the job does not take is a usage error, and so is a value
-    its notebook would refuse (checked with the job's own config class, before any run starts)."""
+                     job: Optional[str] = None, policy: Optional[str] = None) -> dict[str, str]:
+    """The job's parameters with the overrides; a name the job does not take is a usage error (the wheel location
+    and the target policy are deploy-time base parameters, never job parameters: naming them is such a name), and
+    so is a value its notebook would refuse: checked with the job's own config class and, given ``policy`` (the
+    target's ``target_policy`` JSON), against the target's gates, lakehouse and registry, before any run starts.
+    ``mlops run --local``, ``run --target`` and ``repair --param`` all come through here."""
+    from taxi_fares_mlops.config import DEPLOY_PARAMETERS
+
+    fixed = sorted(set(overrides) & set(DEPLOY_PARAMETERS))
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise UsageError(f"unknown parameter(s) {', '.join(unknown)}; this job takes: {', '.join(defaults)}")
+        why = (f" ({', '.join(fixed)} fixed at deploy time: deploy another version or target instead)"
+               if fixed else "")
+        raise UsageError(f"unknown parameter(s) {', '.join(unknown)}{why}; this job takes: {', '.join(defaults)}")
     params = {**defaults, **overrides}
     if job is not None:
-        check_values(job, params)
+        check_values(job, params, policy)
     return params
 
 
-def check_values(job: str, params: Mapping[str, str]) -> None:
-    """Raise UsageError listing every value of ``params`` the notebooks of ``job`` would refuse."""
-    from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
+def check_values(job: str, params: Mapping[str, str], policy: Optional[str] = None) -> None:
+    """Raise UsageError listing every value of ``params`` the notebooks of ``job`` would refuse (under the target
+    ``policy``, the notebook task's ``target_policy``, when given)."""
+    from taxi_fares_mlops.config import CONFIGS, DEPLOY_PARAMETERS, TARGET_POLICY
     from taxi_fares_mlops.errors import ConfigError
 
     config = CONFIGS.get(job)
     if config is None:
         return
+    values = {k: v for k, v in params.items() if k not in DEPLOY_PARAMETERS}
+    if policy:
+        values[TARGET_POLICY] = policy
     try:
-        config.from_mapping({k: v for k, v in params.items() if k not in WHEEL_PARAMETERS})
+        config.from_mapping(values)
     except ConfigError as exc:
         raise UsageError(f"{job}: {exc}") from None
 

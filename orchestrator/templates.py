@@ -30,7 +30,11 @@ JOB_ID_VARIABLES = {"training_job_id": "training"}
 TARGETS_FILE_ENV = environment.TARGETS_FILE.name  # another targets file (tests, forks)
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
-             "notification_emails", "secret_scope", *JOB_ID_VARIABLES)
+             "notification_emails", "secret_scope", *JOB_ID_VARIABLES,
+             # from the target's policy: the gates' defaults, and the policy itself (the target_policy base parameter)
+             "require_approval", "model_validation", "target_policy")
+POLICY_VARIABLES = ("require_approval", "model_validation", "target_policy")
+POLICY_KEYS = {"require_approval": bool, "allow_force_promote": bool, "min_model_validation": str}
 # Target settings that configure the tool, not the templates.
 TARGET_SETTINGS = ("host", "existing_cluster_id", "compute", "serverless_environment_version")
 COMPUTE = ("job_cluster", "existing_cluster", "serverless")
@@ -94,7 +98,8 @@ def targets_file() -> Path:
 
 
 LOCAL_TARGET = "local"  # the embedded default: its paths are local folders ({repo}, {lakehouse})
-TARGET_KEYS = tuple(k for k in VARIABLES if k != "wheel_version" and k not in JOB_ID_VARIABLES) + TARGET_SETTINGS
+TARGET_KEYS = tuple(k for k in VARIABLES if k != "wheel_version" and k not in JOB_ID_VARIABLES
+                    and k not in POLICY_VARIABLES) + ("policy",) + TARGET_SETTINGS
 # Where each path of a workspace target may point (a Unity Catalog volume, DBFS, the workspace tree, ADLS).
 PATH_SHAPES = {
     "workspace_root": (re.compile(r"/(Workspace|Users|Shared|Repos)/\S+"), "/Workspace/..."),
@@ -127,6 +132,7 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
     for name, values in data["targets"].items():
         targets[name] = target = {**defaults, **(values or {})}
         problems += [f"target '{name}': unknown key '{key}'" for key in (values or {}) if key not in TARGET_KEYS]
+        problems += _policy_problems(name, target.get("policy"))
         host = target.get("host")
         if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
             problems.append(f"target '{name}': host '{host}' is not a workspace URL (https://<instance>)")
@@ -143,15 +149,50 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
     return targets
 
 
+def _policy_problems(name: str, policy: Any) -> list[str]:
+    """A target without a complete, well-typed policy is refused: the gates fail closed, never to a default."""
+    from taxi_fares_mlops.config import VALIDATION_MODES
+
+    expected = ", ".join(f"{k} ({t.__name__})" for k, t in POLICY_KEYS.items())
+    if not isinstance(policy, dict):
+        return [f"target '{name}': policy missing (expected a mapping of {expected})"]
+    problems = [f"target '{name}': policy: unknown key '{k}'" for k in policy if k not in POLICY_KEYS]
+    for key, kind in POLICY_KEYS.items():
+        if not isinstance(policy.get(key), kind):
+            problems.append(f"target '{name}': policy: {key} must be a {kind.__name__} (got {policy.get(key)!r})")
+    if isinstance(policy.get("min_model_validation"), str) and policy["min_model_validation"] not in VALIDATION_MODES:
+        problems.append(f"target '{name}': policy: min_model_validation '{policy['min_model_validation']}' is not "
+                        f"one of {', '.join(VALIDATION_MODES)}")
+    return problems
+
+
+def target_policy(target: str, variables: Mapping[str, Any]):
+    """The target's ``TargetPolicy`` (the wheel's own type: the notebook enforces the same object)."""
+    from taxi_fares_mlops.config import TargetPolicy
+
+    policy = load_targets()[target]["policy"]
+    return TargetPolicy(target=target, require_approval=policy["require_approval"],
+                        allow_force_promote=policy["allow_force_promote"],
+                        min_model_validation=policy["min_model_validation"],
+                        lakehouse_root=variables["lakehouse_root"],
+                        mlflow_registry_uri=variables["mlflow_registry_uri"],
+                        wheel_base_path=cluster_readable(variables["wheel_base_path"]),
+                        wheel_version=variables["wheel_version"])
+
+
 def target_variables(target: str, version: str | None = None, lakehouse: str | None = None) -> dict[str, Any]:
     """The template variables of ``target`` (``{repo}`` and ``{lakehouse}`` filled in for the local target)."""
     targets = load_targets()
     if target not in targets:
         raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")
-    settings = {k: v for k, v in targets[target].items() if k not in TARGET_SETTINGS}
+    settings = {k: v for k, v in targets[target].items() if k not in TARGET_SETTINGS and k != "policy"}
     fill = {"repo": str(REPO_ROOT), "lakehouse": lakehouse or ""}
     variables = {k: v.format(**fill) if isinstance(v, str) else v for k, v in settings.items()}
     variables["wheel_version"] = version or project_version()
+    policy = target_policy(target, variables)
+    variables["require_approval"] = "true" if policy.require_approval else "false"
+    variables["model_validation"] = policy.min_model_validation
+    variables["target_policy"] = policy.to_json()
     variables.update({name: 0 for name in JOB_ID_VARIABLES})  # until the deployer knows the ids
     return variables
 
@@ -271,6 +312,7 @@ class Task:
     condition: Optional[Mapping[str, str]] = None     # condition task: op, left, right
     starts: Optional[str] = None                      # run-job task: the job (a key of JOBS) it starts
     job_parameters: Mapping[str, str] = field(default_factory=dict)  # run-job task: what it passes
+    base_parameters: Mapping[str, str] = field(default_factory=dict)  # notebook task: fixed at deploy time
 
 
 @dataclass(frozen=True)
@@ -287,6 +329,14 @@ class RenderedJob:
     @property
     def notebook_paths(self) -> list[str]:
         return [t.notebook_path for t in self.tasks if t.notebook_path]
+
+    @property
+    def policy(self) -> str:
+        """The target policy (JSON) its notebook tasks carry as the ``target_policy`` base parameter."""
+        policies = {t.base_parameters.get("target_policy", "") for t in self.tasks if t.notebook_path}
+        if len(policies) != 1 or "" in policies:
+            raise TemplateError(f"job '{self.job}': every notebook task needs the same target_policy base parameter")
+        return policies.pop()
 
     @property
     def started_jobs(self) -> dict[str, str]:
@@ -311,7 +361,8 @@ def read_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] |
             notebook_path=task["notebook_task"]["notebook_path"] if "notebook_task" in task else None,
             condition=task.get("condition_task"),
             starts=starts.get(task["task_key"]),
-            job_parameters=dict(task["run_job_task"].get("job_parameters", {})) if "run_job_task" in task else {}))
+            job_parameters=dict(task["run_job_task"].get("job_parameters", {})) if "run_job_task" in task else {},
+            base_parameters=dict(task["notebook_task"].get("base_parameters", {})) if "notebook_task" in task else {}))
     if not any(t.notebook_path for t in tasks):
         raise TemplateError(f"job '{job}' has no notebook task")
     parameters = {p["name"]: p["default"] for p in settings.get("parameters", [])}

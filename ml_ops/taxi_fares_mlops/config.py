@@ -120,6 +120,24 @@ def _table_schema(text: str) -> str:
     return text
 
 
+# Databricks secret scope names: letters, digits, dashes, underscores, @ and periods, at most 128 characters.
+_SCOPE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+
+
+def _secret_scope(text: str) -> str:
+    text = text.strip()
+    if not _SCOPE.fullmatch(text):
+        raise _Invalid(f"'{text}' is not a secret scope name (1-128 letters, digits, '-', '_', '.', '@')")
+    return text
+
+
+def _lakehouse_root(text: str) -> str:
+    text = text.strip()
+    if re.search(r"\s", text) or ".." in text.split("/"):
+        raise _Invalid(f"'{text}' is not a lakehouse path (no spaces, no '..' segments)")
+    return text
+
+
 def _optional_float(low: float) -> Callable[[str], Optional[float]]:
     def parse(text: str) -> Optional[float]:
         return None if not text.strip() else _float(low, float("inf"), low_open=True)(text.strip())
@@ -154,11 +172,11 @@ COMMON = (
     Parameter("model_name", _non_empty, "taxi_fares", "Registered model name"),
     Parameter("mlflow_experiment", _non_empty, "/Shared/taxi_fares", "MLflow experiment path"),
     Parameter("mlflow_registry_uri", _text, "", "MLflow registry URI (empty: the workspace's; databricks-uc)"),
-    Parameter("lakehouse_root", _text, "", "Lakehouse root (empty: the runtime default)"),
+    Parameter("lakehouse_root", _lakehouse_root, "", "Lakehouse root (empty: the runtime default)"),
     Parameter("table_schema", _table_schema, "", "Tables by name in <catalog>.<schema> (empty: Delta folders)"),
     Parameter("validation_mode", _choice(FAIL, QUARANTINE), QUARANTINE, "What to do with invalid trips",
               (FAIL, QUARANTINE)),
-    Parameter("secret_scope", _text, "taxi-fares", "Secret scope with the telemetry and storage credentials"),
+    Parameter("secret_scope", _secret_scope, "taxi-fares", "Secret scope with the telemetry and storage credentials"),
     Parameter("databricks_job_id", _run_context, "", "Databricks job id (the job passes {{job.id}})"),
     Parameter("databricks_run_id", _run_context, "", "Databricks run id (the job passes {{job.run_id}})"),
 )
@@ -228,6 +246,72 @@ MONITORING_PARAMETERS = COMMON + (_toggle("execute_monitoring", "Run monitoring"
 
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
 WHEEL_PARAMETERS = ("wheel_base_path", "wheel_version")
+# The deployment target's gates and bounds, as JSON (``TargetPolicy``).
+TARGET_POLICY = "target_policy"
+# What the deployer (and the local runner) writes as the notebook task's base parameters, never as job parameters:
+# the Jobs API refuses a run or repair naming a parameter the job does not define, so a run cannot change them.
+DEPLOY_PARAMETERS = WHEEL_PARAMETERS + (TARGET_POLICY,)
+_VALIDATION_ORDER = {mode: rank for rank, mode in enumerate(VALIDATION_MODES)}  # disabled < dry_run < enabled
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """A deployment target's policy (``targets.yml``): the gates a run may tighten but never loosen, where its
+    lakehouse and registry are, and the wheels deployed. The deployer writes it as the ``target_policy`` base
+    parameter of each notebook task; a run cannot change a base parameter that is not a job parameter."""
+
+    target: str
+    require_approval: bool
+    allow_force_promote: bool
+    min_model_validation: str
+    lakehouse_root: str
+    mlflow_registry_uri: str
+    # the wheels the deployer installed for the job: the notebook compares its wheel widgets with them before %pip
+    wheel_base_path: str = ""
+    wheel_version: str = ""
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TargetPolicy":
+        import json
+
+        try:
+            data = json.loads(text)
+            policy = cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise _Invalid(f"is not a target policy ({exc}): redeploy the job (mlops deploy)") from None
+        if not isinstance(policy.require_approval, bool) or not isinstance(policy.allow_force_promote, bool) \
+                or policy.min_model_validation not in _VALIDATION_ORDER:
+            raise _Invalid(f"is not a target policy ({text}): redeploy the job (mlops deploy)")
+        return policy
+
+    def problems(self, values: Mapping[str, Any]) -> list[str]:
+        """What in ``values`` loosens this policy or leaves the target's lakehouse or registry."""
+        where = f"target '{self.target}'"
+        found = []
+        if values.get("force_promote") and not self.allow_force_promote:
+            found.append(f"force_promote: refused: {where}'s policy does not allow force promotion "
+                         f"(allow_force_promote: false); promote with `mlops approve` instead")
+        if "require_approval" in values and self.require_approval and not values["require_approval"]:
+            found.append(f"require_approval: false loosens {where}'s policy (require_approval: true): a run may "
+                         f"tighten a gate, never loosen it; drop the parameter")
+        mode = values.get("model_validation")
+        if mode is not None and _VALIDATION_ORDER[mode] < _VALIDATION_ORDER[self.min_model_validation]:
+            found.append(f"model_validation: '{mode}' is below {where}'s least mode '{self.min_model_validation}' "
+                         f"(disabled < dry_run < enabled); use {self.min_model_validation}")
+        root = self.lakehouse_root.rstrip("/")
+        lakehouse = str(values.get("lakehouse_root", "")).rstrip("/")
+        if root and not (lakehouse == root or lakehouse.startswith(root + "/")):
+            found.append(f"lakehouse_root: '{values.get('lakehouse_root', '')}' is not under {where}'s lakehouse "
+                         f"'{self.lakehouse_root}'; give a folder under it or drop the parameter")
+        if "mlflow_registry_uri" in values and values["mlflow_registry_uri"] != self.mlflow_registry_uri:
+            found.append(f"mlflow_registry_uri: '{values['mlflow_registry_uri']}' is not {where}'s registry "
+                         f"'{self.mlflow_registry_uri}'; drop the parameter")
+        return found
 
 
 def _parse_all(parameters, read: Callable[[str], Optional[str]]) -> tuple[dict[str, Any], list[str]]:
@@ -330,6 +414,12 @@ class JobConfig:
     @classmethod
     def _build(cls, read):
         values, problems = _parse_all(cls.parameters(), read)
+        policy_text = read(TARGET_POLICY)
+        if policy_text:  # a deployed (or locally run) job always carries its target's policy
+            try:
+                problems += TargetPolicy.from_json(str(policy_text)).problems(values)
+            except _Invalid as exc:
+                problems.append(f"{TARGET_POLICY}: {exc}")
         config = None
         if not problems:
             config = cls._from_values(values, problems)

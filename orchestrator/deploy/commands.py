@@ -50,14 +50,27 @@ def _pretty(text: str) -> str:
         return text
 
 
+def checked_parameters(target: str, job: str, params: dict) -> str:
+    """Check ``params`` exactly as a local run does, against the job as it deploys to ``target`` and the target's
+    policy, before any request: a wheel parameter is unknown, a loosened gate or a lakehouse or registry outside
+    the target is refused (UsageError, exit 2). Returns the target's policy (JSON)."""
+    from orchestrator.parameters import merge_parameters
+    from orchestrator.templates import read_job, target_settings, target_variables
+
+    rendered = read_job(job, target_variables(target), target_settings(target))
+    merge_parameters(rendered.parameters, params, job, rendered.policy)
+    return rendered.policy
+
+
 def run_remote(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
     from orchestrator.parameters import parse_overrides
 
     params = parse_overrides(args.param)
+    policy = checked_parameters(args.target, args.job, params)
     w, host = _target_client(args)
     job_id = runs.find_job(w, _job_name(args.job), host, args.target)
-    runs.check_parameters(w, job_id, params, host, args.job)
+    runs.check_parameters(w, job_id, params, host, args.job, policy)
     run_id = runs.trigger(w, job_id, params, host)
     progress(f"started run {run_id} of job {job_id}: {host}/jobs/{job_id}/runs/{run_id}")
     if args.no_wait:
@@ -93,12 +106,44 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repair_precheck(target: str, params: dict) -> None:
+    """Before any request (the run's job is not known yet): ``params`` must pass ``run``'s checks for at least one
+    job; once the run is read, they are checked again for its own job, before the repair is sent."""
+    from orchestrator.errors import UsageError
+    from orchestrator.templates import JOBS
+
+    if not params:
+        return
+    refusals = []
+    for job in JOBS:
+        try:
+            checked_parameters(target, job, params)
+            return
+        except UsageError as exc:
+            refusals.append(str(exc))
+    # the refusal of a job that takes every name says more than "unknown parameter"
+    raise UsageError(next((r for r in refusals if not r.startswith("unknown parameter")), refusals[0]))
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     from orchestrator.deploy import runs
+    from orchestrator.errors import UsageError
     from orchestrator.parameters import parse_overrides
+    from orchestrator.templates import JOBS
 
+    params = parse_overrides(args.param)
+    _repair_precheck(args.target, params)
     w, host = _target_client(args)
-    runs.repair(w, args.run_id, parse_overrides(args.param), host)
+
+    def check(job_id: int, settings) -> None:  # the run's own job, as `run` checks it, before the repair request
+        job = next((key for key in JOBS if _job_name(key) == settings.name), None)
+        if job is None:
+            raise UsageError(f"run {args.run_id} belongs to job '{settings.name}', not one of this project's; "
+                             f"repair it from the workspace")
+        policy = checked_parameters(args.target, job, params)
+        runs.check_parameters(w, job_id, params, host, job, policy, settings)
+
+    runs.repair(w, args.run_id, params, host, check)
     progress(f"repairing run {args.run_id}: rerunning its failed tasks")
     return _finish(w, args.run_id, host, args.json)
 

@@ -39,11 +39,14 @@ def find_job(w: WorkspaceClient, name: str, host: str, target: Optional[str] = N
 
 
 def check_parameters(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str,
-                     job: Optional[str] = None) -> None:
-    """Names the workspace's job does not take, and (``job`` given) values its notebooks would refuse."""
-    with translate_errors(host, f"read job {job_id}"):
-        settings = w.jobs.get(job_id).settings
-    merge_parameters({p.name: p.default for p in settings.parameters or []}, params, job)
+                     job: Optional[str] = None, policy: Optional[str] = None,
+                     settings: Optional[JobSettings] = None) -> None:
+    """Names the workspace's job does not take, and (``job`` given) values its notebooks would refuse under the
+    target ``policy``."""
+    if settings is None:
+        with translate_errors(host, f"read job {job_id}"):
+            settings = w.jobs.get(job_id).settings
+    merge_parameters({p.name: p.default for p in settings.parameters or []}, params, job, policy)
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,11 @@ def trigger(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: st
     return run_id
 
 
-def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str) -> None:
+def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str,
+           check: Optional[Callable[[int, JobSettings], None]] = None) -> None:
     """Rerun the run's failed tasks. A run still in progress cannot be repaired, and after a first repair the
-    Jobs API needs the latest repair's id (from the run's repair history)."""
+    Jobs API needs the latest repair's id (from the run's repair history). ``check(job_id, settings)`` sees the
+    run's job before the repair is sent (``mlops repair --param``: the checks ``run`` makes)."""
     with translate_errors(host, f"read run {run_id}"):
         run = w.jobs.get_run(run_id, include_history=True)
     state = run_state(run)
@@ -125,6 +130,10 @@ def repair(w: WorkspaceClient, run_id: int, params: Mapping[str, str], host: str
                          f"and repair it then")
     if state.succeeded:
         raise UsageError(f"run {run_id} succeeded: it has no failed tasks to repair (start a new run instead)")
+    if check is not None and params:
+        with translate_errors(host, f"read job {run.job_id}"):
+            settings = w.jobs.get(run.job_id).settings
+        check(run.job_id, settings)
     repairs = [item.id for item in run.repair_history or []
                if item.type is not None and item.type.value == "REPAIR" and item.id is not None]
     with translate_errors(host, f"repair run {run_id}"):

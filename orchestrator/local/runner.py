@@ -3,7 +3,9 @@
 1. Build the wheels if they are stale, and stage them under ``<lakehouse>/wheels/<version>/`` (the local
    counterpart of the deploy upload).
 2. Render the job template for the ``local`` target and validate it with ``JobSettings``.
-3. Merge the job parameters' defaults with ``--param`` overrides (an unknown name is an error).
+3. Merge the job parameters' defaults with ``--param`` overrides (an unknown name is an error, the wheel location
+   included: it is the notebook task's base parameter, as deployed) and check them against the ``local`` target's
+   policy.
 4. Run the template's notebook with the kernel, in the job environment: a virtual environment made once per
    wheel version, layered on the development environment, which plays the Databricks runtime. The layer
    exposes the runtime's packages but not this project's own (editable) ones, so the notebook's ``%pip install``
@@ -145,7 +147,7 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
     started = time.monotonic()
     # Parameters first: a bad name or value is refused before wheels are built or anything starts.
     rendered = templates.read_job(job, templates.target_variables("local", lakehouse=lakehouse))
-    params = merge_parameters(rendered.parameters, overrides, job)
+    params = merge_parameters(rendered.parameters, overrides, job, rendered.policy)
     _, env = prepare(lakehouse)
     with job_lock(lakehouse, job):
         progress(f"running job {rendered.name} locally")
@@ -216,7 +218,10 @@ def _run_tasks(rendered: templates.RenderedJob, params: Mapping[str, str], lakeh
             progress(f"task {key}: excluded ({', '.join(blocked)} did not lead here)")
             continue
         if task.notebook_path:
-            result = run_notebook(Path(task.notebook_path + ".py"), params, lakehouse, env, started, shared)
+            # As the Jobs service does: the task's base parameters (the wheel location and the target policy, as
+            # the deployer writes them), then the job parameters over same-named ones (never these: not job ones).
+            result = run_notebook(Path(task.notebook_path + ".py"), {**task.base_parameters, **params}, lakehouse,
+                                  env, started, shared)
             if result.status != "SUCCESS":
                 return result
             values[key] = result.task_values

@@ -8,7 +8,8 @@
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
-# MAGIC | `wheel_base_path`, `wheel_version` | where the wheels are: `<wheel_base_path>/<wheel_version>/*.whl` |
+# MAGIC | `wheel_base_path`, `wheel_version` | the wheels, `<wheel_base_path>/<wheel_version>/*.whl` (deploy time) |
+# MAGIC | `target_policy` | the target's gates, lakehouse, registry and wheels (deploy time: a run cannot change it) |
 # MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
 # MAGIC | `execute_feature_engineering`, `execute_monitoring` | stage toggles; this job has no feature stage |
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
@@ -26,9 +27,18 @@
 # COMMAND ----------
 
 # DBTITLE 1,Wheels to install
-# The two widgets needed before the wheels are installed; the job's own are declared by its config below.
-dbutils.widgets.text("wheel_base_path", "/Volumes/main/taxi_fares/wheels", "Wheel folder")
-dbutils.widgets.text("wheel_version", "0.1.0", "Wheel version")
+# Fixed at deploy time: the deployer writes these three as the task's base parameters, never as job parameters
+# (the Jobs API refuses a run naming a parameter the job does not define). The job's own widgets come from its config.
+dbutils.widgets.text("wheel_base_path", "/Volumes/main/taxi_fares/wheels", "Wheel folder (deploy time)")
+dbutils.widgets.text("wheel_version", "0.1.0", "Wheel version (deploy time)")
+dbutils.widgets.text("target_policy", "", "Target policy (deploy time)")
+import json
+
+deployed = json.loads(dbutils.widgets.get("target_policy") or "{}")
+for name in ("wheel_base_path", "wheel_version"):  # a job that still declares them as job parameters: refused
+    if deployed and dbutils.widgets.get(name) != deployed.get(name):
+        raise ValueError(f"{name} '{dbutils.widgets.get(name)}' is not the deployed '{deployed.get(name)}': the "
+                         f"wheels are fixed at deploy time; redeploy (mlops deploy) instead of overriding them")
 wheel_dir = f"{dbutils.widgets.get('wheel_base_path').rstrip('/')}/{dbutils.widgets.get('wheel_version')}"
 ml_wheel = f"{wheel_dir}/taxi_fares-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"
 mlops_wheel = f"{wheel_dir}/taxi_fares_mlops-{dbutils.widgets.get('wheel_version')}-py3-none-any.whl"

@@ -106,8 +106,8 @@ def test_version_bump_uploads_to_a_new_folder_and_resets_the_jobs(workspace, mlo
                     for n in (*build.wheel_names("9.9.9"), "SHA256SUMS")]
     assert workspace.calls("POST", "/api/2.0/workspace/import") == []
     for reset in workspace.calls("POST", "/api/2.2/jobs/reset"):
-        params = {p["name"]: p["default"] for p in reset.json()["new_settings"]["parameters"]}
-        assert params["wheel_version"] == "9.9.9"
+        task = reset.json()["new_settings"]["tasks"][0]  # the wheels are the notebook task's base parameters
+        assert task["notebook_task"]["base_parameters"]["wheel_version"] == "9.9.9"
 
 
 def test_a_version_without_wheels_is_refused(workspace, mlops, tmp_path):
@@ -358,7 +358,7 @@ def test_dbfs_wheels_are_installed_from_the_fuse_path_a_cluster_reads(workspace,
     jobs = deployed(workspace, mlops)
     assert f"/FileStore/taxi_fares/wheels/{VERSION}/taxi_fares-{VERSION}-py3-none-any.whl" in workspace.dbfs
     for job_id in jobs.values():
-        params = {p["name"]: p["default"] for p in workspace.jobs[job_id]["parameters"]}
+        params = workspace.jobs[job_id]["tasks"][0]["notebook_task"]["base_parameters"]
         assert params["wheel_base_path"] == "/dbfs/FileStore/taxi_fares/wheels"
     code, out, _ = mlops("test-notebooks", "--target", "staging", "--cluster-id", "0101-abc", "--dry-run")
     assert '"wheel_base_path": "/dbfs/FileStore/taxi_fares/wheels"' in out

@@ -3,7 +3,8 @@ import datetime as dt
 
 import pytest
 
-from taxi_fares_mlops.config import (SCORING_PARAMETERS, TRAINING_PARAMETERS, ScoringConfig, TrainingConfig)
+from taxi_fares_mlops.config import (SCORING_PARAMETERS, TARGET_POLICY, TRAINING_PARAMETERS, ScoringConfig,
+                                     TargetPolicy, TrainingConfig)
 from taxi_fares_mlops.errors import ConfigError
 
 TRAINING_DEFAULTS = {p.name: p.default for p in TRAINING_PARAMETERS}
@@ -135,3 +136,60 @@ def test_each_parameters_default_is_written_once_in_its_declaration():
     model_defaults = ModelParams()
     assert {p.name: p.default for p in HYPERPARAMETERS} == {
         f.name: str(getattr(model_defaults, f.name)) for f in dataclasses.fields(ModelParams)}
+
+
+# --- the target's policy: a run may tighten the gates, never loosen them, and stays in the target ---------------
+
+PROD = TargetPolicy(target="prod", require_approval=True, allow_force_promote=False, min_model_validation="enabled",
+                    lakehouse_root="/Volumes/prod/taxi_fares/lakehouse", mlflow_registry_uri="databricks-uc",
+                    wheel_base_path="/Volumes/prod/taxi_fares/wheels", wheel_version="1.2.3")
+PROD_RUN = dict(require_approval="true", model_validation="enabled", mlflow_registry_uri="databricks-uc",
+                lakehouse_root="/Volumes/prod/taxi_fares/lakehouse")
+
+
+def under_prod(**changes):
+    return {**training(**PROD_RUN), **changes, TARGET_POLICY: PROD.to_json()}
+
+
+def test_a_run_within_the_policy_builds_and_may_tighten_it():
+    assert TrainingConfig.from_mapping(under_prod()).require_approval is True
+    tighter = TargetPolicy(**{**PROD.__dict__, "require_approval": False, "min_model_validation": "disabled"})
+    config = TrainingConfig.from_mapping({**under_prod(require_approval="true", model_validation="enabled"),
+                                          TARGET_POLICY: tighter.to_json()})
+    assert (config.require_approval, config.model_validation) == (True, "enabled")
+    assert TrainingConfig.from_mapping(under_prod(lakehouse_root="/Volumes/prod/taxi_fares/lakehouse/replay"))
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"force_promote": "true"}, "force_promote: refused: target 'prod''s policy does not allow force promotion "
+                                "(allow_force_promote: false); promote with `mlops approve` instead"),
+    ({"require_approval": "false"}, "require_approval: false loosens target 'prod''s policy (require_approval: "
+                                    "true): a run may tighten a gate, never loosen it; drop the parameter"),
+    ({"model_validation": "dry_run"}, "model_validation: 'dry_run' is below target 'prod''s least mode 'enabled' "
+                                      "(disabled < dry_run < enabled); use enabled"),
+    ({"lakehouse_root": "/Volumes/dev/taxi_fares/lakehouse"},
+     "lakehouse_root: '/Volumes/dev/taxi_fares/lakehouse' is not under target 'prod''s lakehouse "
+     "'/Volumes/prod/taxi_fares/lakehouse'; give a folder under it or drop the parameter"),
+    ({"lakehouse_root": "/Volumes/prod/taxi_fares/lakehouse-other"}, "is not under target 'prod''s lakehouse"),
+    ({"lakehouse_root": "/Volumes/prod/taxi_fares/lakehouse/../../dev"},
+     "lakehouse_root: '/Volumes/prod/taxi_fares/lakehouse/../../dev' is not a lakehouse path"),
+    ({"mlflow_registry_uri": ""}, "mlflow_registry_uri: '' is not target 'prod''s registry 'databricks-uc'"),
+    ({"secret_scope": "taxi fares; rm"}, "secret_scope: 'taxi fares; rm' is not a secret scope name"),
+])
+def test_a_run_that_loosens_the_policy_or_leaves_the_target_is_refused(changes, expected):
+    with pytest.raises(ConfigError) as excinfo:
+        TrainingConfig.from_mapping(under_prod(**changes))
+    assert expected in str(excinfo.value)
+
+
+def test_a_malformed_policy_fails_closed():
+    with pytest.raises(ConfigError, match="target_policy: is not a target policy"):
+        TrainingConfig.from_mapping({**under_prod(), TARGET_POLICY: '{"target": "prod"}'})
+    with pytest.raises(ConfigError, match="target_policy: is not a target policy"):
+        TrainingConfig.from_mapping({**under_prod(), TARGET_POLICY: "{not json"})
+
+
+def test_the_policy_binds_every_job_to_its_target():
+    with pytest.raises(ConfigError, match="lakehouse_root: '/tmp/elsewhere' is not under target 'prod''s"):
+        ScoringConfig.from_mapping({**scoring(mlflow_registry_uri="databricks-uc", lakehouse_root="/tmp/elsewhere"),
+                                    TARGET_POLICY: PROD.to_json()})

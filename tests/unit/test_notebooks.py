@@ -121,3 +121,26 @@ def test_a_shared_local_cluster_lends_a_running_spark_and_leaves_it_running(spar
     with runner.local_cluster() as shared:
         assert shared == cluster.sharing_environment(spark)
     assert spark.range(3).count() == 3  # not stopped: this process had it before the block
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_a_wheel_other_than_the_deployed_one_is_refused_before_pip(path, tmp_path):
+    """A job that still declares a wheel parameter at job level (an old deployment, an edited job) lets a run
+    override the base parameter: the notebook compares it with the deployed policy and stops before %pip."""
+    policy = json.dumps({"target": "prod", "wheel_base_path": "/Volumes/prod/taxi_fares/wheels",
+                         "wheel_version": "1.2.3"})
+    marker = tmp_path / "pip-ran"
+    cells = nb.load(path)
+    pip_at = [c.magic for c in cells].index("pip")
+    # the notebook's cells up to %pip, then a cell that would show %pip was reached
+    text = path.read_text().split(nb.SEPARATOR)[:pip_at] + [f"\nopen({str(marker)!r}, 'w').close()\n"]
+    copy = tmp_path / path.name
+    copy.write_text(nb.SEPARATOR.join(text))
+    params = {"wheel_base_path": "/Volumes/prod/taxi_fares/wheels", "wheel_version": "6.6.6",
+              "target_policy": policy}
+    with pytest.raises(ValueError, match="wheel_version '6.6.6' is not the deployed '1.2.3': the wheels are fixed "
+                                         "at deploy time; redeploy"):
+        Kernel().run(copy, params)
+    assert not marker.exists()
+    Kernel().run(copy, {**params, "wheel_version": "1.2.3"})
+    assert marker.exists()

@@ -9,7 +9,7 @@ from orchestrator.local import notebook as nb
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR
 from orchestrator.templates import (JOBS, TemplateError, load_targets, load_template, placeholders, read_job, render,
                                     render_job, target_variables, validate)
-from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
+from taxi_fares_mlops.config import CONFIGS, DEPLOY_PARAMETERS, TargetPolicy
 
 TARGETS = sorted(load_targets())
 
@@ -26,7 +26,15 @@ def test_every_template_renders_fully_and_round_trips(job, target):
     assert settings["queue"] == {"enabled": True}
     assert settings["schedule"]["pause_status"] == "PAUSED"
     assert settings["timeout_seconds"] > 0
-    assert rendered.parameters["wheel_version"] == "9.9.9"
+    # The wheels and the policy are fixed at deploy time: base parameters of every notebook task, never job
+    # parameters (those override same-named task parameters, and a run may set them).
+    assert not set(rendered.parameters) & set(DEPLOY_PARAMETERS)
+    for task in rendered.tasks:
+        if task.notebook_path:
+            assert list(task.base_parameters) == list(DEPLOY_PARAMETERS)
+            assert task.base_parameters["wheel_version"] == "9.9.9"
+    policy = TargetPolicy.from_json(rendered.policy)
+    assert (policy.target, policy.wheel_version) == (target, "9.9.9")
     [path] = rendered.notebook_paths
     workspace_root = target_variables(target)["workspace_root"]
     relative = path[len(workspace_root):].lstrip("/")
@@ -93,7 +101,7 @@ def _widgets(job):
     own, declared by its config."""
     source = "\n".join(c.source for c in _notebook(job) if c.magic is None)
     declared = dict(re.findall(r'dbutils\.widgets\.(?:text|dropdown)\("([^"]+)", "([^"]*)"', source))
-    assert set(declared) == set(WHEEL_PARAMETERS), "a notebook declares only the wheel widgets itself"
+    assert set(declared) == set(DEPLOY_PARAMETERS), "a notebook declares only the deploy-time widgets itself"
     assert f"{CONFIGS[job].__name__}.declare_widgets(dbutils)" in source
     recording = type("dbutils", (), {"widgets": RecordingWidgets()})()
     CONFIGS[job].declare_widgets(recording)
@@ -117,7 +125,7 @@ def test_the_notebook_header_lists_exactly_the_jobs_parameters(job):
     header = _notebook(job)[0].source
     table = "\n".join(line.split(" | ")[0] for line in header.splitlines() if line.lstrip("# MAGIC").startswith("|"))
     listed = set(re.findall(r"`([a-z0-9_]+)`", table))
-    assert listed == set(WHEEL_PARAMETERS) | {p.name for p in CONFIGS[job].parameters()}
+    assert listed == set(DEPLOY_PARAMETERS) | {p.name for p in CONFIGS[job].parameters()}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -125,8 +133,8 @@ def test_template_parameters_notebook_widgets_and_config_agree(job):
     template_params = _template_parameters(job)
     widgets = _widgets(job)
     config_params = {p.name: p.default for p in CONFIGS[job].parameters()}
-    assert set(template_params) == set(WHEEL_PARAMETERS) | set(config_params)
-    assert list(widgets) == list(template_params)
+    assert set(template_params) == set(config_params)
+    assert list(widgets) == list(DEPLOY_PARAMETERS) + list(template_params)
     for name, default in template_params.items():
         if not placeholders(default) and not default.startswith("{{"):  # {{job.id}}: filled in by Databricks
             assert widgets[name] == default == config_params[name], name
@@ -157,3 +165,30 @@ def test_compute_choices_are_checked():
         render_job("training", variables, {"name": "dev", "compute": "gpu"})
     with pytest.raises(TemplateError, match="compute existing_cluster needs existing_cluster_id"):
         render_job("training", variables, {"name": "dev", "compute": "existing_cluster"})
+
+
+def test_prod_policy_sets_the_gates_defaults_and_refuses_loosening():
+    rendered = read_job("training", target_variables("prod"))
+    assert (rendered.parameters["require_approval"], rendered.parameters["model_validation"]) == ("true", "enabled")
+    policy = TargetPolicy.from_json(rendered.policy)
+    gates = (policy.require_approval, policy.allow_force_promote, policy.min_model_validation)
+    assert gates == (True, False, "enabled")
+    assert policy.lakehouse_root == "/Volumes/prod/taxi_fares/lakehouse"
+    assert policy.mlflow_registry_uri == "databricks-uc"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("      min_model_validation: enabled\n", "", "target 'prod': policy: min_model_validation must be a str"),
+    ("      allow_force_promote: false\n      min_model_validation: enabled",
+     "      allow_force_promote: false\n      min_model_validation: strict",
+     "min_model_validation 'strict' is not one of disabled, dry_run, enabled"),
+    ("      require_approval: true\n", "      require_approval: yes please\n",
+     "target 'prod': policy: require_approval must be a bool"),
+])
+def test_a_target_policy_that_is_incomplete_or_malformed_is_refused(tmp_path, monkeypatch, old, new, message):
+    text = (TEMPLATES_DIR / "targets.yml").read_text()
+    assert old in text
+    (tmp_path / "targets.yml").write_text(text.replace(old, new))
+    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        load_targets()
