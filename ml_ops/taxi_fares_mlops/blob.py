@@ -2,7 +2,9 @@
 
 Each Spark partition writes and uploads its own part on the executor (nothing is collected to the driver but one
 small row per part: its path, row count, SHA-256 and size). Only when every part is confirmed does the driver
-write ``_manifest.json``, so a reader that sees a manifest can trust it and a failed publish leaves none.
+write ``_manifest.json``, so a reader that sees a manifest can trust it and a failed publish leaves none. Then,
+last, the range folder's ``_current.json`` names this run's folder: each range has one current set of results
+(``current``); the sets of earlier runs stay readable, no longer current.
 
 Credentials (a connection string, or one holding a SAS) come from the secret scope (``storage-connection-string``)
 or ``AZURE_STORAGE_CONNECTION_STRING``. Transient errors are retried with backoff by the SDK; a permanent error
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 STORAGE_SECRET = "storage-connection-string"
 STORAGE_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 MANIFEST = "_manifest.json"
+# Per range folder, written after a run's manifest: names the run folder that is the range's current results.
+CURRENT = "_current.json"
 PART_SCHEMA = "path string, rows long, sha256 string, bytes long"
 _ERROR_MARK = "BLOB_PUBLISH_ERROR:"
 # Retries: 3 with exponential backoff from 0.5 s; short connection timeout so a dead endpoint fails fast.
@@ -87,8 +91,30 @@ def executor_connection_string(target: BlobTarget) -> str:
     return f"BlobEndpoint={service.url.rstrip('/')};SharedAccessSignature={sas}"
 
 
-def prefix(model: str, start: dt.date, end: dt.date, run_id: str) -> str:
-    return f"predictions/{model}/{start}_{end}/run={run_id}"
+def range_prefix(model: str, start: dt.date, end: dt.date, shadow_version: Optional[str] = None) -> str:
+    """The folder of a range's published results: the champion's, or (``shadow_version``) another version's,
+    which never share the champion's folder or its current pointer."""
+    if shadow_version is None:
+        return f"predictions/{model}/{start}_{end}"
+    return f"shadow_predictions/{model}/version={shadow_version}/{start}_{end}"
+
+
+def prefix(model: str, start: dt.date, end: dt.date, run_id: str, shadow_version: Optional[str] = None) -> str:
+    """One run's folder inside its range's folder."""
+    return f"{range_prefix(model, start, end, shadow_version)}/run={run_id}"
+
+
+def current(target: BlobTarget, range_folder: str) -> Optional[dict]:
+    """The manifest of the range's current results (the run ``CURRENT`` names), or None when nothing was
+    published for the range. Older runs' folders stay readable; only this one is current."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    container = _service(target.connection_string).get_container_client(target.container)
+    try:
+        pointer = json.loads(container.get_blob_client(f"{range_folder}/{CURRENT}").download_blob().readall())
+    except ResourceNotFoundError:
+        return None
+    return json.loads(container.get_blob_client(pointer["manifest"]).download_blob().readall())
 
 
 def _partition_uploader(connection_string: str, container: str, folder: str):
@@ -180,8 +206,24 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
     except Exception as exc:
         raise StorageError(f"could not write the manifest to {target.where(path)}: "
                            f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
+    _mark_current(target, folder, manifest)
     logger.info("published %d rows in %d part(s) to %s", manifest["rows"], len(parts), target.where(folder + "/"))
     return manifest
+
+
+def _mark_current(target: BlobTarget, folder: str, manifest: dict) -> None:
+    """Point the range folder (``folder``'s parent) at ``folder``: written last, after the parts and the manifest,
+    so a reader that follows the pointer finds a complete set; the sets it replaces stay as they were."""
+    path = f"{folder.rsplit('/', 1)[0]}/{CURRENT}"
+    pointer = {"prefix": folder, "manifest": f"{folder}/{MANIFEST}", "rows": manifest["rows"],
+               **{k: manifest[k] for k in ("model_name", "model_version", "mlflow_run_id") if k in manifest},
+               "marked_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    try:
+        _service(target.connection_string).get_blob_client(target.container, path).upload_blob(
+            json.dumps(pointer, indent=2).encode(), overwrite=True)
+    except Exception as exc:
+        raise StorageError(f"could not mark {folder} current at {target.where(path)}: "
+                           f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
 
 
 def _upload_error(exc: Exception, target: BlobTarget) -> str:

@@ -33,14 +33,15 @@ logger = logging.getLogger(__name__)
 RAW_TRIPS = "raw_trips"
 PICKUP_FEATURES = "pickup_features"
 DROPOFF_FEATURES = "dropoff_features"
-PREDICTIONS = "predictions"
+PREDICTIONS = "predictions"  # the champion's: one row per scored trip, a range replaced by each champion scoring
+SHADOW_PREDICTIONS = "shadow_predictions"  # any other version's, a range replaced per model version
 QUARANTINED_TRIPS = "quarantined_trips"
 DRIFT_METRICS = "drift_metrics"
 OUTLIER_METRICS = "outlier_metrics"
 PERFORMANCE_METRICS = "performance_metrics"
 MODEL_VALIDATIONS = "model_validations"
-TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, DRIFT_METRICS,
-          OUTLIER_METRICS, PERFORMANCE_METRICS, MODEL_VALIDATIONS)
+TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, QUARANTINED_TRIPS,
+          DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, MODEL_VALIDATIONS)
 
 MLOPS_HOME_ENV = environment.HOME.name
 
@@ -236,10 +237,12 @@ class Lakehouse:
 
     @_retried_on_conflict("replace a range of")
     def replace_range(self, spark: SparkSession, df: DataFrame, table: str, column: str,
-                      start, end, stats_columns: Optional[Sequence[str]] = None, with_nulls: bool = False) -> int:
+                      start, end, stats_columns: Optional[Sequence[str]] = None, with_nulls: bool = False,
+                      only: Optional[dict[str, str]] = None) -> int:
         """Atomically replace the rows with ``start <= column < end`` by ``df`` (one Delta commit); ``with_nulls``
         also the rows whose ``column`` is null (rows that belong to no range, which every writer of a range
-        replaces: the quarantine's trips without a pickup time).
+        replaces: the quarantine's trips without a pickup time). ``only`` ({column: value}): of those, only the rows
+        holding these values (one model version's rows of the range).
 
         ``df`` must only hold rows of that range. Rerunning the same range never duplicates rows.
         Returns the number of rows written. ``stats_columns``: the only columns a new table keeps data-skipping
@@ -253,6 +256,9 @@ class Lakehouse:
         condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
         if with_nulls:
             condition = f"({condition}) OR `{column}` IS NULL"
+        if only:
+            condition = " AND ".join([f"({condition})", *(f"{_quoted_column(name)} = {_literal(value, types.get(name))}"
+                                                          for name, value in only.items())])
         # No existence check first: on a missing table the same write creates it.
         with self._wrapped("replace a range of", table):
             commit = uuid.uuid4().hex  # finds this write's commit in the history, whoever committed after it

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from fakes.tcp_proxy import CuttingProxy
 from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
-from taxi_fares_mlops.blob import MANIFEST, scrub
+from taxi_fares_mlops.blob import CURRENT, MANIFEST, scrub
 from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.jobs import run_job
 from taxi_fares_mlops.storage import PREDICTIONS
@@ -107,7 +107,7 @@ def test_azurite_dying_mid_publish_leaves_no_manifest_and_a_rerun_publishes_all(
     container = _container(azurite.connection_string)
     names = [b.name for b in container.list_blobs(name_starts_with="predictions/")]
     assert names, "some parts were uploaded before the cut"
-    assert not [n for n in names if n.endswith(MANIFEST)]
+    assert not [n for n in names if n.endswith(MANIFEST) or n.endswith(CURRENT)]  # nothing marked current
 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
     summary = run_job(config, spark)
@@ -232,3 +232,20 @@ except RuntimeError:
     assert "Request URL" in output and "publish failed" in output and "RuntimeError" in output  # it did log
     for secret in (ACCOUNT_KEY, sig, token):
         assert secret not in output, secret
+
+
+def test_a_range_has_one_current_set_the_last_published_and_older_sets_stay_readable(
+        spark, champion, scoring_config, azurite, monkeypatch):
+    from taxi_fares_mlops.blob import BlobTarget, current, range_prefix
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    config = scoring_config(execute_feature_engineering=False, blob_container=CONTAINER)
+    first, second = (run_job(config, spark) for _ in range(2))
+    container = _container(azurite.connection_string)
+    folder = range_prefix("taxi_fares", config.start_date, config.end_date)
+    pointer = json.loads(container.download_blob(f"{folder}/{CURRENT}").readall())
+    assert pointer["prefix"] == f"{folder}/run={second['mlflow_run_id']}"
+    assert pointer["manifest"] == second["stages"]["batch_scoring"]["blob"]["manifest"]
+    assert current(BlobTarget(azurite.connection_string, CONTAINER), folder)["mlflow_run_id"] == second["mlflow_run_id"]
+    older = _check_manifest(container, first["stages"]["batch_scoring"]["blob"]["manifest"])  # still readable
+    assert older["mlflow_run_id"] == first["mlflow_run_id"] and older["rows"] > 0

@@ -60,3 +60,35 @@ def test_the_registered_drift_model_judges_a_frame_of_requests(spark, trips_lake
     judged = model.predict(shifted).set_index("feature")
     assert judged.loc["trip_distance", "drifted"] and judged.loc["trip_distance", "psi"] > 0.2
     assert not model.predict(shifted, params={"psi_threshold": 100.0, "ks_threshold": 1.0})["drifted"].any()
+
+
+def test_scoring_another_version_leaves_the_champions_rows_and_monitoring_reads_them(
+        spark, trips_lakehouse, versions, scoring_config):
+    from pyspark.sql import functions as F
+    from pyspark.testing import assertDataFrameEqual
+
+    from taxi_fares_mlops.storage import DRIFT_METRICS, SHADOW_PREDICTIONS
+
+    champion = run_job(scoring_config(execute_monitoring="true"), spark)
+    assert champion["stages"]["batch_scoring"]["table"] == PREDICTIONS
+    rows = trips_lakehouse.read(spark, PREDICTIONS)
+    before = rows.collect()
+    assert {r["model_version"] for r in before} == {"2"}
+    metrics = trips_lakehouse.read(spark, DRIFT_METRICS).filter(F.col("model_version") == "2").collect()
+    assert metrics
+
+    other = run_job(scoring_config(model_version="1", execute_monitoring="true"), spark)
+    assertDataFrameEqual(trips_lakehouse.read(spark, PREDICTIONS), before)  # the champion's rows, as they were
+    assert other["stages"]["batch_scoring"]["table"] == SHADOW_PREDICTIONS
+    assert other["stages"]["monitoring"]["model_version"] == "1"
+    shadow = trips_lakehouse.read(spark, SHADOW_PREDICTIONS)
+    assert {r["model_version"] for r in shadow.select("model_version").distinct().collect()} == {"1"}
+    assert shadow.count() == len(before)
+    # monitoring version 1 replaced its own rows of the window, not the champion's
+    assertDataFrameEqual(trips_lakehouse.read(spark, DRIFT_METRICS).filter(F.col("model_version") == "2"), metrics)
+
+    # Monitoring without a version says nothing of another: it reports on the champion's rows.
+    again = run_job(scoring_config(execute_batch_scoring="false", execute_monitoring="true"), spark)
+    assert again["stages"]["monitoring"]["model_version"] == "2"
+    assert again["stages"]["monitoring"]["rows"] == len(before)
+    assertDataFrameEqual(trips_lakehouse.read(spark, PREDICTIONS), before)

@@ -1,8 +1,12 @@
 """Batch scoring: trips of the range + features -> predictions of the chosen model version -> Delta (+ Blob).
 
-The range's rows in the predictions table are replaced in one commit: a rerun never duplicates, and a failure
-leaves the table as it was. When a storage connection is configured (or ``publish_predictions=true``) the run's
-rows are then published to Blob storage as Parquet parts and a manifest (``taxi_fares_mlops.blob``).
+The champion's outputs are the champion's: scoring with the version behind ``champion`` replaces the range's rows
+of the ``predictions`` table; scoring with any other version (``model_alias=challenger``, ``model_version=N``)
+writes ``shadow_predictions`` and replaces only that version's rows of the range, so the champion's rows are never
+touched. One commit each: a rerun never duplicates, and a failure leaves the table as it was. When a storage
+connection is configured (or ``publish_predictions=true``) the run's rows are then published to Blob storage as
+Parquet parts, a manifest and the range's current pointer (``taxi_fares_mlops.blob``; another version's under
+``shadow_predictions/``).
 """
 from __future__ import annotations
 
@@ -14,13 +18,13 @@ from pyspark.sql import functions as F
 from taxi_fares.features import in_range
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import blob, telemetry
-from taxi_fares_mlops.config import BATCH_SCORING, ScoringConfig
+from taxi_fares_mlops.config import BATCH_SCORING, CHAMPION, ScoringConfig
 from taxi_fares_mlops.datasets import valid_trips, with_features
 from taxi_fares_mlops.errors import StorageError
 from taxi_fares_mlops.faults import crash_during, crash_point
 from taxi_fares_mlops.spark import session_conf
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.storage import PREDICTIONS
+from taxi_fares_mlops.storage import PREDICTIONS, SHADOW_PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,9 @@ SCORING_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": "100000",
 
 @stage(BATCH_SCORING)
 def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageContext) -> dict:
-    model = context.tracking.registry(config.model_name).resolve(config.model_alias, config.model_version)
+    registry = context.tracking.registry(config.model_name)
+    model = registry.resolve(config.model_alias, config.model_version)
+    table, only, shadow = predictions_table(registry, model)
     context.tracking.check_inputs(model)  # a model of other inputs is refused before anything is read
     context.tracking.check_artifacts(model)  # so is one whose files are not those registered (and score re-checks)
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
@@ -53,19 +59,20 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
     start, end = config.time_range
     # Data-skipping statistics for the trip's columns, the prediction and its time; not for the model and run
     # labels, strings that are the same on every row of a run (and a range's files are one run's anyway).
-    with telemetry.span("score and write predictions", table=PREDICTIONS, model_version=model.version) as step:
+    with telemetry.span("score and write predictions", table=table, model_version=model.version) as step:
         with session_conf(spark, SCORING_CONF):
-            rows = context.lakehouse.replace_range(spark, predictions, PREDICTIONS, PICKUP_TS, start, end,
-                                                   stats_columns=[*trips.columns, "prediction", "scored_at"])
+            rows = context.lakehouse.replace_range(spark, predictions, table, PICKUP_TS, start, end,
+                                                   stats_columns=[*trips.columns, "prediction", "scored_at"], only=only)
         step.set_attribute("rows", rows)
-    context.wrote(PREDICTIONS)
+    context.wrote(table)
     crash_point("batch_scoring.after_predictions_commit")
-    outputs = {"model_name": model.name, "model_version": model.version, "rows": rows, "table": PREDICTIONS}
+    outputs = {"model_name": model.name, "model_version": model.version, "rows": rows, "table": table}
     if target is not None:
         # The Delta table is the system of record: publish this run's rows of the range from it.
-        written = (context.lakehouse.read(spark, PREDICTIONS)
+        written = (context.lakehouse.read(spark, table)
                    .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("mlflow_run_id") == context.mlflow_run_id)))
-        folder = blob.prefix(model.name, config.start_date, config.end_date, context.mlflow_run_id)
+        folder = blob.prefix(model.name, config.start_date, config.end_date, context.mlflow_run_id,
+                             model.version if shadow else None)
         with telemetry.span("publish predictions to blob", container=target.container) as step, \
                 crash_during("batch_scoring.during_part_uploads", lambda: blob.has_parts(target, folder)):
             manifest = blob.publish(written, target, folder, {
@@ -76,6 +83,15 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
         outputs["blob"] = {"container": target.container, "manifest": f"{folder}/{blob.MANIFEST}",
                            "files": len(manifest["files"]), "rows": manifest["rows"]}
     return outputs
+
+
+def predictions_table(registry, model) -> tuple[str, dict | None, bool]:
+    """Where ``model``'s predictions go: (table, the rows a range replaces beyond the range, shadow?). The champion's
+    to ``predictions`` (the range's rows); any other version's to ``shadow_predictions`` (that version's rows)."""
+    champion = registry.by_alias(CHAMPION)
+    if champion is not None and champion.version == model.version:
+        return PREDICTIONS, None, False
+    return SHADOW_PREDICTIONS, {"model_version": model.version}, True
 
 
 def _blob_target(config: ScoringConfig, context: StageContext):

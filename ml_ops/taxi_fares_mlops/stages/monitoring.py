@@ -2,12 +2,14 @@
 the fares are known, the realized error against the holdout's.
 
 Runs as the monitoring job (daily, after scoring), or at the end of the batch-scoring job
-(``execute_monitoring=true``), on the predictions written for the range. Every statistic is one Spark
-aggregation over the range (``taxi_fares.drift``); nothing is collected but per-feature counts. Results replace
-the range's rows of ``drift_metrics`` and ``performance_metrics`` (one row per window, model version, feature
-and metric; a rerun never duplicates), go to MLflow as metrics and the ``monitoring.status`` tag, and to
-telemetry: the stage's span carries the summary and each drifted feature is a warning log with its statistic,
-which Log Analytics can chart and alert on.
+(``execute_monitoring=true``), on the predictions written for the range by the version monitored: the champion's
+rows of ``predictions`` by default, another version's rows of ``shadow_predictions`` when told
+(``model_alias=challenger``, ``model_version=N``). Every statistic is one Spark aggregation over the range
+(``taxi_fares.drift``); nothing is collected but per-feature counts. Results replace the window's rows of that
+model version in ``drift_metrics`` and ``performance_metrics`` (one row per window, model version, feature and
+metric; a rerun never duplicates, another version's rows are left alone), go to MLflow as metrics and the
+``monitoring.status`` tag, and to telemetry: the stage's span carries the summary and each drifted feature is a
+warning log with its statistic, which Log Analytics can chart and alert on.
 
 Drift is judged by the drift model registered with the model version (``<model>_drift``: the training profile
 and the rule of ``taxi_fares.drift_detector``, with this run's thresholds); the outlier detector registered with
@@ -39,7 +41,8 @@ from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
 from taxi_fares_mlops.datasets import with_features
 from taxi_fares_mlops.errors import DataError, RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
-from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, PREDICTIONS
+from taxi_fares_mlops.stages.batch_scoring import predictions_table
+from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS
 from taxi_fares_mlops.tracking import DRIFT as DRIFT_MODEL, REFERENCE_PROFILE
 
 logger = logging.getLogger(__name__)
@@ -54,9 +57,10 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     model = registry.resolve(config.model_alias, config.model_version)
     judge = _drift_detector(context, registry, model).with_thresholds(config.psi_threshold, config.ks_threshold)
     start, end = config.time_range
-    if not context.lakehouse.exists(spark, PREDICTIONS):
-        raise DataError(f"table '{PREDICTIONS}' does not exist: run the job with execute_batch_scoring=true")
-    scored = (context.lakehouse.read(spark, PREDICTIONS)
+    table, _, _ = predictions_table(registry, model)
+    if not context.lakehouse.exists(spark, table):
+        raise DataError(f"table '{table}' does not exist: run the job with execute_batch_scoring=true")
+    scored = (context.lakehouse.read(spark, table)
               .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
     # Read by several aggregations below (profile comparison, category counts, outliers, error): joined once.
     current = (with_features(spark, context.lakehouse, config, scored)
@@ -158,14 +162,16 @@ def _performance(current, context: StageContext, run_id: str) -> dict:
 
 
 def _replace(spark, context: StageContext, table: str, rows, window: dict, config) -> None:
-    """The window's rows of ``table`` replaced by ``rows`` in one commit (a rerun never duplicates)."""
+    """The window's rows of the model version in ``table`` replaced by ``rows`` in one commit (a rerun never
+    duplicates; monitoring the challenger leaves the champion's rows of the window as they were)."""
     schema = ("window_start date, window_end date, model_name string, model_version string, feature string, "
               "metric string, value double, threshold double, breached boolean, mlflow_run_id string")
     data = [(window["window_start"], window["window_end"], window["model_name"], str(window["model_version"]),
              feature, metric, value, threshold, breached, context.mlflow_run_id)
             for feature, metric, value, threshold, breached in rows]
     df = spark.createDataFrame(data, schema).withColumn("computed_at", F.current_timestamp())
-    context.lakehouse.replace_range(spark, df, table, "window_start", config.start_date, config.end_date)
+    context.lakehouse.replace_range(spark, df, table, "window_start", config.start_date, config.end_date,
+                                    only={"model_version": str(window["model_version"])})
     context.wrote(table)
 
 
