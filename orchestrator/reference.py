@@ -101,16 +101,18 @@ def _service_parser() -> argparse.ArgumentParser:
 
 
 def job_parameters_page() -> str:
-    from taxi_fares_mlops.config import CONFIGS, WHEEL_PARAMETERS
+    from taxi_fares_mlops.config import CONFIGS, DEPLOY_PARAMETERS
 
     lines = ["# Job parameters", "", GENERATED, "",
              "Each job's parameters, declared once in `taxi_fares_mlops.config`: the notebook's widgets, the job "
-             "template's defaults and the typed config all come from these declarations. A run may override any of "
-             "them (`mlops run JOB --param NAME=VALUE`, or the job's parameters on Databricks); every bad value is "
-             "reported at once, before any work starts.", "",
-             "Besides these, every notebook reads "
-             + " and ".join(f"`{name}`" for name in WHEEL_PARAMETERS)
-             + " before it installs the wheels (the deployer sets them)."]
+             "template's defaults and the typed config all come from these declarations. A run may override them "
+             "(`mlops run JOB --param NAME=VALUE`, `mlops repair --param`, or the job's parameters on Databricks) "
+             "within its target's policy (`job_templates/targets.yml`: a run may tighten the approval and "
+             "validation gates, never loosen them); every bad value is reported at once, before any work starts.", "",
+             "Not parameters: "
+             + ", ".join(f"`{name}`" for name in DEPLOY_PARAMETERS)
+             + " are written by the deployer as the notebook task's base parameters: which wheels `%pip` installs "
+             "and the target's policy are fixed at deploy time, and a run that names them is refused."]
     for job, config in CONFIGS.items():
         lines += ["", f"## `{job}`", "", f"Stages: {', '.join(f'`{s}`' for s in config.STAGES)}.", "",
                   "| parameter | default | choices | meaning |", "|---|---|---|---|"]
