@@ -75,6 +75,10 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         raise DeployError(f"authentication failed at {host} while trying to {operation} (401): check "
                           f"DATABRICKS_TOKEN, your CLI profile or the service principal's credentials") from exc
     except PermissionDenied as exc:
+        if "invalid access token" in str(exc).lower():  # how a workspace refuses a wrong or expired token
+            raise DeployError(f"the token was refused at {host} while trying to {operation} (403 Invalid access "
+                              f"token: wrong or expired): renew DATABRICKS_TOKEN or check your CLI profile or the "
+                              f"service principal's credentials") from exc
         raise DeployError(f"permission denied at {host} while trying to {operation} (403): {_message(exc)}") from exc
     except NotFound as exc:
         if not is_missing(exc):

@@ -201,6 +201,12 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
             else:
                 job_id = w.jobs.create(**_create_arguments(w, settings)).job_id
                 action = "created"
+                # jobs/create takes no idempotency token: a create the SDK resent after a dropped answer left a
+                # second tagged job, which goes now (this deploy made both)
+                for job in w.jobs.list(name=name):
+                    if job.job_id != job_id and owned_by(job.settings, plan.target["name"]):
+                        w.jobs.delete(job.job_id)
+                        say(f"job {name}: deleted duplicate {job.job_id} (a create sent twice)")
         job_ids[name] = job_id
         say(f"job {name}: {action} {job_id}  {host}/jobs/{job_id}")
     return job_ids

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Union
 
@@ -111,8 +112,11 @@ def outputs(w: WorkspaceClient, run: Run, host: str) -> list[tuple[str, Optional
 
 
 def trigger(w: WorkspaceClient, job_id: int, params: Mapping[str, str], host: str) -> int:
+    # the SDK sends a request again after a connection error or a timeout, even one the workspace had applied: the
+    # token makes the resent run-now return the first run instead of starting a second
+    token = uuid.uuid4().hex
     with translate_errors(host, f"start job {job_id}"):
-        waiter = w.jobs.run_now(job_id=job_id, job_parameters=dict(params) or None)
+        waiter = w.jobs.run_now(job_id=job_id, job_parameters=dict(params) or None, idempotency_token=token)
     run_id: int = waiter.response.run_id  # type: ignore[attr-defined] # the SDK types response loosely
     return run_id
 

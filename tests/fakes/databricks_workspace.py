@@ -155,6 +155,8 @@ class WorkspaceEmulator:
         self.jobs: dict[int, dict] = {}
         self.runs: dict[int, EmulatedRun] = {}
         self.faults: list[Fault] = []
+        self.drops: list[list] = []                # [method, path prefix, times]: apply, then drop the connection
+        self._idempotency: dict[str, int] = {}     # run-now idempotency_token -> the run it started
         self.targets_file: Optional[Any] = None   # a targets.yml naming this emulator (set by the tests' fixture)
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
@@ -190,6 +192,18 @@ class WorkspaceEmulator:
     def fail(self, method: str, path_prefix: str, status: int, times: int = 1, message: str = "injected",
              retry_after: Optional[int] = None, error_code: Optional[str] = None) -> None:
         self.faults.append(Fault(method, path_prefix, status, times, message, retry_after, error_code))
+
+    def drop_after_apply(self, method: str, path_prefix: str, times: int = 1) -> None:
+        """Apply the next matching requests, then close the connection without an answer (a proxy or load
+        balancer timing out after the service acted): the SDK sees a connection error and sends the request again."""
+        self.drops.append([method, path_prefix, times])
+
+    def _take_drop(self, request: Request) -> bool:
+        for drop in self.drops:
+            if drop[2] > 0 and drop[0] == request.method and request.path.startswith(drop[1]):
+                drop[2] -= 1
+                return True
+        return False
 
     def calls(self, method: Optional[str] = None, path_prefix: str = "") -> list[Request]:
         return [r for r in self.requests if (method is None or r.method == method) and r.path.startswith(path_prefix)]
@@ -244,6 +258,10 @@ class WorkspaceEmulator:
                     except RequestRefused as exc:
                         status, payload, headers = exc.status, {"error_code": exc.error_code,
                                                                 "message": exc.message}, {}
+                    dropped = emulator._take_drop(request)
+                if dropped:  # applied, never answered
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 data = b""
                 if isinstance(payload, bytes):
@@ -267,8 +285,12 @@ class WorkspaceEmulator:
         if r.path.startswith("/presigned/"):   # a storage URL: signed, no bearer token
             return self._presigned_download(r)
         if r.path.startswith("/api/"):
+            if not r.headers.get("Authorization"):
+                raise refuse(401, "Credential was not sent or was of an unsupported type for this API.",
+                             "UNAUTHENTICATED")
             if r.headers.get("Authorization") != f"Bearer {self.token}":
-                raise refuse(401, "Invalid access token.", "UNAUTHENTICATED")
+                # what a workspace answers a wrong or expired token: 403, not 401
+                raise refuse(403, "Invalid access token.", "PERMISSION_DENIED")
         fault = self._take_fault(r)
         if fault:
             return fault
@@ -757,6 +779,11 @@ class WorkspaceEmulator:
 
     def _run_now(self, b: dict):
         settings = self._job_or_refuse(b["job_id"])
+        token = b.get("idempotency_token")
+        if token is not None and len(token) > 64:
+            raise invalid(f"idempotency_token must be at most 64 characters, got {len(token)}")
+        if token is not None and token in self._idempotency:  # the same request again: the first run
+            return 200, {"run_id": self._idempotency[token], "number_in_job": self._idempotency[token]}, {}
         defined = {p["name"] for p in settings.get("parameters", [])}
         undefined = sorted(set(b.get("job_parameters") or {}) - defined)
         if undefined:
@@ -776,6 +803,8 @@ class WorkspaceEmulator:
                 run.script, run.step = ["SKIPPED"], 0
                 run.error = f"Skipped: the job already has {len(active)} active run(s) (max_concurrent_runs)"
         self.runs[run_id] = run
+        if token is not None:
+            self._idempotency[token] = run_id
         return 200, {"run_id": run_id, "number_in_job": run_id}, {}
 
     def _advance(self, run: EmulatedRun) -> None:

@@ -69,9 +69,10 @@ def create_job(emu, **changes) -> int:
 
 # --- authentication and endpoints ---------------------------------------------------------------------------
 
-def test_requests_without_a_valid_bearer_token_get_401(emu, w):
+def test_no_token_gets_401_and_a_wrong_or_expired_token_gets_403_invalid_access_token(emu, w):
     refused(call(emu, "GET", "/api/2.2/jobs/list", token=None), 401, "UNAUTHENTICATED")
-    refused(call(emu, "GET", "/api/2.2/jobs/list", token="dapi-wrong"), 401, "UNAUTHENTICATED")
+    refused(call(emu, "GET", "/api/2.2/jobs/list", token="dapi-wrong"), 403, "PERMISSION_DENIED",
+            "Invalid access token.")
     assert list(w.jobs.list()) == []
 
 
@@ -231,6 +232,24 @@ def test_run_now_refuses_undefined_job_parameters(emu, w):
             400, "INVALID_PARAMETER_VALUE", "colour")
     run_id = w.jobs.run_now(job_id, job_parameters={"day": "2016-02-01"}).response.run_id
     assert emu.runs[run_id].parameters == {"day": "2016-02-01"}
+
+
+def test_run_now_with_the_same_idempotency_token_returns_the_first_run(emu, w):
+    job_id = create_job(emu)
+    emu.jobs[job_id]["max_concurrent_runs"] = 5
+    first = w.jobs.run_now(job_id, idempotency_token="t-1").response.run_id
+    assert w.jobs.run_now(job_id, idempotency_token="t-1").response.run_id == first
+    assert w.jobs.run_now(job_id, idempotency_token="t-2").response.run_id != first
+    assert len(emu.runs) == 2
+    refused(call(emu, "POST", "/api/2.2/jobs/run-now", {"job_id": job_id, "idempotency_token": "x" * 65}),
+            400, "INVALID_PARAMETER_VALUE", "64")
+
+
+def test_a_request_applied_and_then_unanswered_is_sent_again_by_the_sdk(emu, w):
+    emu.drop_after_apply("POST", "/api/2.2/jobs/create")
+    w.jobs.create(**{k: v for k, v in JobSettings.from_dict(job_settings()).__dict__.items()
+                     if k in ("name", "tasks", "parameters")})
+    assert len(emu.calls("POST", "/api/2.2/jobs/create")) == 2 and len(emu.jobs) == 2  # no token: two jobs
 
 
 def states(w, run_id, n):
