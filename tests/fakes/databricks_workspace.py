@@ -157,6 +157,7 @@ class WorkspaceEmulator:
         self.faults: list[Fault] = []
         self.drops: list[list] = []                # [method, path prefix, times]: apply, then drop the connection
         self._idempotency: dict[str, int] = {}     # run-now idempotency_token -> the run it started
+        self.runs_page_cap: Optional[int] = None   # runs/list answers at most this many per page, more to come
         self.targets_file: Optional[Any] = None   # a targets.yml naming this emulator (set by the tests' fixture)
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
@@ -741,6 +742,10 @@ class WorkspaceEmulator:
             runs = [self._run_json(run) for run in sorted(self.runs.values(), key=lambda x: -x.run_id)
                     if "job_id" not in q or run.job_id == q["job_id"]]
             page, extra = self._page(runs, q, 20, 25, "runs")
+            if self.runs_page_cap is not None and len(page) > self.runs_page_cap:  # a short page, as seen for real
+                start = int(q.get("page_token") or 0)
+                page, extra = page[:self.runs_page_cap], {**extra, "has_more": True,
+                                                          "next_page_token": str(start + self.runs_page_cap)}
             return 200, ({"runs": page} if page else {}) | extra, {}
         if action == "runs/repair":
             self._expect(r, "POST")

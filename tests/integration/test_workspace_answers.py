@@ -49,3 +49,15 @@ def test_a_wrong_or_expired_token_is_named(workspace, mlops, monkeypatch):
         f"Invalid access token: wrong or expired): renew DATABRICKS_TOKEN or check your CLI profile or the service "
         f"principal's credentials")
     assert "dapi-expired" not in err
+
+
+def test_runs_follows_short_pages_to_the_limit(workspace, mlops):
+    jobs = deployed(workspace, mlops)
+    workspace.jobs[jobs["taxi_fares_training"]]["max_concurrent_runs"] = 100
+    for _ in range(12):
+        assert mlops("run", "training", "--target", "staging", "--no-wait")[0] == 0
+    workspace.runs_page_cap = 4  # fewer than asked for, with more to come
+    code, out, err = mlops("runs", "training", "--target", "staging", "--limit", "10")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1 + 10
+    assert [r.query.get("page_token") for r in workspace.calls("GET", "/api/2.2/jobs/runs/list")] == [None, "4", "8"]
