@@ -215,7 +215,7 @@ class Lakehouse:
         makes it start again (a MERGE then), never overwrite the other's rows.
         """
         if not self.exists(spark, table):
-            with self._wrapped("create", table):  # refused if another writer created it meanwhile: then a MERGE
+            with self._wrapped("write", table):  # refused if another writer created it meanwhile: then a MERGE
                 self._save(spark, df.write.format("delta").mode("errorifexists"), table)
             return {**self._last_metrics(spark, table, inserted="numOutputRows"), "updated": 0}
         source = f"merge_source_{uuid.uuid4().hex}"

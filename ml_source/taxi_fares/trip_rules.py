@@ -75,8 +75,15 @@ ROW_RULES = (
 )
 
 
+_NAN_KEYS = tuple((c, nan_key(c)) for c in FLOAT_COLUMNS)
+
+
 def broken_rules(values: Mapping[str, Any]) -> list[RowRule]:
-    """The rules one row of plain values breaks, of those whose columns it has (a request's trip has no fare)."""
-    plain = {**values, **{nan_key(c): isinstance(v, float) and math.isnan(v) for c, v in values.items()
-                          if c in FLOAT_COLUMNS}}
-    return [r for r in ROW_RULES if all(c in values for c in r.reads) and bool(r.breaks(plain))]
+    """The rules one row of plain values breaks, of those whose columns it has (a request's trip has no fare).
+    Called per trip of a request, so kept cheap."""
+    plain = dict(values)
+    for column, key in _NAN_KEYS:
+        if column in plain:
+            value = plain[column]
+            plain[key] = isinstance(value, float) and math.isnan(value)
+    return [r for r in ROW_RULES if all(c in plain for c in r.reads) and r.breaks(plain)]
