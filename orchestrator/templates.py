@@ -35,6 +35,8 @@ VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_exper
              "require_approval", "model_validation", "target_policy")
 POLICY_VARIABLES = ("require_approval", "model_validation", "target_policy")
 POLICY_KEYS = {"require_approval": bool, "allow_force_promote": bool, "min_model_validation": str}
+# Optional bounds on the validation thresholds a run may tighten but not loosen (TargetPolicy's fields).
+POLICY_BOUNDS = ("min_r2_at_least", "regression_margin_at_most", "holdout_fraction_at_least")
 # Target settings that configure the tool, not the templates.
 TARGET_SETTINGS = ("host", "existing_cluster_id", "compute", "serverless_environment_version")
 COMPUTE = ("job_cluster", "existing_cluster", "serverless")
@@ -128,11 +130,13 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
     problems = [f"unknown key '{key}' (keys: defaults, targets)" for key in data if key not in ("defaults", "targets")]
     defaults = data.get("defaults") or {}
     problems += [f"defaults: unknown key '{key}'" for key in defaults if key not in TARGET_KEYS]
+    if "policy" in defaults:  # a target copied from another must not inherit gates it never stated
+        problems.append("defaults: policy belongs to each target, never to the defaults (state it per target)")
     targets = {}
     for name, values in data["targets"].items():
         targets[name] = target = {**defaults, **(values or {})}
         problems += [f"target '{name}': unknown key '{key}'" for key in (values or {}) if key not in TARGET_KEYS]
-        problems += _policy_problems(name, target.get("policy"))
+        problems += _policy_problems(name, (values or {}).get("policy"))
         host = target.get("host")
         if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
             problems.append(f"target '{name}': host '{host}' is not a workspace URL (https://<instance>)")
@@ -156,7 +160,12 @@ def _policy_problems(name: str, policy: Any) -> list[str]:
     expected = ", ".join(f"{k} ({t.__name__})" for k, t in POLICY_KEYS.items())
     if not isinstance(policy, dict):
         return [f"target '{name}': policy missing (expected a mapping of {expected})"]
-    problems = [f"target '{name}': policy: unknown key '{k}'" for k in policy if k not in POLICY_KEYS]
+    problems = [f"target '{name}': policy: unknown key '{k}'" for k in policy
+                if k not in POLICY_KEYS and k not in POLICY_BOUNDS]
+    for key in POLICY_BOUNDS:
+        value = policy.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"target '{name}': policy: {key} must be a number (got {value!r})")
     for key, kind in POLICY_KEYS.items():
         if not isinstance(policy.get(key), kind):
             problems.append(f"target '{name}': policy: {key} must be a {kind.__name__} (got {policy.get(key)!r})")
@@ -176,8 +185,11 @@ def target_policy(target: str, variables: Mapping[str, Any]):
                         min_model_validation=policy["min_model_validation"],
                         lakehouse_root=variables["lakehouse_root"],
                         mlflow_registry_uri=variables["mlflow_registry_uri"],
+                        table_schema=variables["table_schema"], model_name=variables["model_name"],
+                        secret_scope=variables["secret_scope"],
                         wheel_base_path=cluster_readable(variables["wheel_base_path"]),
-                        wheel_version=variables["wheel_version"])
+                        wheel_version=variables["wheel_version"],
+                        **{k: policy[k] for k in POLICY_BOUNDS if policy.get(k) is not None})
 
 
 def target_variables(target: str, version: str | None = None, lakehouse: str | None = None) -> dict[str, Any]:

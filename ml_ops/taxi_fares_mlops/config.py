@@ -266,9 +266,18 @@ class TargetPolicy:
     min_model_validation: str
     lakehouse_root: str
     mlflow_registry_uri: str
+    # where the target keeps its tables, which model it registers and which scope holds its credentials: a run
+    # that names others is refused (required: a policy written before these were pinned is refused, redeploy)
+    table_schema: str
+    model_name: str
+    secret_scope: str
     # the wheels the deployer installed for the job: the notebook compares its wheel widgets with them before %pip
     wheel_base_path: str = ""
     wheel_version: str = ""
+    # the validation thresholds a run may tighten but not loosen (None: no bound on this target)
+    min_r2_at_least: Optional[float] = None
+    regression_margin_at_most: Optional[float] = None
+    holdout_fraction_at_least: Optional[float] = None
 
     def to_json(self) -> str:
         import json
@@ -284,8 +293,10 @@ class TargetPolicy:
             policy = cls(**data)
         except (ValueError, TypeError) as exc:
             raise _Invalid(f"is not a target policy ({exc}): redeploy the job (mlops deploy)") from None
+        numbers = (policy.min_r2_at_least, policy.regression_margin_at_most, policy.holdout_fraction_at_least)
         if not isinstance(policy.require_approval, bool) or not isinstance(policy.allow_force_promote, bool) \
-                or policy.min_model_validation not in _VALIDATION_ORDER:
+                or policy.min_model_validation not in _VALIDATION_ORDER \
+                or not all(n is None or (isinstance(n, (int, float)) and not isinstance(n, bool)) for n in numbers):
             raise _Invalid(f"is not a target policy ({text}): redeploy the job (mlops deploy)")
         return policy
 
@@ -311,6 +322,19 @@ class TargetPolicy:
         if "mlflow_registry_uri" in values and values["mlflow_registry_uri"] != self.mlflow_registry_uri:
             found.append(f"mlflow_registry_uri: '{values['mlflow_registry_uri']}' is not {where}'s registry "
                          f"'{self.mlflow_registry_uri}'; drop the parameter")
+        for name, pinned in (("table_schema", self.table_schema), ("model_name", self.model_name),
+                             ("secret_scope", self.secret_scope)):
+            if name in values and values[name] != pinned:
+                found.append(f"{name}: '{values[name]}' is not {where}'s '{pinned}'; drop the parameter")
+        bounds = (("min_r2", self.min_r2_at_least, "at least"), ("regression_margin", self.regression_margin_at_most,
+                  "at most"), ("holdout_fraction", self.holdout_fraction_at_least, "at least"))
+        for name, bound, sense in bounds:
+            value = values.get(name)
+            if bound is None or value is None:
+                continue
+            if (value < bound) if sense == "at least" else (value > bound):
+                found.append(f"{name}: {value} loosens {where}'s validation ({name} {sense} {bound}): a run may "
+                             f"tighten a threshold, never loosen it")
         return found
 
 
@@ -420,6 +444,9 @@ class JobConfig:
                 problems += TargetPolicy.from_json(str(policy_text)).problems(values)
             except _Invalid as exc:
                 problems.append(f"{TARGET_POLICY}: {exc}")
+        elif values.get("databricks_job_id"):  # a job run without it: a job not (or no longer) as deployed
+            problems.append(f"{TARGET_POLICY}: missing: this job run carries no target policy, so no gate could be "
+                            f"checked; redeploy the job (mlops deploy) rather than editing it by hand")
         config = None
         if not problems:
             config = cls._from_values(values, problems)

@@ -142,9 +142,12 @@ def test_each_parameters_default_is_written_once_in_its_declaration():
 
 PROD = TargetPolicy(target="prod", require_approval=True, allow_force_promote=False, min_model_validation="enabled",
                     lakehouse_root="/Volumes/prod/taxi_fares/lakehouse", mlflow_registry_uri="databricks-uc",
-                    wheel_base_path="/Volumes/prod/taxi_fares/wheels", wheel_version="1.2.3")
+                    table_schema="prod.taxi_fares", model_name="prod.taxi_fares.taxi_fares", secret_scope="taxi-fares",
+                    wheel_base_path="/Volumes/prod/taxi_fares/wheels", wheel_version="1.2.3",
+                    min_r2_at_least=0.0, regression_margin_at_most=0.05, holdout_fraction_at_least=0.1)
 PROD_RUN = dict(require_approval="true", model_validation="enabled", mlflow_registry_uri="databricks-uc",
-                lakehouse_root="/Volumes/prod/taxi_fares/lakehouse")
+                lakehouse_root="/Volumes/prod/taxi_fares/lakehouse", table_schema="prod.taxi_fares",
+                model_name="prod.taxi_fares.taxi_fares", secret_scope="taxi-fares")
 
 
 def under_prod(**changes):
@@ -175,11 +178,27 @@ def test_a_run_within_the_policy_builds_and_may_tighten_it():
      "lakehouse_root: '/Volumes/prod/taxi_fares/lakehouse/../../dev' is not a lakehouse path"),
     ({"mlflow_registry_uri": ""}, "mlflow_registry_uri: '' is not target 'prod''s registry 'databricks-uc'"),
     ({"secret_scope": "taxi fares; rm"}, "secret_scope: 'taxi fares; rm' is not a secret scope name"),
+    ({"table_schema": "other.schema"}, "table_schema: 'other.schema' is not target 'prod''s 'prod.taxi_fares'; drop "
+                                       "the parameter"),
+    ({"model_name": "prod.taxi_fares.other"}, "model_name: 'prod.taxi_fares.other' is not target 'prod''s"),
+    ({"secret_scope": "someone-elses"}, "secret_scope: 'someone-elses' is not target 'prod''s 'taxi-fares'"),
+    ({"min_r2": "-1000"}, "min_r2: -1000.0 loosens target 'prod''s validation (min_r2 at least 0.0)"),
+    ({"regression_margin": "1e9"}, "regression_margin: 1000000000.0 loosens target 'prod''s validation "
+                                   "(regression_margin at most 0.05)"),
+    ({"holdout_fraction": "0.001"}, "holdout_fraction: 0.001 loosens target 'prod''s validation"),
 ])
 def test_a_run_that_loosens_the_policy_or_leaves_the_target_is_refused(changes, expected):
     with pytest.raises(ConfigError) as excinfo:
         TrainingConfig.from_mapping(under_prod(**changes))
     assert expected in str(excinfo.value)
+
+
+def test_a_job_run_without_its_policy_is_refused():
+    """A job run (Databricks passes its job id) that carries no policy is not the job as deployed: no gate could
+    be checked, so nothing runs. A notebook run outside a job (the notebook tests) has neither."""
+    with pytest.raises(ConfigError, match="target_policy: missing: this job run carries no target policy"):
+        TrainingConfig.from_mapping({**training(databricks_job_id="123"), TARGET_POLICY: ""})
+    assert TrainingConfig.from_mapping({**training(), TARGET_POLICY: ""})
 
 
 def test_a_malformed_policy_fails_closed():

@@ -175,6 +175,10 @@ def test_prod_policy_sets_the_gates_defaults_and_refuses_loosening():
     assert gates == (True, False, "enabled")
     assert policy.lakehouse_root == "/Volumes/prod/taxi_fares/lakehouse"
     assert policy.mlflow_registry_uri == "databricks-uc"
+    pinned = (policy.table_schema, policy.model_name, policy.secret_scope)
+    assert pinned == ("prod.taxi_fares", "prod.taxi_fares.taxi_fares", "taxi-fares")
+    bounds = (policy.min_r2_at_least, policy.regression_margin_at_most, policy.holdout_fraction_at_least)
+    assert bounds == (0.0, 0.05, 0.1)
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -184,6 +188,12 @@ def test_prod_policy_sets_the_gates_defaults_and_refuses_loosening():
      "min_model_validation 'strict' is not one of disabled, dry_run, enabled"),
     ("      require_approval: true\n", "      require_approval: yes please\n",
      "target 'prod': policy: require_approval must be a bool"),
+    ("      regression_margin_at_most: 0.05\n      holdout_fraction_at_least: 0.1\n    new_cluster",
+     "      regression_margin_at_most: lots\n      holdout_fraction_at_least: 0.1\n    new_cluster",
+     "target 'prod': policy: regression_margin_at_most must be a number"),
+    # a policy under defaults would be inherited by a target copied from another without its own
+    ("defaults:\n", "defaults:\n  policy:\n    require_approval: false\n    allow_force_promote: true\n"
+     "    min_model_validation: disabled\n", "defaults: policy belongs to each target, never to the defaults"),
 ])
 def test_a_target_policy_that_is_incomplete_or_malformed_is_refused(tmp_path, monkeypatch, old, new, message):
     text = (TEMPLATES_DIR / "targets.yml").read_text()
