@@ -382,3 +382,18 @@ def test_mlops_serve_local_says_first_that_it_is_unauthenticated(bundle, tmp_pat
     refused = subprocess.run([*command[:-2], "--port", str(port), "--host", "0.0.0.0"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "is not a loopback address" in refused.stderr
+
+
+@pytest.mark.parametrize("value", ["off", "n", "disabled", "maybe"])
+def test_a_switch_that_is_not_a_plain_yes_or_no_stops_the_service(monkeypatch, value):
+    """MLOPS_SERVING_ALLOW_UNAUTHENTICATED=off must not open the service: only true/yes/1 and false/no/0 are read,
+    anything else stops it before it starts."""
+    from taxi_fares_mlops.serving.__main__ import build_parser
+
+    monkeypatch.setenv("MLOPS_SERVING_ALLOW_UNAUTHENTICATED", value)
+    with pytest.raises(SystemExit, match=f"MLOPS_SERVING_ALLOW_UNAUTHENTICATED='{value}' is neither"):
+        build_parser()
+    monkeypatch.setenv("MLOPS_SERVING_ALLOW_UNAUTHENTICATED", "no")
+    assert build_parser().parse_args(["--bundle", "b"]).allow_unauthenticated is False
+    monkeypatch.setenv("MLOPS_SERVING_ALLOW_UNAUTHENTICATED", "true")
+    assert build_parser().parse_args(["--bundle", "b"]).allow_unauthenticated is True

@@ -3,6 +3,7 @@ tables written with delta-rs: a trip before the window of features held is a 422
 says as of when its features are and how old; past the maximum age the service is not ready and its metrics say
 why; a refresh from the Delta tables moves the window forward and makes it ready again (the real process)."""
 import datetime as dt
+import json
 import subprocess
 import threading
 import time
@@ -94,9 +95,12 @@ def test_past_the_max_feature_age_the_service_is_not_ready_and_its_metrics_say_w
     assert _metric(app, 'taxi_fares_readiness{taxi_fares_readiness="ready"}').endswith(" 1.0")
     service.clock = lambda: (DROPOFF_NEWEST + pd.Timedelta(hours=49)).to_pydatetime()
     status, body, _ = call_asgi(app, "GET", "/health/ready")
-    assert status == 503 and body["status"] == "features_too_old", body
-    assert body["detail"].startswith(f"features as of {DROPOFF_NEWEST.isoformat()} are 49.0 h old; at most 48 h "
-                                     f"are served; no feature tables are configured")
+    assert status == 503 and body == {"status": "features_too_old", "detail": "the features are older than the "
+                                      "maximum age: /v1/metadata and the log say why"}, body  # no paths, no errors
+    why = call_asgi(app, "GET", "/v1/metadata")[1]["readiness"]
+    assert why["status"] == "features_too_old"
+    assert why["detail"].startswith(f"features as of {DROPOFF_NEWEST.isoformat()} are 49.0 h old; at most 48 h "
+                                    f"are served; no feature tables are configured")
     assert _metric(app, "taxi_fares_feature_age_seconds ") == f"taxi_fares_feature_age_seconds {49 * 3600.0}"
     assert _metric(app, 'taxi_fares_readiness{taxi_fares_readiness="features_too_old"}').endswith(" 1.0")
     assert _metric(app, 'taxi_fares_readiness{taxi_fares_readiness="ready"}').endswith(" 0.0")
@@ -149,7 +153,9 @@ def test_a_refresh_from_the_delta_tables_moves_the_window_forward_and_readiness_
             time.sleep(0.2)
         status, body, _ = ready
         assert status == 503 and body["status"] == "features_too_old", body
-        assert f"the last refresh from {tables} failed" in body["detail"]  # no tables yet: the bundle's 2016 rows
+        assert str(tables) not in json.dumps(body)  # the open probe names no path
+        why = http(url + "/v1/metadata")[1]["readiness"]["detail"]
+        assert f"the last refresh from {tables} failed" in why  # no tables yet: the bundle's 2016 rows
         scraped = http(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         assert 'taxi_fares_readiness{taxi_fares_readiness="features_too_old"} 1.0' in scraped
 

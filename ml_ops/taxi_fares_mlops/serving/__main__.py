@@ -16,7 +16,7 @@ import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from taxi_fares_mlops import environment
+from taxi_fares_mlops import environment, redaction
 from taxi_fares_mlops.serving import limits
 from taxi_fares_mlops.serving.app import Settings, create_app
 from taxi_fares_mlops.serving.auth import MODES, NONE, AuthSettings
@@ -51,8 +51,11 @@ def _env(option: str, default=None, kind=str):
         return default
     if kind is list:
         return [v.strip() for v in value.split(",") if v.strip()]
-    if kind is bool:
-        return value.strip().lower() not in ("0", "false", "no")
+    if kind is bool:  # only a plain yes or no: "off" or "disabled" must not switch a control off (or on)
+        word = value.strip().lower()
+        if word not in ("1", "true", "yes", "0", "false", "no"):
+            raise SystemExit(f"error: {ENVIRONMENT[option].name}={value!r} is neither true/yes/1 nor false/no/0")
+        return word in ("1", "true", "yes")
     try:
         return kind(value)
     except ValueError:
@@ -183,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.protect_all()  # the service's own lines and uvicorn's alike (uvicorn is told to add no handler)
     refusal = exposure_refusal(args.host, args.auth, args.allow_unauthenticated)
     if refusal:  # first, before anything is read or opened
         print(refusal, file=sys.stderr)
@@ -213,7 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, args.host, registry=app.state.service.metrics.registry)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+    # log_config=None: uvicorn adds no handlers of its own, so its lines reach the root's redacting handler
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, log_config=None,
                 **limits.server_options(header_timeout=args.header_timeout))
     return 0
 

@@ -222,6 +222,9 @@ class FeaturesNotHeld(ValueError):
 
 
 READY, LOADING, FAILED, STALE = "ready", "loading", "failed", "features_too_old"
+NOT_READY_REASONS = {LOADING: "the bundle is loading",
+                     FAILED: "the bundle could not be loaded: the service's log says why",
+                     STALE: "the features are older than the maximum age: /v1/metadata and the log say why"}
 
 
 class Freshness:
@@ -433,11 +436,18 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
     def live() -> dict:
         return {"status": "live"}
 
+    # The probes are open to anyone who can reach the pod: they say what state the service is in, never why in
+    # detail (exception text, paths, storage URIs). The why is logged once per change and is in /v1/metadata.
+    reported: dict[str, Optional[str]] = {}
+
     @app.get("/health/ready")
     def ready():
         status, why = service.readiness()
         if status != READY:
-            return JSONResponse({"status": status, "detail": why}, status_code=503)
+            if reported.get(status) != why:
+                reported[status] = why
+                logger.warning("not ready (%s): %s", status, why or "loading")
+            return JSONResponse({"status": status, "detail": NOT_READY_REASONS[status]}, status_code=503)
         return {"status": READY, "model_version": service.bundle.model_version}
 
     @app.get("/v1/metadata")
@@ -445,7 +455,8 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
         if not service.ready:
             return JSONResponse({"detail": "not ready"}, status_code=503)
         snapshot = service.features.snapshot
-        return {"manifest": service.bundle.manifest,
+        status, why = service.readiness()
+        return {"manifest": service.bundle.manifest, "readiness": {"status": status, "detail": why},
                 "features": {"source": snapshot.source, "loaded_at": snapshot.loaded_at.isoformat(),
                              "newest": snapshot.newest, "pickup_rows": len(snapshot.pickup),
                              "dropoff_rows": len(snapshot.dropoff), "refreshes": service.features.refreshes,
