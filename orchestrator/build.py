@@ -76,11 +76,11 @@ def build(dist: Path) -> list[Path]:
 
 
 def _build(dist: Path) -> list[Path]:
-    dist = Path(dist).resolve()
-    try:
-        outputs.check_replaceable(dist, _is_dist, "the wheels")
+    try:  # the path as given: a symbolic link there is refused, not followed
+        outputs.check_replaceable(Path(dist), _is_dist, "the wheels")
     except outputs.ForeignOutputError as exc:
         raise UsageError(str(exc)) from None
+    dist = Path(dist).resolve()
     dist.parent.mkdir(parents=True, exist_ok=True)
     building = outputs.building_folder(dist)
     try:

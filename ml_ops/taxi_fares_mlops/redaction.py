@@ -11,25 +11,33 @@ import logging
 import re
 
 MASK = "***"
+# A name ends where a letter or digit does not follow (``\b`` would not end it before ``_``: DATABRICKS_TOKEN=...).
+_START = r"(?<![A-Za-z0-9])"
+_SECRET_NAMES = (r"(?:[A-Za-z0-9]+_)*(?:client_secret|secret|token|access_token|refresh_token|id_token|api_key|apikey|"
+                 r"x-api-key|account_key|password|passwd|pwd|credential|credentials|private_key|sas|sas_token)")
 _PATTERNS = (
+    # a PEM private key, whole
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), MASK),
     # connection-string fields whose value is a secret
-    (re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey|InstrumentationKey|ClientSecret|"
-                r"Password|Pwd)=([^;\s'\"]+)"), rf"\1={MASK}"),
-    # a SAS signature (and the key it names) in a URL's query, however it is quoted
-    (re.compile(r"(?i)([?&](?:sig|skoid|sktid|sv_token)=)[^&\s'\"]+"), rf"\1{MASK}"),
+    (re.compile(r"(?i)" + _START + r"(AccountKey|SharedAccessSignature|SharedAccessKey|InstrumentationKey|"
+                r"ClientSecret|Password|Pwd)=([^;\s'\"]+)"), rf"\1={MASK}"),
+    # a SAS signature in a URL's query, however it is quoted or encoded
+    (re.compile(r"(?i)([?&](?:sig|skoid|sktid)=)[^&\s'\"]+"), rf"\1{MASK}"),
+    (re.compile(r"(?i)((?:%3F|%26)(?:sig|skoid|sktid)%3D)[^%&\s'\"]+"), rf"\1{MASK}"),
     # HTTP authorization headers and bearer tokens, as the Azure SDK logs them at DEBUG
-    (re.compile(r"(?i)\b(Authorization['\"]?\s*[:=]\s*['\"]?)(Bearer|Basic|SharedKey|ApiKey)?\s*[^\s'\",}]+"),
-     rf"\1\2 {MASK}"),
-    (re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]{8,}"), f"Bearer {MASK}"),
+    (re.compile(r"(?i)" + _START + r"(Authorization['\"]?\s*[:=]\s*['\"]?)(Bearer|Basic|SharedKey|ApiKey)?\s*"
+                r"[^\s'\",}]+"), rf"\1\2 {MASK}"),
+    (re.compile(r"(?i)" + _START + r"Bearer\s+[A-Za-z0-9._~+/=-]{8,}"), f"Bearer {MASK}"),
     # a JWT anywhere (three base64url parts, the first a JSON header)
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
+    (re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
     # Databricks personal access tokens
-    (re.compile(r"\bdapi[0-9a-f]{32}(?:-\d+)?\b"), f"dapi{MASK}"),
+    (re.compile(r"(?<![A-Za-z0-9])(?:dapi|dose|dkea)[0-9a-f]{32}(?:-\d+)?(?![0-9a-f])"), MASK),
     # user:password@ in a URL
     (re.compile(r"(//)[^/@\s:]+:[^/@\s]+@"), rf"\1{MASK}@"),
-    # key=value pairs named like secrets (client_secret=..., "token": "...")
-    (re.compile(r"(?i)\b((?:client_)?secret|token|api_key|apikey|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&}]+"),
-     rf"\1\2{MASK}"),
+    # NAME=value / "name": "value" pairs named like secrets; a value of at least 8 characters that is not a plain
+    # number, so "token: 403" or "secret: scope taxi-fares" keep what the operator needs
+    (re.compile(r"(?i)" + _START + r"(" + _SECRET_NAMES + r")(['\"]?\s*[:=]\s*['\"]?)"
+                r"(?![0-9]+(?:[\s'\",;&}]|$))([^\s'\",;&}]{8,})"), rf"\1\2{MASK}"),
 )
 
 

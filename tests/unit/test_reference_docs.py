@@ -42,7 +42,7 @@ def test_every_mlops_variable_the_code_names_is_declared_once():
     assert len(declared) == len(VARIABLES)
     prefixes = {name for name in declared if name.endswith("_")}
     named = set()
-    for folder in ("ml_source", "ml_ops", "orchestrator", "serving", ".azure-pipelines", "job_templates"):
+    for folder in ("ml_source", "ml_ops", "orchestrator", "service_deployment", ".azure-pipelines", "job_templates"):
         for path in (REPO_ROOT / folder).rglob("*"):
             if path.is_file() and path.suffix in (".py", ".yml", ".yaml", ".json", ".toml", "") and \
                     "__pycache__" not in path.parts:

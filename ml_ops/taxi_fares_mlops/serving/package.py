@@ -51,9 +51,12 @@ def feature_rows(spark: SparkSession, lakehouse: Lakehouse, table: str, lookback
 
 
 def _is_bundle(folder: Path) -> bool:
-    """A folder holding a manifest of this bundle format: a bundle the packager wrote, which it may replace."""
+    """A bundle the packager wrote, which it may replace: a manifest of this format and nothing beside what a bundle
+    holds (a folder that also holds other files is not one, whatever its manifest says)."""
+    own = {MANIFEST, SIGNATURE, "models", *(Path(f).parts[0] for f in FEATURE_FILES.values())}
     try:
-        return json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
+        return {p.name for p in folder.iterdir()} <= own and \
+            json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -64,8 +67,8 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
     """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``,
     its manifest signed with ``signing_key``; returns the manifest. An existing bundle there is replaced only once
     the new one is complete; a ``destination`` holding anything but a bundle is refused before any work."""
+    outputs.check_replaceable(Path(destination), _is_bundle, "a serving bundle")  # as given: a link is refused
     destination = Path(destination).resolve()
-    outputs.check_replaceable(destination, _is_bundle, "a serving bundle")
     registry = Registry(model_name)
     fare = registry.resolve(alias, version)
     companions = {}
