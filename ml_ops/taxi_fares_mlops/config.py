@@ -251,7 +251,8 @@ TARGET_POLICY = "target_policy"
 # What the deployer (and the local runner) writes as the notebook task's base parameters, never as job parameters:
 # the Jobs API refuses a run or repair naming a parameter the job does not define, so a run cannot change them.
 DEPLOY_PARAMETERS = WHEEL_PARAMETERS + (TARGET_POLICY,)
-_VALIDATION_ORDER = {mode: rank for rank, mode in enumerate(VALIDATION_MODES)}  # disabled < dry_run < enabled
+_VALIDATION_ORDER = {mode: rank for rank, mode in enumerate(VALIDATION_MODES)}
+EMBEDDED_TARGET = "local"  # targets.yml's target for `mlops run --local`  # disabled < dry_run < enabled
 
 
 @dataclass(frozen=True)
@@ -322,8 +323,10 @@ class TargetPolicy:
         if "mlflow_registry_uri" in values and values["mlflow_registry_uri"] != self.mlflow_registry_uri:
             found.append(f"mlflow_registry_uri: '{values['mlflow_registry_uri']}' is not {where}'s registry "
                          f"'{self.mlflow_registry_uri}'; drop the parameter")
-        for name, pinned in (("table_schema", self.table_schema), ("model_name", self.model_name),
-                             ("secret_scope", self.secret_scope)):
+        # The embedded default keeps everything on this machine: a local run may name its own schema or model.
+        pins = () if self.target == EMBEDDED_TARGET else (
+            ("table_schema", self.table_schema), ("model_name", self.model_name), ("secret_scope", self.secret_scope))
+        for name, pinned in pins:
             if name in values and values[name] != pinned:
                 found.append(f"{name}: '{values[name]}' is not {where}'s '{pinned}'; drop the parameter")
         bounds = (("min_r2", self.min_r2_at_least, "at least"), ("regression_margin", self.regression_margin_at_most,
