@@ -75,6 +75,7 @@ def test_help_documents_the_exit_codes(capsys):
         assert line in out
 
 
+@pytest.mark.slow
 def test_data_generate_writes_exactly_the_rows(spark, lakehouse, capsys):
     code = main(["data", "generate", "--rows", "1234", "--start", "2016-01-01", "--end", "2016-01-08",
                  "--seed", "3"])

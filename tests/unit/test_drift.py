@@ -35,6 +35,7 @@ def _same(a, b):
     return math.isclose(a, b, rel_tol=0, abs_tol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", [None, {"trip_distance": 1.5}], ids=["same", "distance-x1.5"])
 def test_pandas_and_spark_counts_give_the_same_statistics(spark, reference, shift):
     current = _inputs(spark, seed=2, **({"shift": shift} if shift else {}))
@@ -55,6 +56,7 @@ def test_pandas_and_spark_counts_give_the_same_statistics(spark, reference, shif
         assert drifted == set()
 
 
+@pytest.mark.slow
 def test_thresholds_decide_what_drifted(spark, reference):
     current = _inputs(spark, seed=3, shift={"trip_distance": 1.5}).toPandas()
     loose = DriftDetector(reference, psi_threshold=100.0, ks_threshold=1.0).predict(current)

@@ -183,6 +183,7 @@ def test_join_features_never_counts_the_trip_itself(spark, make_trips):
     assert (row["pickup_hour"], row["pickup_weekday"]) == (10, 2)  # Monday = 2 in Spark's dayofweek
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid_max_rows", [2_000_000, 50_000], ids=["both-grids", "pickup-grid-dropoff-sorted"])
 def test_grid_join_gives_the_rows_of_the_as_of_join_on_data_with_gaps(spark, make_trips, monkeypatch, grid_max_rows):
     """The grid join (equi-join on filled (zip, slot) rows) against the sorted as-of join on the same inputs.

@@ -26,6 +26,7 @@ def week(spark):
     return trips.toPandas().sort_values(TRIP_ID).reset_index(drop=True), pickup.toPandas(), dropoff.toPandas(), batch
 
 
+@pytest.mark.slow
 def test_online_inputs_equal_batch_inputs(week):
     trips, pickup, dropoff, batch = week
     online = model_inputs(trips, pickup, dropoff)

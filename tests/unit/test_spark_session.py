@@ -5,6 +5,8 @@ workers import pyspark from site-packages, not from Spark's archives. And a stag
 import logging
 from pathlib import Path
 
+import pytest
+
 from orchestrator.local.spark import local_conf, resolved_jars
 from taxi_fares_mlops.spark import delta_package, session_conf
 
@@ -19,6 +21,7 @@ def test_later_sessions_use_the_jars_the_first_one_resolved(spark):
     assert "spark.jars.packages" not in conf
 
 
+@pytest.mark.slow
 def test_a_local_driver_maps_the_classes_mlops_warm_recorded(tmp_path):
     """`mlops warm` (make test runs it first; here it only checks) leaves an archive that a new local driver maps:
     Spark's own classes come from it, not from the jars."""
@@ -143,6 +146,7 @@ def test_the_daemon_drops_only_the_archives_inside_spark_home_and_their_importer
     assert drop_spark_archives() == [] and sys.path == [spark_zip, str(packages)]
 
 
+@pytest.mark.slow
 def test_a_session_the_wheel_starts_in_a_local_job_takes_the_operator_tools_tuning(tmp_path):
     """A local job's notebook starts Spark through the wheel (``get_spark``); the kernel's environment names the
     tuning the operator tool keeps (``MLOPS_SPARK_CONF_FILE``), and the session carries it."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
+import pytest
+
 from orchestrator.paths import REPO_ROOT
 
 # Records, in the pytest process that is given a test, which process it is.
@@ -31,6 +33,7 @@ def _pytest(tmp_path, *args):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_end_to_end_files_run_in_one_process_and_every_other_file_in_one(tmp_path):
     done = _pytest(tmp_path, "-n", "2", *_make_test_options(), "--setup-plan", "tests/e2e",
                    "tests/unit/test_templates.py", "tests/unit/test_schema.py")
@@ -44,6 +47,7 @@ def test_the_end_to_end_files_run_in_one_process_and_every_other_file_in_one(tmp
     assert all(len(ran) == 1 for ran in processes.values()), dict(processes)
 
 
+@pytest.mark.slow
 def test_pytest_without_xdist_still_runs_the_suite(tmp_path):
     """The scheduler is xdist's hook: pytest without the plugin must not refuse the conftest that declares it."""
     done = _pytest(tmp_path, "-p", "no:xdist", "-q",
