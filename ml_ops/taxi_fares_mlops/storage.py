@@ -216,7 +216,7 @@ class Lakehouse:
         """
         if not self.exists(spark, table):
             with self._wrapped("write", table):  # refused if another writer created it meanwhile: then a MERGE
-                self._save(spark, df.write.format("delta").mode("errorifexists"), table)
+                self._save(spark, df.write.format("delta").mode("error"), table)
             return {**self._last_metrics(spark, table, inserted="numOutputRows"), "updated": 0}
         source = f"merge_source_{uuid.uuid4().hex}"
         with self._wrapped("merge into", table):

@@ -518,5 +518,13 @@ def score(spark: SparkSession, df: DataFrame, model: ModelRef, output_col: str =
     """
     with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
         path = download_verified(model, Path(tmp))
-        predict = mlflow.pyfunc.spark_udf(spark, str(path), result_type="double", env_manager="local")
+        # Over Spark Connect the UDF loads the model later, on the server's workers, which cannot read this
+        # process's folder: they fetch the registered version themselves, the version whose files were just
+        # checked against the registry's digests.
+        source = model.uri if _is_connect(spark) else str(path)
+        predict = mlflow.pyfunc.spark_udf(spark, source, result_type="double", env_manager="local")
     return df.withColumn(output_col, predict(F.struct(*model_input_columns())))
+
+
+def _is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")

@@ -116,8 +116,13 @@ def _java_options(record_classes_to: Optional[Path] = None) -> dict[str, str]:
             **({"spark.executor.defaultJavaOptions": extra} if extra else {})}
 
 
-def tuning_conf(record_classes_to: Optional[Path] = None) -> dict[str, Optional[str]]:
-    """The settings this module adds to the wheel's ``base_local_conf`` (``None``: remove the base's)."""
+def tuning_conf(record_classes_to: Optional[Path] = None, daemon: Optional[bool] = None) -> dict[str, Optional[str]]:
+    """The settings this module adds to the wheel's ``base_local_conf`` (``None``: remove the base's). The Python
+    daemon shim is named only where the workers can import it (``daemon``; default: when the master is local, whose
+    workers run this checkout's interpreter and path; a standalone cluster's or a Connect server's workers run the
+    job environment, which holds the wheels but not the operator tool)."""
+    if daemon is None:
+        daemon = (environment.SPARK_MASTER.get() or "local").startswith("local")
     # Ivy resolves the Delta package on the first start (and prints its resolution); later starts use the jar
     # files it resolved, which is quieter and a little faster.
     jars = resolved_jars()
@@ -130,15 +135,16 @@ def tuning_conf(record_classes_to: Optional[Path] = None) -> dict[str, Optional[
         "spark.ui.showConsoleProgress": "false",
         # The Python workers import pyspark from site-packages, not from the archives Spark puts first on their
         # path: before each task a worker re-reads every archive it imported from (orchestrator.local.pyspark_daemon).
-        "spark.python.daemon.module": DAEMON_MODULE,
+        **({"spark.python.daemon.module": DAEMON_MODULE} if daemon else {}),
         "spark.databricks.delta.snapshotPartitions": "2",
         **_java_options(record_classes_to),
     }
 
 
 def local_conf(persistent_catalog: bool = False) -> dict[str, str]:
-    """Every setting of a tuned local session (the Spark Connect server starts with these)."""
-    return merged_conf(base_local_conf(persistent_catalog), tuning_conf())
+    """Every setting of a tuned local session (the Spark Connect server starts with these: its workers run the job
+    environment, so without the daemon shim)."""
+    return merged_conf(base_local_conf(persistent_catalog), tuning_conf(daemon=False))
 
 
 def write_conf_file(folder: Path) -> Path:
