@@ -132,7 +132,7 @@ def cmd_smoke(args: argparse.Namespace, root: str) -> int:
         if status != 200 and time.monotonic() > deadline:
             raise SmokeFailure(f"{base}/health/ready answers {status or 'nothing'} after {args.wait:.0f}s")
         time.sleep(0 if status == 200 else 1)
-    body = json.dumps({"trips": sample_trips(1, 1, ALL_ZIPS)}).encode()
+    body = json.dumps({"trips": sample_trips(1, 1, ALL_ZIPS, held_window(base, caller_headers(args)))}).encode()
     request = urllib.request.Request(base + "/v1/predict", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -238,13 +238,15 @@ def _loopback(url: str) -> urllib.parse.SplitResult:
     return parts
 
 
-def sample_trips(count: int, seed: int, zips: tuple) -> list[dict]:
-    """``count`` plausible trips of January 2016 (the synthetic data's span), the same for the same seed."""
+def sample_trips(count: int, seed: int, zips: tuple, window: Optional[tuple] = None) -> list[dict]:
+    """``count`` plausible trips, the same for the same seed: in ``window`` (start, end) when given (the features
+    a service holds), else in January 2016 (the synthetic data's span)."""
     rng = random.Random(seed)
-    start = dt.datetime(2016, 1, 4)
+    start, end = window or (dt.datetime(2016, 1, 4), dt.datetime(2016, 1, 18))
+    span = max(1, int((end - start).total_seconds()))
     trips = []
     for _ in range(count):
-        pickup = start + dt.timedelta(seconds=rng.randrange(14 * 24 * 3600))
+        pickup = start + dt.timedelta(seconds=rng.randrange(span))
         minutes = rng.uniform(3, 40)
         trips.append({"pickup_time": pickup.isoformat(),
                       "dropoff_time": (pickup + dt.timedelta(minutes=minutes)).isoformat(),
@@ -287,6 +289,22 @@ class LoadResult:
                 "p99_ms": round(1000 * self.percentile(.99), 2), "errors": sum(self.errors.values())}
 
 
+def held_window(base: str, headers: Optional[dict] = None) -> Optional[tuple]:
+    """(start, end) of the features a running service holds, from its /v1/metadata; None if it does not say. Trips
+    older than that are batch's (the service answers them 422), so the synthetic ones are drawn inside it."""
+    request = urllib.request.Request(base + "/v1/metadata", headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            features = json.loads(response.read()).get("features", {})
+        start, end = features.get("window_start"), features.get("as_of")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not start or not end:
+        return None
+    start_at, end_at = (dt.datetime.fromisoformat(v).replace(tzinfo=None) for v in (start, end))
+    return (start_at + dt.timedelta(hours=1), end_at) if end_at > start_at + dt.timedelta(hours=1) else None
+
+
 def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: int = 7,
              max_seconds: float = MAX_SECONDS, path: str = "/v1/predict", bodies: Optional[list] = None,
              headers: Optional[dict] = None) -> LoadResult:
@@ -303,7 +321,8 @@ def loadtest(url: str, requests: int, concurrency: int, trips: int = 1, seed: in
     if bodies is None:
         from taxi_fares.synthetic import ALL_ZIPS
 
-        bodies = [json.dumps({"trips": sample_trips(trips, seed + i, ALL_ZIPS)}).encode() for i in range(16)]
+        window = held_window(f"http://{parts.hostname}:{parts.port or 80}", headers)
+        bodies = [json.dumps({"trips": sample_trips(trips, seed + i, ALL_ZIPS, window)}).encode() for i in range(16)]
     result = LoadResult(requests, concurrency, trips, 0.0)
     lock = threading.Lock()
     remaining = [requests]
