@@ -200,12 +200,7 @@ def publish(df: DataFrame, target: BlobTarget, folder: str, metadata: dict, rows
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     path = f"{folder}/{MANIFEST}"
-    try:
-        _service(target.connection_string).get_blob_client(target.container, path).upload_blob(
-            json.dumps(manifest, indent=2).encode(), overwrite=True)
-    except Exception as exc:
-        raise StorageError(f"could not write the manifest to {target.where(path)}: "
-                           f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
+    _upload_json(target, path, manifest, f"could not write the manifest to {target.where(path)}")
     _mark_current(target, folder, manifest)
     logger.info("published %d rows in %d part(s) to %s", manifest["rows"], len(parts), target.where(folder + "/"))
     return manifest
@@ -218,12 +213,16 @@ def _mark_current(target: BlobTarget, folder: str, manifest: dict) -> None:
     pointer = {"prefix": folder, "manifest": f"{folder}/{MANIFEST}", "rows": manifest["rows"],
                **{k: manifest[k] for k in ("model_name", "model_version", "mlflow_run_id") if k in manifest},
                "marked_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    _upload_json(target, path, pointer, f"could not mark {folder} current at {target.where(path)}")
+
+
+def _upload_json(target: BlobTarget, path: str, document: dict, failure: str) -> None:
+    """``document`` as JSON at ``path``, replacing it; a ``StorageError`` starting with ``failure``, secret-free."""
     try:
         _service(target.connection_string).get_blob_client(target.container, path).upload_blob(
-            json.dumps(pointer, indent=2).encode(), overwrite=True)
+            json.dumps(document, indent=2).encode(), overwrite=True)
     except Exception as exc:
-        raise StorageError(f"could not mark {folder} current at {target.where(path)}: "
-                           f"{scrub(first_line(exc, with_type=True), target.connection_string)}") from None
+        raise StorageError(f"{failure}: {scrub(first_line(exc, with_type=True), target.connection_string)}") from None
 
 
 def _upload_error(exc: Exception, target: BlobTarget) -> str:
