@@ -3,6 +3,7 @@ MLflow store per test, and job configs over generated trips.
 
 There is deliberately no tests/__init__.py: nutter installs a top-level ``tests`` package that it would shadow.
 """
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -38,11 +39,8 @@ def pytest_xdist_make_scheduler(config, log):
     return EndToEndAsOneFile(config, log)
 
 
-@pytest.fixture(autouse=True)
-def _environment_restored():
-    """Each test leaves the process environment as it found it. The `mlops` command run in-process points MLflow
-    at its registry through the environment (in its own process it owns it); left behind, a store of one test
-    reaches the next test's servers and jobs, whichever test runs next in this process."""
+@contextlib.contextmanager
+def _restored_environment():
     saved = dict(os.environ)
     yield
     for name in set(os.environ) - set(saved):
@@ -50,6 +48,22 @@ def _environment_restored():
     for name, value in saved.items():
         if os.environ.get(name) != value:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the process environment as it found it. The `mlops` command run in-process points MLflow
+    at its registry through the environment (in its own process it owns it); left behind, a store of one test
+    reaches the next test's servers and jobs, whichever test runs next in this process."""
+    with _restored_environment():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment_restored():
+    """The same for a module's shared fixtures, which are made before (and undone after) any one test's guard."""
+    with _restored_environment():
+        yield
 
 
 @pytest.fixture(scope="session")

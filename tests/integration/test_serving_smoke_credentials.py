@@ -24,12 +24,14 @@ def service(tmp_path_factory):
     home.mkdir()
     uri = f"sqlite:///{home}/mlflow.db"
     # The registry the smoke test compares with: taxi_fares version 1 is champion, as the bundle's manifest says.
-    subprocess.run([sys.executable, "-c", (
+    # In a process of its own, without the MLflow variables the pytest worker may carry (another module's registry).
+    made = subprocess.run([sys.executable, "-c", (
         "import mlflow, sys; from mlflow import MlflowClient; mlflow.set_tracking_uri(sys.argv[1]); "
-        "c = MlflowClient(); c.create_registered_model('taxi_fares'); "
+        "mlflow.set_registry_uri(sys.argv[1]); c = MlflowClient(); c.create_registered_model('taxi_fares'); "
         "v = c.create_model_version('taxi_fares', source=sys.argv[2]); "
         "c.set_registered_model_alias('taxi_fares', 'champion', v.version)"), uri, str(bundle)],
-        check=True, capture_output=True, timeout=300)
+        capture_output=True, text=True, timeout=300, env=_without_mlflow_variables())
+    assert made.returncode == 0, f"registering the bundle's version failed:\n{made.stderr[-3000:]}"
     process, url = start_service(bundle, trusted, "--auth", "api-key", "--api-keys-file", str(keys))
     try:
         yield {"url": url, "keys": keys, "home": str(home), "uri": uri, "root": root}
@@ -37,8 +39,12 @@ def service(tmp_path_factory):
         stop(process)
 
 
+def _without_mlflow_variables():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+
+
 def mlops(service, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYSPARK_"))}
+    env = _without_mlflow_variables()
     env.update(MLOPS_HOME=service["home"], MLFLOW_TRACKING_URI=service["uri"])
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", "serving", *args], capture_output=True,
                           text=True, env=env, timeout=300)
