@@ -356,6 +356,10 @@ def test_an_api_key_caller_is_recorded_by_fingerprint_never_by_key(bundle, tmp_p
 
 def test_settings_that_cannot_authenticate_are_refused_before_the_port_opens(bundle, tmp_path):
     cases = [(["--auth", "entra"], "--auth entra needs --entra-audience"),
+             (["--auth", "entra", "--entra-tenant", TENANT, "--entra-audience", AUDIENCE],
+              "--auth entra needs --required-role"),
+             (["--auth", "entra", "--entra-tenant", TENANT, "--entra-audience", AUDIENCE, "--required-role", " "],
+              "--auth entra needs --required-role"),
              (["--auth", "api-key"], "--auth api-key needs --api-keys-file"),
              (["--auth", "api-key", "--api-keys-file", str(tmp_path / "absent")], "cannot be read")]
     for args, message in cases:

@@ -9,7 +9,8 @@ authentication on any other address):
   is picked up and a flood of made-up key ids is not a flood of fetches). The key set, not single keys, is
   cached: a key the tenant withdraws stops verifying when the cached set expires. Then issuer (v1 and/or v2),
   audience, expiry and not-before with ``leeway_seconds``; RS256 only (``none`` and HS* are refused before any
-  key is looked up). With ``required_role``, the token's ``roles`` claim must hold it, else 403.
+  key is looked up). The token's ``roles`` claim must hold ``required_role``, else 403: the role is required to
+  start, since any application of the tenant can get a token for the API's audience.
 * ``api-key``: keys from a mounted secret file, one per line (several at once, for rotation), sent as
   ``Authorization: Bearer <key>``. Kept as SHA-256 digests and compared in constant time with every key, so
   neither timing nor an early exit says which key or how much of one matched.
@@ -91,6 +92,9 @@ class AuthSettings:
                 problems.append("--auth entra needs --entra-tenant or --entra-issuer")
             if not self.key_set_url:
                 problems.append("--auth entra needs --entra-tenant or --jwks-url")
+            if not (self.required_role or "").strip():
+                problems.append("--auth entra needs --required-role (an app role assigned to the callers: without "
+                                "it any application of the tenant that can get a token for this API is admitted)")
             if self.leeway_seconds < 0 or self.jwks_cache_seconds <= 0 or self.jwks_cooldown_seconds < 0:
                 problems.append("the token leeway and key-set cooldown must not be negative, the cache positive")
         if self.mode == API_KEY and not self.api_keys_file:
