@@ -5,6 +5,11 @@ value with its type (a list, a dict, a number); a placeholder inside a longer st
 Rendering fails with every missing or unknown variable named. ``validate`` round-trips the settings through
 ``databricks.sdk.service.jobs.JobSettings``, which silently drops keys it does not know: any difference is an
 error.
+
+A template is a ``jobs/create`` request: the job settings plus ``access_control_list``, the one create field that
+is not a setting (``jobs/reset`` takes none: the deployer sets a reset job's permissions through the Permissions
+API). ``run_as`` and the access list come from the target's ``run_as_service_principal``, ``operators_group``
+and ``deployer_service_principal``; every workspace target must state all three.
 """
 from __future__ import annotations
 
@@ -32,13 +37,28 @@ VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_exper
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
              "notification_emails", "secret_scope", *JOB_ID_VARIABLES,
              # from the target's policy: the gates' defaults, and the policy itself (the target_policy base parameter)
-             "require_approval", "model_validation", "target_policy")
+             "require_approval", "model_validation", "target_policy",
+             # from the target's identities: who the jobs run as, and who may run and manage them
+             "run_as", "access_control_list")
 POLICY_VARIABLES = ("require_approval", "model_validation", "target_policy")
 POLICY_KEYS = {"require_approval": bool, "allow_force_promote": bool, "min_model_validation": str}
 # Optional bounds on the validation thresholds a run may tighten but not loosen (TargetPolicy's fields).
 POLICY_BOUNDS = ("min_r2_at_least", "regression_margin_at_most", "holdout_fraction_at_least")
 # Target settings that configure the tool, not the templates.
 TARGET_SETTINGS = ("host", "existing_cluster_id", "compute", "serverless_environment_version")
+ACCESS_VARIABLES = ("run_as", "access_control_list")
+# Who the target's jobs run as and who may touch them: each an application id (a service principal's
+# service_principal_name) or a workspace group's name. Per target, never under defaults: a target copied from
+# another must not run as the other's principal.
+ACCESS_KEYS = {
+    "run_as_service_principal": "the application id of the service principal the target's jobs run as",
+    "operators_group": "the workspace group whose members may run the jobs (CAN_MANAGE_RUN)",
+    "deployer_service_principal": "the application id of the service principal that deploys and owns the jobs "
+                                  "(IS_OWNER)",
+}
+OPERATORS_LEVEL, DEPLOYER_LEVEL = "CAN_MANAGE_RUN", "IS_OWNER"
+_APPLICATION_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_GROUP_NAME = re.compile(r"\S(.*\S)?")
 COMPUTE = ("job_cluster", "existing_cluster", "serverless")
 SERVERLESS_ENVIRONMENT = "taxi_fares"
 
@@ -101,7 +121,8 @@ def targets_file() -> Path:
 
 LOCAL_TARGET = "local"  # the embedded default: its paths are local folders ({repo}, {lakehouse})
 TARGET_KEYS = tuple(k for k in VARIABLES if k != "wheel_version" and k not in JOB_ID_VARIABLES
-                    and k not in POLICY_VARIABLES) + ("policy",) + TARGET_SETTINGS
+                    and k not in POLICY_VARIABLES and k not in ACCESS_VARIABLES) + ("policy",) + TARGET_SETTINGS \
+    + tuple(ACCESS_KEYS)
 # Where each path of a workspace target may point (a Unity Catalog volume, DBFS, the workspace tree, ADLS).
 PATH_SHAPES = {
     "workspace_root": (re.compile(r"/(Workspace|Users|Shared|Repos)/\S+"), "/Workspace/..."),
@@ -132,6 +153,8 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
     problems += [f"defaults: unknown key '{key}'" for key in defaults if key not in TARGET_KEYS]
     if "policy" in defaults:  # a target copied from another must not inherit gates it never stated
         problems.append("defaults: policy belongs to each target, never to the defaults (state it per target)")
+    problems += [f"defaults: {key} belongs to each target, never to the defaults (state it per target)"
+                 for key in ACCESS_KEYS if key in defaults]
     targets = {}
     for name, values in data["targets"].items():
         targets[name] = target = {**defaults, **(values or {})}
@@ -140,6 +163,7 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
         host = target.get("host")
         if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
             problems.append(f"target '{name}': host '{host}' is not a workspace URL (https://<instance>)")
+        problems += _access_problems(name, values or {})
         if name == LOCAL_TARGET:
             continue
         for key, (shape, expected) in PATH_SHAPES.items():
@@ -151,6 +175,39 @@ def load_targets(path: Path | None = None) -> dict[str, dict]:
     if problems:
         raise TemplateError(f"targets file {path}: " + "; ".join(problems))
     return targets
+
+
+def _access_problems(name: str, values: Mapping[str, Any]) -> list[str]:
+    """Fail closed: a workspace target without its run-as principal, operators group or deploying principal is
+    refused (the local target may leave them out); each must have its shape."""
+    problems = []
+    for key, expected in ACCESS_KEYS.items():
+        value = values.get(key)
+        if value is None:
+            if name != LOCAL_TARGET:
+                problems.append(f"target '{name}': {key} missing (expected {expected})")
+            continue
+        shape = _GROUP_NAME if key == "operators_group" else _APPLICATION_ID
+        if not (isinstance(value, str) and shape.fullmatch(value)):
+            what = "a group name" if key == "operators_group" else \
+                "an application id (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+            problems.append(f"target '{name}': {key} {value!r} is not {what}")
+    return problems
+
+
+def access_variables(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``run_as`` and ``access_control_list`` from a target's identities: the jobs run as the service principal,
+    the operators group may run them (CAN_MANAGE_RUN), the deploying principal owns them (IS_OWNER). Workspace
+    admins keep CAN_MANAGE, which no job ACL removes. Empty (pruned from the job) where the local target leaves
+    them out."""
+    run_as = values.get("run_as_service_principal")
+    acl = []
+    if values.get("operators_group"):
+        acl.append({"group_name": values["operators_group"], "permission_level": OPERATORS_LEVEL})
+    if values.get("deployer_service_principal"):
+        acl.append({"service_principal_name": values["deployer_service_principal"],
+                    "permission_level": DEPLOYER_LEVEL})
+    return {"run_as": {"service_principal_name": run_as} if run_as else {}, "access_control_list": acl}
 
 
 def _policy_problems(name: str, policy: Any) -> list[str]:
@@ -197,9 +254,11 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     targets = load_targets()
     if target not in targets:
         raise TemplateError(f"unknown target '{target}' (targets: {', '.join(targets)})")
-    settings = {k: v for k, v in targets[target].items() if k not in TARGET_SETTINGS and k != "policy"}
+    settings = {k: v for k, v in targets[target].items()
+                if k not in TARGET_SETTINGS and k != "policy" and k not in ACCESS_KEYS}
     fill = {"repo": str(REPO_ROOT), "lakehouse": lakehouse or ""}
     variables = {k: v.format(**fill) if isinstance(v, str) else v for k, v in settings.items()}
+    variables.update(access_variables(targets[target]))
     variables["wheel_version"] = version or project_version()
     policy = target_policy(target, variables)
     variables["require_approval"] = "true" if policy.require_approval else "false"
@@ -226,7 +285,15 @@ def compute_of(target: Mapping[str, Any]) -> str:
 
 
 def render_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> dict:
-    """The job's settings for these variables, without empty lists or objects (the Jobs API omits those).
+    """The job's settings (``JobSettings``) for these variables: ``render_request`` without the access list."""
+    settings = render_request(job, variables, target)
+    settings.pop("access_control_list", None)
+    return settings
+
+
+def render_request(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> dict:
+    """The job's ``jobs/create`` request for these variables (its settings and ``access_control_list``), without
+    empty lists or objects (the Jobs API omits those).
 
     ``target`` (its tool settings) chooses the compute: the template's job cluster; ``existing_cluster_id``;
     or ``compute: serverless``, where the tasks run in a serverless environment that declares the two wheels as
@@ -284,6 +351,33 @@ def validate(settings: dict):
     return parsed
 
 
+def validate_access_control_list(job: str, entries: tuple[Mapping[str, str], ...]) -> None:
+    """Each entry as the SDK's ``JobAccessControlRequest`` round-trips it, with exactly one principal and a job
+    permission level (CAN_VIEW, CAN_MANAGE_RUN, CAN_MANAGE, IS_OWNER); at most one IS_OWNER, never a group."""
+    from databricks.sdk.service.jobs import JobAccessControlRequest, JobPermissionLevel
+
+    levels = [level.value for level in JobPermissionLevel]
+    for i, entry in enumerate(entries):
+        where = f"job '{job}': access_control_list[{i}]"
+        if not isinstance(entry, dict):
+            raise TemplateError(f"{where} is not an object")
+        principals = [k for k in ("user_name", "group_name", "service_principal_name") if entry.get(k)]
+        if len(principals) != 1:
+            raise TemplateError(f"{where}: exactly one of user_name, group_name, service_principal_name expected, "
+                                f"found {', '.join(principals) or 'none'}")
+        if entry.get("permission_level") not in levels:
+            raise TemplateError(f"{where}: permission_level {entry.get('permission_level')!r} is not one of "
+                                f"{', '.join(levels)}")
+        if entry["permission_level"] == "IS_OWNER" and principals == ["group_name"]:
+            raise TemplateError(f"{where}: a group cannot own a job (IS_OWNER takes a user or service principal)")
+        round_trip = JobAccessControlRequest.from_dict(entry).as_dict()
+        if round_trip != entry:
+            raise TemplateError(f"{where} does not round-trip through JobAccessControlRequest: "
+                                f"{_diff(entry, round_trip)}")
+    if sum(e["permission_level"] == "IS_OWNER" for e in entries) > 1:
+        raise TemplateError(f"job '{job}': access_control_list names more than one IS_OWNER (a job has one owner)")
+
+
 def _diff(expected: Any, actual: Any, path: str = "") -> str:
     if isinstance(expected, dict) and isinstance(actual, dict):
         for key in sorted(set(expected) | set(actual)):
@@ -337,6 +431,8 @@ class RenderedJob:
     settings: dict[str, Any]
     parameters: Mapping[str, str]
     tasks: tuple[Task, ...]
+    # who may do what with the job (jobs/create's access_control_list; the Permissions API's on a reset job)
+    access_control_list: tuple[Mapping[str, str], ...] = ()
 
     @property
     def notebook_paths(self) -> list[str]:
@@ -358,8 +454,10 @@ class RenderedJob:
 
 def read_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> RenderedJob:
     """``job`` rendered with ``variables`` for ``target``, validated, and read into a ``RenderedJob``."""
-    settings = render_job(job, variables, target)
+    settings = render_request(job, variables, target)
+    access_control_list = tuple(settings.pop("access_control_list", []))
     validate(settings)
+    validate_access_control_list(job, access_control_list)
     starts = started_jobs(job)
     tasks = []
     for task in settings.get("tasks", []):
@@ -378,4 +476,4 @@ def read_job(job: str, variables: Mapping[str, Any], target: Mapping[str, Any] |
     if not any(t.notebook_path for t in tasks):
         raise TemplateError(f"job '{job}' has no notebook task")
     parameters = {p["name"]: p["default"] for p in settings.get("parameters", [])}
-    return RenderedJob(job, settings["name"], settings, parameters, tuple(tasks))
+    return RenderedJob(job, settings["name"], settings, parameters, tuple(tasks), access_control_list)

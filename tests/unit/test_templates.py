@@ -1,14 +1,16 @@
 """Job templates: every template renders for every target with no placeholder left, points at a notebook that
 exists, round-trips through JobSettings, and agrees with the notebook's widgets and the typed config."""
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
 from orchestrator.local import notebook as nb
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR
 from orchestrator.templates import (JOBS, TemplateError, load_targets, load_template, placeholders, read_job, render,
-                                    render_job, target_variables, validate)
+                                    render_job, target_variables, validate, validate_access_control_list)
 from taxi_fares_mlops.config import CONFIGS, DEPLOY_PARAMETERS, TargetPolicy
 
 TARGETS = sorted(load_targets())
@@ -199,6 +201,116 @@ def test_a_target_policy_that_is_incomplete_or_malformed_is_refused(tmp_path, mo
     text = (TEMPLATES_DIR / "targets.yml").read_text()
     assert old in text
     (tmp_path / "targets.yml").write_text(text.replace(old, new))
+    monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        load_targets()
+
+
+# --- who may run what: run_as and the access list, per target (issue 34, item 3) ---------------------------------
+
+WORKSPACE_TARGETS = [t for t in TARGETS if t != "local"]
+# the Databricks CLI's published bundle schema: as given, as the tests keep it, or beside the clone (shared/schemas)
+BUNDLE_SCHEMA = next((p for p in (Path(os.environ.get("DATABRICKS_BUNDLE_SCHEMA") or "/nonexistent"),
+                                  REPO_ROOT / "tests" / "schemas" / "databricks-bundle.schema.json",
+                                  REPO_ROOT.parent / "shared" / "schemas" / "databricks-bundle.schema.json")
+                      if p.exists()), Path("databricks-bundle.schema.json"))
+
+
+@pytest.mark.parametrize("target", WORKSPACE_TARGETS)
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_each_workspace_target_runs_as_its_service_principal_and_operators_may_only_run(job, target):
+    values = load_targets()[target]
+    rendered = read_job(job, target_variables(target, version="9.9.9"))
+    assert rendered.settings["run_as"] == {"service_principal_name": values["run_as_service_principal"]}
+    assert list(rendered.access_control_list) == [
+        {"group_name": values["operators_group"], "permission_level": "CAN_MANAGE_RUN"},
+        {"service_principal_name": values["deployer_service_principal"], "permission_level": "IS_OWNER"}]
+    # the access list is a jobs/create field, not a setting: JobSettings (and jobs/reset) never carry it
+    assert "access_control_list" not in rendered.settings
+    assert "access_control_list" not in render_job(job, target_variables(target))
+
+
+def test_the_local_target_may_leave_the_principals_out():
+    rendered = read_job("training", target_variables("local", lakehouse="/tmp/lakehouse"))
+    assert "run_as" not in rendered.settings and rendered.access_control_list == ()
+
+
+def _bundle_validator():
+    """The Databricks CLI's bundle schema, its resources.Job definition (Go's \\p{L}/\\p{N} made Python's)."""
+    if not BUNDLE_SCHEMA.exists():
+        pytest.skip(f"no bundle schema at {BUNDLE_SCHEMA} (set DATABRICKS_BUNDLE_SCHEMA)")
+    import jsonschema
+
+    text = BUNDLE_SCHEMA.read_text().replace("\\\\p{L}", "A-Za-z").replace("\\\\p{N}", "0-9")
+    schema = json.loads(text)
+    job = {"$ref": "#/$defs/github.com/databricks/cli/bundle/config/resources.Job"}
+    return jsonschema.Draft202012Validator({**job, "$defs": schema["$defs"]})
+
+
+def _as_bundle_job(rendered):
+    """A rendered job as a bundle's ``resources.jobs`` entry: its settings, the access list as ``permissions``."""
+    permissions = [{("level" if k == "permission_level" else k): v for k, v in entry.items()}
+                   for entry in rendered.access_control_list]
+    return {**rendered.settings, **({"permissions": permissions} if permissions else {})}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_rendered_jobs_are_valid_databricks_bundle_jobs(job, target):
+    validator = _bundle_validator()
+    resource = _as_bundle_job(read_job(job, target_variables(target, version="9.9.9", lakehouse="/tmp/lakehouse")))
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(resource)]
+    assert errors == []
+
+
+def test_the_bundle_schema_refuses_what_the_workspace_refuses():
+    """The schema check above is not vacuous: an unknown level, a run_as key that does not exist are caught."""
+    validator = _bundle_validator()
+    resource = _as_bundle_job(read_job("training", target_variables("staging")))
+    resource["permissions"][0]["level"] = "CAN_RUN"
+    assert not validator.is_valid(resource)
+    resource = _as_bundle_job(read_job("training", target_variables("staging")))
+    resource["run_as"] = {"service_principal": "a2000000-0000-4000-8000-000000000001"}
+    assert not validator.is_valid(resource)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"group_name": "ops", "permission_level": "CAN_RUN"}],
+     "access_control_list[0]: permission_level 'CAN_RUN' is not one of"),
+    ([{"group_name": "ops", "user_name": "a@example.com", "permission_level": "CAN_VIEW"}],
+     "access_control_list[0]: exactly one of user_name, group_name, service_principal_name expected, found "
+     "user_name, group_name"),
+    ([{"permission_level": "CAN_VIEW"}], "exactly one of user_name, group_name, service_principal_name expected, "
+                                         "found none"),
+    ([{"group_name": "ops", "permission_level": "IS_OWNER"}], "a group cannot own a job"),
+    ([{"user_name": "a@example.com", "permission_level": "IS_OWNER"},
+      {"service_principal_name": "a2000000-0000-4000-8000-0000000000d1", "permission_level": "IS_OWNER"}],
+     "names more than one IS_OWNER"),
+    ([{"group_name": "ops", "permission_level": "CAN_VIEW", "colour": "red"}],
+     "does not round-trip through JobAccessControlRequest: 'colour' was dropped"),
+])
+def test_an_access_list_the_jobs_api_would_refuse_is_caught_when_rendering(entries, message):
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        validate_access_control_list("training", tuple(entries))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("defaults:\n", "defaults:\n  operators_group: everyone\n",
+     "defaults: operators_group belongs to each target, never to the defaults (state it per target)"),
+    ("    run_as_service_principal: a3000000-0000-4000-8000-000000000001\n",
+     "    run_as_service_principal: taxi-fares-prod-runner\n",
+     "target 'prod': run_as_service_principal 'taxi-fares-prod-runner' is not an application id "
+     "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+    ("    operators_group: taxi-fares-operators-prod\n", "    operators_group: ''\n",
+     "target 'prod': operators_group '' is not a group name"),
+    ("    deployer_service_principal: a3000000-0000-4000-8000-0000000000d1\n", "",
+     "target 'prod': deployer_service_principal missing (expected the application id of the service principal "
+     "that deploys and owns the jobs (IS_OWNER))"),
+])
+def test_a_workspace_target_without_well_formed_principals_is_refused(tmp_path, monkeypatch, old, new, message):
+    text = (TEMPLATES_DIR / "targets.yml").read_text()
+    assert old in text
+    (tmp_path / "targets.yml").write_text(text.replace(old, new, 1))
     monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
     with pytest.raises(TemplateError, match=re.escape(message)):
         load_targets()
