@@ -15,7 +15,12 @@ following the public REST documentation and the databricks-sdk 0.156 sources:
 * Jobs: paging with ``limit`` bounds and ``next_page_token``; ``reset`` replaces, ``update`` merges arrays by
   key and honours ``fields_to_remove``; runs go ``QUEUED -> PENDING -> RUNNING -> TERMINATED`` (or
   ``INTERNAL_ERROR``) one step per ``runs/get``, honouring ``max_concurrent_runs`` and the queue; repair needs
-  ``latest_repair_id`` after the first repair and refuses a running run or nothing to rerun.
+  ``latest_repair_id`` after the first repair and refuses a running run or nothing to rerun;
+* job permissions: ``run_as`` and each ``access_control_list`` entry (on ``jobs/create`` and on the Permissions
+  API's ``PUT/GET /api/2.0/permissions/jobs/{id}``) name exactly one of ``user_name``, ``group_name``,
+  ``service_principal_name``; levels are the job levels (CAN_VIEW, CAN_MANAGE_RUN, CAN_MANAGE, IS_OWNER), a job
+  has one owner, never a group; ``jobs/reset`` takes no access list. The caller (``identity``) owns a job it
+  creates unless the list names another owner.
 
 Tests control it with ``fail(...)`` (answer the next matching requests with an error), ``next_run_script``,
 ``next_run_output`` and ``next_run_error``, and read ``requests``.
@@ -49,6 +54,7 @@ ONE_MB = 1 << 20
 NOTEBOOK_HEADER = "# Databricks notebook source"
 CELL_SEPARATOR = "# COMMAND ----------"
 TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+PRINCIPALS = ("user_name", "group_name", "service_principal_name")  # who a grant or run_as names: exactly one
 
 
 def refuse(status: int, message: str, error_code: Optional[str] = None) -> RequestRefused:
@@ -153,6 +159,7 @@ class WorkspaceEmulator:
         self.dbfs: dict[str, bytes] = {}
         self.dbfs_dirs: set[str] = {"/"}
         self.jobs: dict[int, dict] = {}
+        self.permissions: dict[int, list[dict]] = {}  # job id -> its direct grants (principal + permission_level)
         self.runs: dict[int, EmulatedRun] = {}
         self.faults: list[Fault] = []
         self.drops: list[list] = []                # [method, path prefix, times]: apply, then drop the connection
@@ -323,6 +330,8 @@ class WorkspaceEmulator:
             return self._experiments(r, p[len("/api/2.0/mlflow/experiments/"):])
         if p.startswith("/api/2.2/jobs/"):
             return self._jobs(r, p[len("/api/2.2/jobs/"):])
+        if p.startswith("/api/2.0/permissions/jobs/"):
+            return self._job_permissions(r, p[len("/api/2.0/permissions/jobs/"):])
         if p == "/api/2.0/preview/scim/v2/Me":
             self._expect(r, "GET")
             decode_query(CurrentUserAPI.me, r.query)
@@ -640,8 +649,14 @@ class WorkspaceEmulator:
         return self.jobs[job_id]
 
     def _check_settings(self, settings: dict) -> dict:
-        """What the service checks beyond the schema: compute references, unique keys, jobs a task starts."""
+        """What the service checks beyond the schema: compute references, unique keys, jobs a task starts, one
+        run-as principal."""
         known_jobs = set(self.jobs)
+        if "run_as" in settings:
+            named = [k for k in PRINCIPALS if settings["run_as"].get(k)]
+            if len(named) != 1:
+                raise invalid(f"run_as: exactly one of {', '.join(PRINCIPALS)} must be set (got "
+                              f"{', '.join(named) or 'none'})")
         clusters = {c["job_cluster_key"] for c in settings.get("job_clusters", [])}
         environments = {e["environment_key"] for e in settings.get("environments", [])}
         keys = [t["task_key"] for t in settings.get("tasks", [])]
@@ -695,9 +710,14 @@ class WorkspaceEmulator:
             return 200, ({"jobs": page} if page else {}) | extra, {}
         if action == "create":
             self._expect(r, "POST")
-            b = decode_body(JobsAPI.create, r.body)
+            b = dict(decode_body(JobsAPI.create, r.body))
+            acl = self._check_acl(b.pop("access_control_list", None) or [])
+            settings = self._check_settings(b)
             job_id = next(self._ids)
-            self.jobs[job_id] = self._check_settings(b)
+            self.jobs[job_id] = settings
+            owner = [] if any(e["permission_level"] == "IS_OWNER" for e in acl) else [
+                {"user_name": self.identity["userName"], "permission_level": "IS_OWNER"}]
+            self.permissions[job_id] = owner + acl
             return 200, {"job_id": job_id}, {}
         if action == "get":
             self._expect(r, "GET")
@@ -722,6 +742,7 @@ class WorkspaceEmulator:
             b = decode_body(JobsAPI.delete, r.body)
             self._job_or_refuse(b["job_id"])
             del self.jobs[b["job_id"]]
+            self.permissions.pop(b["job_id"], None)
             return 200, {}, {}
         if action == "run-now":
             self._expect(r, "POST")
@@ -751,6 +772,54 @@ class WorkspaceEmulator:
             self._expect(r, "POST")
             return self._repair(decode_body(JobsAPI.repair_run, r.body))
         raise self._no_endpoint(r)
+
+    @staticmethod
+    def _check_acl(entries: list) -> list[dict]:
+        """An access list as the Permissions service checks it (levels are already checked against the SDK's
+        JobPermissionLevel by the decoder): one principal and a level per entry, one owner, never a group."""
+        for i, entry in enumerate(entries):
+            named = [k for k in PRINCIPALS if entry.get(k)]
+            if len(named) != 1:
+                raise invalid(f"access_control_list[{i}]: exactly one of {', '.join(PRINCIPALS)} must be set (got "
+                              f"{', '.join(named) or 'none'})")
+            if not entry.get("permission_level"):
+                raise invalid(f"access_control_list[{i}]: permission_level is required")
+            if entry["permission_level"] == "IS_OWNER" and named == ["group_name"]:
+                raise invalid(f"access_control_list[{i}]: a group cannot own a job: IS_OWNER takes a user or a "
+                              f"service principal")
+        owners = sum(e["permission_level"] == "IS_OWNER" for e in entries)
+        if owners > 1:
+            raise invalid(f"A job has exactly one owner: access_control_list names {owners} with IS_OWNER")
+        return [dict(e) for e in entries]
+
+    def _job_permissions(self, r: Request, job: str):
+        """``GET`` (jobs.get_permissions) and ``PUT`` (jobs.set_permissions: replaces every direct grant; without
+        an IS_OWNER entry the owner stays) of ``/api/2.0/permissions/jobs/{job_id}``."""
+        try:
+            job_id = int(job)
+        except ValueError:
+            raise invalid(f"Invalid job id '{job}'") from None
+        if job_id not in self.jobs:
+            raise refuse(404, f"Job {job_id} does not exist.", "RESOURCE_DOES_NOT_EXIST")
+        if r.method == "PUT":
+            acl = self._check_acl(decode_body(JobsAPI.set_permissions, r.body, exclude=("job_id",)).get(
+                "access_control_list") or [])
+            owner = [] if any(e["permission_level"] == "IS_OWNER" for e in acl) else [
+                e for e in self.permissions.get(job_id, []) if e["permission_level"] == "IS_OWNER"]
+            self.permissions[job_id] = owner + acl
+        elif r.method == "GET":
+            decode_query(JobsAPI.get_permissions, r.query, exclude=("job_id",))
+        else:
+            raise self._no_endpoint(r)
+        return 200, self._permissions_json(job_id), {}
+
+    def _permissions_json(self, job_id: int) -> dict:
+        direct = [{**{k: e[k] for k in PRINCIPALS if e.get(k)},
+                   "all_permissions": [{"permission_level": e["permission_level"], "inherited": False}]}
+                  for e in self.permissions.get(job_id, [])]
+        admins = {"group_name": "admins", "all_permissions": [
+            {"permission_level": "CAN_MANAGE", "inherited": True, "inherited_from_object": ["/jobs/"]}]}
+        return {"object_id": f"/jobs/{job_id}", "object_type": "job", "access_control_list": direct + [admins]}
 
     @staticmethod
     def _merge(current: dict, new: dict, remove: list[str]) -> dict:

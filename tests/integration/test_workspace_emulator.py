@@ -118,6 +118,70 @@ def test_a_task_must_name_a_defined_job_cluster(emu):
     refused(call(emu, "POST", "/api/2.2/jobs/create", bad), 400, "INVALID_PARAMETER_VALUE", "missing")
 
 
+# --- job permissions and run_as ----------------------------------------------------------------------------
+
+SP = "a2000000-0000-4000-8000-0000000000d1"
+OPERATORS = {"group_name": "operators", "permission_level": "CAN_MANAGE_RUN"}
+
+
+@pytest.mark.parametrize("bad, code, words", [
+    ({"access_control_list": [{"group_name": "operators", "permission_level": "CAN_RUN"}]},
+     "INVALID_PARAMETER_VALUE", ("'CAN_RUN'", "access_control_list[0].permission_level", "CAN_MANAGE_RUN")),
+    ({"access_control_list": [{"group_name": "operators", "user_name": "a@example.com",
+                               "permission_level": "CAN_VIEW"}]},
+     "INVALID_PARAMETER_VALUE", ("access_control_list[0]: exactly one of", "got user_name, group_name")),
+    ({"access_control_list": [{"permission_level": "CAN_VIEW"}]},
+     "INVALID_PARAMETER_VALUE", ("access_control_list[0]: exactly one of", "got none")),
+    ({"access_control_list": [{"group_name": "operators"}]},
+     "INVALID_PARAMETER_VALUE", ("access_control_list[0]: permission_level is required",)),
+    ({"access_control_list": [{"group_name": "operators", "permission_level": "IS_OWNER"}]},
+     "INVALID_PARAMETER_VALUE", ("a group cannot own a job",)),
+    ({"access_control_list": [{"service_principal_name": SP, "permission_level": "IS_OWNER"},
+                              {"user_name": "a@example.com", "permission_level": "IS_OWNER"}]},
+     "INVALID_PARAMETER_VALUE", ("exactly one owner",)),
+    ({"run_as": {}}, "INVALID_PARAMETER_VALUE", ("run_as: exactly one of", "got none")),
+    ({"run_as": {"service_principal_name": SP, "user_name": "a@example.com"}},
+     "INVALID_PARAMETER_VALUE", ("run_as: exactly one of", "got user_name, service_principal_name")),
+    ({"run_as": {"service_principal": SP}}, "MALFORMED_REQUEST", ("run_as.service_principal",)),
+], ids=["unknown-level", "two-principals", "no-principal", "no-level", "group-owner", "two-owners", "run-as-nobody",
+        "run-as-two", "run-as-unknown-key"])
+def test_access_lists_and_run_as_the_workspace_refuses_are_refused(emu, bad, code, words):
+    refused(call(emu, "POST", "/api/2.2/jobs/create", job_settings(**bad)), 400, code, *words)
+    assert emu.jobs == {} and emu.permissions == {}
+
+
+def test_the_permissions_api_replaces_a_jobs_grants_and_jobs_reset_takes_none(emu, w):
+    from databricks.sdk.service.jobs import JobAccessControlRequest
+
+    owned_by_caller = create_job(emu)
+    assert emu.permissions[owned_by_caller] == [{"user_name": emu.identity["userName"], "permission_level": "IS_OWNER"}]
+    job_id = create_job(emu, access_control_list=[OPERATORS], run_as={"service_principal_name": SP})
+    assert emu.permissions[job_id] == [{"user_name": emu.identity["userName"], "permission_level": "IS_OWNER"},
+                                       OPERATORS]
+    grants = [OPERATORS, {"service_principal_name": SP, "permission_level": "IS_OWNER"}]
+    answer = w.jobs.set_permissions(str(job_id),
+                                    access_control_list=[JobAccessControlRequest.from_dict(g) for g in grants])
+    assert emu.permissions[job_id] == grants  # replaced whole: the caller no longer owns it
+    assert [(a.group_name or a.service_principal_name, a.all_permissions[0].permission_level.value,
+             a.all_permissions[0].inherited) for a in answer.access_control_list] == [
+        ("operators", "CAN_MANAGE_RUN", False), (SP, "IS_OWNER", False), ("admins", "CAN_MANAGE", True)]
+    assert w.jobs.get_permissions(str(job_id)).as_dict() == answer.as_dict()
+    # without an owner entry the owner stays; a bad level or a group owner changes nothing
+    assert call(emu, "PUT", f"/api/2.0/permissions/jobs/{job_id}", {"access_control_list": []})[0] == 200
+    assert emu.permissions[job_id] == grants[1:]
+    refused(call(emu, "PUT", f"/api/2.0/permissions/jobs/{job_id}", {"access_control_list": [
+        {"group_name": "operators", "permission_level": "CAN_EXECUTE"}]}), 400, "INVALID_PARAMETER_VALUE",
+        "CAN_EXECUTE")
+    refused(call(emu, "PUT", f"/api/2.0/permissions/jobs/{job_id}", {"access_control_list": [
+        {"group_name": "operators", "permission_level": "IS_OWNER"}]}), 400, "INVALID_PARAMETER_VALUE",
+        "a group cannot own a job")
+    assert emu.permissions[job_id] == grants[1:]
+    refused(call(emu, "PUT", "/api/2.0/permissions/jobs/424242", {"access_control_list": []}), 404,
+            "RESOURCE_DOES_NOT_EXIST", "424242")
+    refused(call(emu, "POST", "/api/2.2/jobs/reset", {"job_id": job_id, "new_settings": job_settings(
+        access_control_list=[OPERATORS])}), 400, "MALFORMED_REQUEST", "new_settings.access_control_list")
+
+
 # --- one namespace of workspace objects --------------------------------------------------------------------
 
 def test_workspace_prefix_names_the_same_object_and_a_path_holds_one_object(emu, w):
