@@ -7,6 +7,11 @@ imports the notebooks unless the workspace already holds the same cells, creates
 missing (restoring it if it is in the trash), and creates or resets each job by name so that exactly one job per
 name remains. A reset keeps the schedule's pause status the workspace has (an operator may have unpaused it)
 unless ``reset_schedule`` is set.
+
+Each job runs as the target's service principal (``run_as``) and carries the target's access list: the operators
+group may run it, the deploying principal owns it. ``jobs/create`` takes the list; ``jobs/reset`` does not, so a
+reset job's permissions are set (replaced whole) through the Permissions API right after the reset: a grant made
+by hand since the last deploy does not survive it.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Callable, Optional
 
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import NotFound
-from databricks.sdk.service.jobs import JobSettings
+from databricks.sdk.service.jobs import JobAccessControlRequest, JobSettings
 
 from orchestrator import build, templates
 from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
@@ -45,6 +50,8 @@ class Plan:
     jobs: dict[str, dict] = field(default_factory=dict)
     # job name -> {task key -> name of the job that task starts}; those ids are known only once that job exists
     starts: dict[str, dict[str, str]] = field(default_factory=dict)
+    # job name -> its access list (jobs/create's access_control_list; the Permissions API's after a reset)
+    permissions: dict[str, list[dict]] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The plan as JSON-ready data (what --dry-run prints)."""
@@ -57,6 +64,7 @@ class Plan:
                         for u in self.wheel_uploads + self.notebooks],
             "experiment": self.experiment,
             "jobs": self.jobs,
+            "permissions": self.permissions,
         }
 
 
@@ -89,9 +97,10 @@ def plan(target_name: str, version: Optional[str] = None, dist: Path = DIST_DIR,
     jobs = {r.name: with_ownership_tags(r.settings, target_name) for r in rendered}
     keys = {r.job: r.name for r in rendered}
     starts = {r.name: {task: keys[started] for task, started in r.started_jobs.items()} for r in rendered}
+    permissions = {r.name: [dict(entry) for entry in r.access_control_list] for r in rendered}
     return Plan(target, workspace_host(target, host), version, wheels, sums,
                 wheel_uploads(wheels, variables["wheel_base_path"], version), notebooks,
-                variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s})
+                variables["mlflow_experiment"], jobs, {name: s for name, s in starts.items() if s}, permissions)
 
 
 PROJECT = "taxi_fares"
@@ -180,6 +189,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     job_ids: dict[str, int] = {}
     for name, settings in plan.jobs.items():
         settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
+        acl = [JobAccessControlRequest.from_dict(entry) for entry in plan.permissions.get(name, [])]
         with translate_errors(host, f"create or reset job {name}"):
             # looked up (by name and tags) before any create: a jobs/create the SDK retried after it was applied
             # left a tagged job, which this finds instead of creating a second
@@ -194,12 +204,14 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
                 if not reset_schedule:
                     settings = _keep_pause_status(w, job_id, settings, say)
                 w.jobs.reset(job_id, new_settings=JobSettings.from_dict(settings))
+                if acl:  # jobs/reset takes no access list: the Permissions API replaces the job's direct grants
+                    w.jobs.set_permissions(str(job_id), access_control_list=acl)
                 for extra in existing[1:]:
                     w.jobs.delete(extra)
                     say(f"job {name}: deleted duplicate {extra}")
                 action = "reset"
             else:
-                job_id = w.jobs.create(**_create_arguments(w, settings)).job_id
+                job_id = w.jobs.create(**_create_arguments(w, settings), access_control_list=acl or None).job_id
                 action = "created"
                 # jobs/create takes no idempotency token: a create the SDK resent after a dropped answer left a
                 # second tagged job, which goes now (this deploy made both)
@@ -209,6 +221,9 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
                         say(f"job {name}: deleted duplicate {job.job_id} (a create sent twice)")
         job_ids[name] = job_id
         say(f"job {name}: {action} {job_id}  {host}/jobs/{job_id}")
+        if acl:
+            say(f"job {name}: runs as {_principal(settings.get('run_as', {}))}; "
+                + ", ".join(f"{_principal(e)} {e['permission_level']}" for e in plan.permissions[name]))
     return job_ids
 
 
@@ -226,6 +241,15 @@ def _with_started_job_ids(name: str, settings: dict, starts: dict[str, str], job
                                  f"deployed first")
             task["run_job_task"]["job_id"] = job_ids[started]
     return settings
+
+
+def _principal(entry: dict) -> str:
+    """How an access-list entry or ``run_as`` names its principal, for the operator."""
+    for key, kind in (("service_principal_name", "service principal"), ("group_name", "group"),
+                      ("user_name", "user")):
+        if entry.get(key):
+            return f"{kind} {entry[key]}"
+    return "the deploying identity (no run_as)"
 
 
 def _create_arguments(w: WorkspaceClient, settings: dict) -> dict:

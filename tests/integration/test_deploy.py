@@ -21,10 +21,10 @@ WHEELS = f"/Volumes/staging/taxi_fares/wheels/{VERSION}"
 ROOT = "/Workspace/Shared/taxi_fares/staging"
 
 
-def dry_run_jobs(mlops):
+def dry_run_plan(mlops):
     code, out, _ = mlops("deploy", "--target", "staging", "--dry-run")
     assert code == 0
-    return json.loads(out)["jobs"]
+    return json.loads(out)
 
 
 def test_dry_run_calls_nothing_and_round_trips_through_jobsettings(workspace, mlops):
@@ -40,7 +40,8 @@ def test_dry_run_calls_nothing_and_round_trips_through_jobsettings(workspace, ml
 
 
 def test_first_deploy_uploads_imports_creates(workspace, mlops):
-    expected_jobs = dry_run_jobs(mlops)
+    plan = dry_run_plan(mlops)
+    expected_jobs = plan["jobs"]
     code, out, err = mlops("deploy", "--target", "staging")
     assert code == 0, err
     puts = [r.path for r in workspace.calls("PUT", "/api/2.0/fs/files/")]
@@ -70,6 +71,8 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
         if "run_job_task" in task:
             assert task["run_job_task"]["job_id"] == 0
             task["run_job_task"]["job_id"] = training_id
+    # the create request is the job's settings and its access list (the one create field that is not a setting)
+    assert {c["name"]: c.pop("access_control_list") for c in created} == plan["permissions"]
     assert {c["name"]: c for c in created} == expected_jobs
     for job_id, settings in workspace.jobs.items():
         assert f"job {settings['name']}: created {job_id}  {workspace.url}/jobs/{job_id}" in err
