@@ -127,6 +127,15 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from orchestrator.deploy.bundle import write_bundle
+
+    files = write_bundle(args.target, args.out, args.version, args.dist, allow_build=not args.no_build)
+    progress(f"bundle of target {args.target}: {len(files)} files in {args.out} (databricks bundle deploy -t "
+             f"{args.target} from there)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
@@ -292,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="apply the template's schedule pause status (default: keep the deployed job's)")
     _host_option(deploy)
     deploy.set_defaults(handler=cmd_deploy)
+
+    bundle = commands.add_parser("bundle", help="render a target's jobs, experiment and model as a Databricks "
+                                                "Asset Bundle (databricks bundle deploy)")
+    bundle.add_argument("--target", required=True, help="the workspace target (dev, staging, prod)")
+    bundle.add_argument("--out", type=Path, required=True,
+                        help="bundle folder: new, empty or an earlier bundle (replaced as a whole); never other files")
+    bundle.add_argument("--version", help="wheel version to bundle (default: the VERSION file)")
+    bundle.add_argument("--dist", type=Path, default=REPO_ROOT / "dist", help="where the wheels are")
+    bundle.add_argument("--no-build", action="store_true", help="bundle the wheels in --dist as they are")
+    bundle.set_defaults(handler=cmd_bundle)
 
     runs = commands.add_parser("runs", help="list a deployed job's recent runs")
     runs.add_argument("job", choices=jobs)
