@@ -23,7 +23,8 @@ from taxi_fares.columns import (DISTANCE, DROPOFF_FEATURE_COLUMNS, DROPOFF_LOOKU
                                 PICKUP_HOUR, PICKUP_LOOKUP_TS, PICKUP_SLIDE_SECONDS, PICKUP_TS, PICKUP_WEEKDAY,
                                 PICKUP_ZIP, TS, ZIP)
 
-__all__ = ["FeatureLookup", "OnlineInputs", "latest_rows", "lookup_keys", "model_inputs", "prepare"]
+__all__ = ["FeatureLookup", "OnlineInputs", "keys_of_seconds", "latest_rows", "lookup_keys", "model_inputs",
+           "prepare"]
 
 
 def _utc(values: pd.Series) -> pd.Series:
@@ -99,9 +100,12 @@ def latest_rows(features: pd.DataFrame, since: Any) -> pd.DataFrame:
 def lookup_keys(trips: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each trip's pickup and dropoff lookup keys, as UTC nanoseconds since the epoch: its pickup time rounded down
     to the 15-minute grid, its dropoff time to the 30-minute grid (the keys ``model_inputs`` looks up)."""
+    return keys_of_seconds(_epoch_seconds(_utc(trips[PICKUP_TS])), _epoch_seconds(_utc(trips[DROPOFF_TS])))
+
+
+def keys_of_seconds(pickup_s: np.ndarray, dropoff_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``lookup_keys`` of times given as whole UTC seconds since the epoch (rounded down)."""
     second = 1_000_000_000
-    pickup_s = _epoch_seconds(_utc(trips[PICKUP_TS]))
-    dropoff_s = _epoch_seconds(_utc(trips[DROPOFF_TS]))
     return (pickup_s // PICKUP_SLIDE_SECONDS * PICKUP_SLIDE_SECONDS * second,
             dropoff_s // DROPOFF_WINDOW_SECONDS * DROPOFF_WINDOW_SECONDS * second)
 
@@ -153,14 +157,21 @@ class OnlineInputs:
         missing = [c for c in (PICKUP_TS, DROPOFF_TS, PICKUP_ZIP, DROPOFF_ZIP, DISTANCE) if c not in trips.columns]
         if missing:
             raise ValueError(f"trips are missing column(s) {missing}")
-        pickup_s = _epoch_seconds(_utc(trips[PICKUP_TS]))
-        pickup_key, dropoff_key = lookup_keys(trips)
-        pickup_zip = trips[PICKUP_ZIP].to_numpy(dtype=np.int64)
-        dropoff_zip = trips[DROPOFF_ZIP].to_numpy(dtype=np.int64)
+        matrix = self.matrix(_epoch_seconds(_utc(trips[PICKUP_TS])), _epoch_seconds(_utc(trips[DROPOFF_TS])),
+                             trips[PICKUP_ZIP].to_numpy(dtype=np.int64), trips[DROPOFF_ZIP].to_numpy(dtype=np.int64),
+                             _as_double(trips[DISTANCE].reset_index(drop=True)))
+        return pd.DataFrame(matrix, columns=list(MODEL_FEATURES))
+
+    def matrix(self, pickup_s: np.ndarray, dropoff_s: np.ndarray, pickup_zip: np.ndarray, dropoff_zip: np.ndarray,
+               distance: np.ndarray) -> np.ndarray:
+        """The model's inputs as one float64 array (rows: trips, columns: ``MODEL_FEATURES``) from the trips' times
+        as whole UTC seconds since the epoch, their zips and distances: what a request needs, without a frame
+        per column (pandas costs milliseconds per request however few the trips)."""
+        pickup_key, dropoff_key = keys_of_seconds(pickup_s, dropoff_s)
         found_pickup = self.pickup.lookup(pickup_zip, pickup_key)
         found_dropoff = self.dropoff.lookup(dropoff_zip, dropoff_key)
         columns = {
-            DISTANCE: _as_double(trips[DISTANCE].reset_index(drop=True)),
+            DISTANCE: np.asarray(distance, dtype="float64"),
             PICKUP_ZIP: pickup_zip.astype("float64"),
             DROPOFF_ZIP: dropoff_zip.astype("float64"),
             PICKUP_HOUR: (pickup_s // 3600 % 24).astype("float64"),
@@ -169,4 +180,4 @@ class OnlineInputs:
             **{c: found_pickup[:, i] for i, c in enumerate(PICKUP_FEATURE_COLUMNS)},
             **{c: found_dropoff[:, i] for i, c in enumerate(DROPOFF_FEATURE_COLUMNS)},
         }
-        return pd.DataFrame({c: columns[c] for c in MODEL_FEATURES})
+        return np.column_stack([columns[c] for c in MODEL_FEATURES])

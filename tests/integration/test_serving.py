@@ -145,14 +145,32 @@ def test_the_service_returns_batch_scorings_predictions(served):
     assert sum(p["outlier"] for p in online) < 0.1 * len(online)
 
 
+def _judged_window(url, after: int, seconds: float = 10.0) -> dict:
+    """The drift window's status once a judgement after the first ``after`` covers all its rows (judgements run on
+    a thread of their own, at most once a second: a burst of requests is judged within a second of its end)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        drift = call(url + "/v1/metadata")[1]["drift"]
+        if (drift["judgements"] > after and drift["rows_since_judged"] == 0) or time.monotonic() > deadline:
+            return drift
+        time.sleep(0.1)
+
+
 def test_the_drift_status_is_judged_on_a_window_of_recent_trips(served):
     url = served["url"]
     sample = served["batch"].sample(WINDOW, random_state=3)  # trips from the whole range, like the training data
-    statuses = [call(url + "/v1/predict", {"trips": _trips(sample.iloc[i:i + MAX_TRIPS])})[1]["drift"]
-                for i in range(0, WINDOW, MAX_TRIPS)]
-    assert statuses[-1]["status"] == "OK", statuses[-1]
+    before = call(url + "/v1/metadata")[1]["drift"]["judgements"]
+    for i in range(0, WINDOW, MAX_TRIPS):
+        call(url + "/v1/predict", {"trips": _trips(sample.iloc[i:i + MAX_TRIPS])})
+    drift = _judged_window(url, before)  # the window holds only these trips
+    assert drift["status"] == "OK" and drift["window_rows"] == WINDOW, drift
+    judged = drift["judgements"]
+    started = time.monotonic()
     for start in range(0, WINDOW, MAX_TRIPS):  # the window filled with trips 1.5x as long
-        drift = call(url + "/v1/predict", {"trips": _trips(sample.iloc[start:start + MAX_TRIPS], 1.5)})[1]["drift"]
+        answered = call(url + "/v1/predict", {"trips": _trips(sample.iloc[start:start + MAX_TRIPS], 1.5)})[1]
+    # A request never waits for a judgement: it reports the last one, at most a second old when requests keep coming.
+    assert answered["drift"]["window_rows"] == WINDOW and time.monotonic() - started < 30
+    drift = _judged_window(url, judged)
     assert drift["status"] == "DRIFT" and "trip_distance" in drift["drifted_features"], drift
     assert drift["window_rows"] == WINDOW
     assert call(url + "/metrics")[0] == 404  # metrics are on their own port, for the in-cluster scraper

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -114,13 +114,19 @@ class Snapshot:
         """(trip position, field, why) for each trip whose pickup or dropoff lookup key lies before the window its
         table holds: its features are not held, and any answer would be given with other features."""
         pickup_keys, dropoff_keys = lookup_keys(trips)
+        return self.outside_keys(pickup_keys, dropoff_keys,
+                                 lambda i, column: pd.Timestamp(trips[column].iloc[i]))
+
+    def outside_keys(self, pickup_keys: np.ndarray, dropoff_keys: np.ndarray,
+                     time_of: Callable[[int, str], Any]) -> list[tuple[int, str, str]]:
+        """``outside`` of trips given by their lookup keys (``time_of(i, column)``: trip i's time, for the message)."""
         problems = []
         for field, held, column, keys in (("pickup_time", self.pickup_held, PICKUP_TS, pickup_keys),
                                           ("dropoff_time", self.dropoff_held, DROPOFF_TS, dropoff_keys)):
             if held.since is None or held.newest is None:
                 continue
             for i in np.flatnonzero(keys < held.since.value).tolist():
-                when = _naive(pd.Timestamp(trips[column].iloc[i]))
+                when = _naive(pd.Timestamp(time_of(i, column)))
                 problems.append((i, field, f"{field} {when}: features held cover {_naive(held.since)}.."
                                            f"{_naive(held.newest)}; older trips are scored by batch"))
         return sorted(problems, key=lambda problem: problem[0])  # by trip, the pickup first
