@@ -15,9 +15,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
-from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
 from taxi_fares.aggregates import one_row
+from taxi_fares.binned_predict import raw_predict_binned
 from taxi_fares.features import LABEL, MODEL_FEATURES
 
 
@@ -78,12 +78,7 @@ class BinnedHistGradientBoostingRegressor(HistGradientBoostingRegressor):  # typ
         # During fit scikit-learn passes data that is binned already (``_in_fit``): nothing to do here.
         if getattr(self, "_in_fit", False) or self.is_categorical_ is not None:
             return super()._raw_predict(X, n_threads=n_threads)
-        binned = self._bin_mapper.transform(self._preprocess_X(X, reset=False))
-        raw = np.zeros((binned.shape[0], self.n_trees_per_iteration_), dtype=self._baseline_prediction.dtype,
-                       order="F")
-        raw += self._baseline_prediction
-        self._predict_iterations(binned, self._predictors, raw, True, _openmp_effective_n_threads(n_threads))
-        return raw
+        return raw_predict_binned(self, self._bin_mapper.transform(self._preprocess_X(X, reset=False)), n_threads)
 
 
 def build_model(params: ModelParams) -> Pipeline:

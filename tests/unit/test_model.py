@@ -9,6 +9,7 @@ from taxi_fares.features import LABEL, MODEL_FEATURES, dropoff_features, join_fe
 from taxi_fares.features import pickup_features
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from taxi_fares.binned_predict import predict_inputs
 from taxi_fares.model import (BinnedHistGradientBoostingRegressor, ModelParams, bounded_sample, build_model,
                               predict_spark, regression_metrics, spark_regression_metrics, split_holdout,
                               train_model)
@@ -65,6 +66,18 @@ def test_predicting_through_the_bins_gives_scikit_learns_predictions_bit_for_bit
     assert np.array_equal(binned.predict(probe), expected)
     assert np.array_equal(regressor.predict(probe.iloc[:1]), expected[:1])  # one row, as the service asks
     assert not np.array_equal(regressor.predict(probe.fillna(0.0)), expected)  # the probe does reach the missing side
+
+    # The online service's path: a ready-made float64 matrix, no per-call validation, the same predictions.
+    columns = list(train.columns)
+    assert np.array_equal(predict_inputs(binned, probe.to_numpy(), columns), expected)
+    assert np.array_equal(predict_inputs(plain, probe.to_numpy()[:1], columns), expected[:1])
+    assert predict_inputs.__module__ == "taxi_fares.binned_predict"
+    with pytest.raises(ValueError, match="needs 5 columns"):
+        predict_inputs(binned, probe.to_numpy()[:, :4], columns)
+    # A model fitted on other columns (or in another order) is not given a matrix it cannot vouch for: its own
+    # predict sees a frame, and refuses names it was not fitted on, as scikit-learn does.
+    with pytest.raises(ValueError, match="feature names"):
+        predict_inputs(binned, probe.to_numpy(), columns[::-1])
 
 
 def test_bad_hyperparameters_are_all_reported():

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import pandas as pd
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
@@ -55,6 +54,7 @@ from starlette.routing import Match
 from threadpoolctl import threadpool_limits
 
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, MODEL_FEATURES, PICKUP_TS, PICKUP_ZIP
+from taxi_fares.binned_predict import predict_inputs
 from taxi_fares.online import keys_of_seconds
 from taxi_fares.outliers import OutlierScorer
 from taxi_fares.trip_rules import broken_rules
@@ -396,8 +396,7 @@ class Service:
             pickup_s, dropoff_s, np.fromiter((t.pickup_zip for t in trips), dtype=np.int64, count=len(trips)),
             np.fromiter((t.dropoff_zip for t in trips), dtype=np.int64, count=len(trips)),
             np.fromiter((t.trip_distance for t in trips), dtype=np.float64, count=len(trips)))
-        inputs = pd.DataFrame(values, columns=list(MODEL_FEATURES))
-        fares = np.asarray(self.bundle.fare_model.predict(inputs), dtype=float)
+        fares = predict_inputs(self.bundle.fare_model, values, MODEL_FEATURES)
         # As monitoring scores the detector: no earlier feature row reads as 0.
         scores = self.outliers.score_samples(np.nan_to_num(values, nan=0.0))
         flags = self.outliers.is_outlier(scores)
