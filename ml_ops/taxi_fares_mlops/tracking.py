@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 
 import taxi_fares.model
 from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
+import taxi_fares.binned_predict
 from taxi_fares.features import MODEL_FEATURES, model_input_columns
 from taxi_fares_mlops.checksums import sha256
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
@@ -40,6 +41,8 @@ HOST_TAG, PID_TAG = "mlops.host", "mlops.pid"
 
 def setup_experiment(name: str) -> str:
     """Use the experiment ``name``, creating it if missing. Returns its id. The job's first call to the tracking
+# Pickled by value into a logged fare model: the regressor's class and the code it predicts with.
+BY_VALUE = (taxi_fares.model, taxi_fares.binned_predict)
     store: a store that is unreachable or locked is a ``TrackingError`` naming it, before anything is written."""
     try:
         return _setup_experiment(name)
@@ -82,12 +85,14 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str, artifact
 
     Saved with cloudpickle: MLflow 3.8 (Databricks Runtime 18 LTS ML) offers pickle and cloudpickle only; the
     skops format came in later MLflow releases. Requirements are given explicitly rather than inferred, which
-    would import the model in a subprocess. Classes of ``taxi_fares.model`` (the fare regressor) are pickled by
-    value, so the model loads where only those requirements are installed, without this package's wheels.
+    would import the model in a subprocess. Classes of ``taxi_fares.model`` (the fare regressor) and the
+    prediction code they call (``taxi_fares.binned_predict``) are pickled by value, so the model loads where only
+    those requirements are installed, without this package's wheels.
     Returns the new version.
     """
     signature = infer_signature(input_example, model.predict(input_example))
-    cloudpickle.register_pickle_by_value(taxi_fares.model)
+    for module in BY_VALUE:
+        cloudpickle.register_pickle_by_value(module)
     try:
         info = mlflow.sklearn.log_model(
             model,
@@ -100,7 +105,8 @@ def log_model(model, input_example: pd.DataFrame, registered_name: str, artifact
             registered_model_name=registered_name,
         )
     finally:
-        cloudpickle.unregister_pickle_by_value(taxi_fares.model)
+        for module in BY_VALUE:
+            cloudpickle.unregister_pickle_by_value(module)
     version = str(info.registered_model_version)
     record_digests(ModelRef(registered_name, version, info.run_id))
     return version
