@@ -22,6 +22,14 @@ following the public REST documentation and the databricks-sdk 0.156 sources:
   has one owner, never a group; ``jobs/reset`` takes no access list. The caller (``identity``) owns a job it
   creates unless the list names another owner.
 
+Runs end as a workspace ends them: ``next_run_script`` ends in ``TERMINATED:<result>`` for any result state
+(SUCCESS, FAILED, SUCCESS_WITH_FAILURES, TIMEDOUT, CANCELED...), each answered with the termination code and type
+the Jobs API gives it; a run over ``max_concurrent_runs`` without a queue is SKIPPED
+(MAX_CONCURRENT_RUNS_EXCEEDED). The ways real workspaces have answered are knobs: ``runs_page_cap`` (runs/list
+answers short pages with more to come), ``stale_reads_after_repair`` (a repaired run reads as before its repair
+for that many runs/get), ``not_databricks`` (every request gets the HTML 404 of a host that is no workspace) and
+``drop_after_apply``.
+
 Tests control it with ``fail(...)`` (answer the next matching requests with an error), ``next_run_script``,
 ``next_run_output`` and ``next_run_error``, and read ``requests``.
 """
@@ -54,6 +62,14 @@ ONE_MB = 1 << 20
 NOTEBOOK_HEADER = "# Databricks notebook source"
 CELL_SEPARATOR = "# COMMAND ----------"
 TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+# result state -> (termination code, type) of Run.status, as the Jobs API reports a run's end. A timeout is the
+# platform cancelling the run (CANCELED: "for example, if the maximum run duration was exceeded"); a user's
+# cancellation is USER_CANCELED.
+TERMINATIONS = {"SUCCESS": ("SUCCESS", "SUCCESS"), "FAILED": ("RUN_EXECUTION_ERROR", "CLIENT_ERROR"),
+                "SUCCESS_WITH_FAILURES": ("SUCCESS_WITH_FAILURES", "SUCCESS"),
+                "TIMEDOUT": ("CANCELED", "CLIENT_ERROR"), "CANCELED": ("USER_CANCELED", "SUCCESS")}
+NOT_A_WORKSPACE = (b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1>"
+                   b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 PRINCIPALS = ("user_name", "group_name", "service_principal_name")  # who a grant or run_as names: exactly one
 
 
@@ -135,6 +151,8 @@ class EmulatedRun:
     start_time: int = field(default_factory=lambda: int(time.time() * 1000))
     end_time: int = 0
     repairs: list[int] = field(default_factory=list)
+    ended: dict[int, str] = field(default_factory=dict)  # ORIGINAL or repair id -> how it ended (a script step)
+    stale: Optional[list] = None  # [reads left, the run's answer as it was before its latest repair]
 
     @property
     def state(self) -> tuple[str, Optional[str]]:
@@ -165,6 +183,8 @@ class WorkspaceEmulator:
         self.drops: list[list] = []                # [method, path prefix, times]: apply, then drop the connection
         self._idempotency: dict[str, int] = {}     # run-now idempotency_token -> the run it started
         self.runs_page_cap: Optional[int] = None   # runs/list answers at most this many per page, more to come
+        self.stale_reads_after_repair = 0          # runs/get answers a repaired run as before, this many times
+        self.not_databricks = False                # answer everything as a host that is not a workspace does
         self.targets_file: Optional[Any] = None   # a targets.yml naming this emulator (set by the tests' fixture)
         self.next_run_script = ["PENDING", "RUNNING", "TERMINATED:SUCCESS"]
         self.next_run_output: Optional[str] = json.dumps({"status": "SUCCESS"})
@@ -185,6 +205,22 @@ class WorkspaceEmulator:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     # --- control -------------------------------------------------------------------------------------------
+    @property
+    def next_run_script(self) -> list[str]:
+        """The states the next run (or repair) goes through, one per runs/get: ``LIFECYCLE[:RESULT]``."""
+        return self._next_run_script
+
+    @next_run_script.setter
+    def next_run_script(self, script: list[str]) -> None:
+        """Refused when set (in the test, not in the server's thread): only what the Jobs API can say."""
+        from databricks.sdk.service.jobs import RunLifeCycleState, RunResultState
+
+        for step in script:
+            lifecycle, _, result = step.partition(":")
+            if lifecycle not in RunLifeCycleState.__members__ or (result and result not in RunResultState.__members__):
+                raise ValueError(f"'{step}' is not a run state the Jobs API has (LIFECYCLE[:RESULT])")
+        self._next_run_script = list(script)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -290,6 +326,8 @@ class WorkspaceEmulator:
         return Handler
 
     def _answer(self, r: Request):
+        if self.not_databricks:  # a portal, a proxy, a typo: a web server's HTML 404 for every path
+            return 404, NOT_A_WORKSPACE, {"Content-Type": "text/html"}
         if r.path.startswith("/presigned/"):   # a storage URL: signed, no bearer token
             return self._presigned_download(r)
         if r.path.startswith("/api/"):
@@ -751,6 +789,9 @@ class WorkspaceEmulator:
             self._expect(r, "GET")
             q = decode_query(JobsAPI.get_run, r.query)
             run = self._run(q["run_id"])
+            if run.stale and run.stale[0] > 0:  # a read that does not show the latest repair yet
+                run.stale[0] -= 1
+                return 200, run.stale[1 + bool(q.get("include_history", False))], {}
             payload = self._run_json(run, include_history=q.get("include_history", False))
             self._advance(run)
             return 200, payload, {}
@@ -875,7 +916,8 @@ class WorkspaceEmulator:
                 run.queued = True
             else:
                 run.script, run.step = ["SKIPPED"], 0
-                run.error = f"Skipped: the job already has {len(active)} active run(s) (max_concurrent_runs)"
+                run.error = (f"Skipping this run because the limit of {limit} maximum concurrent runs has been "
+                             f"reached.")
         self.runs[run_id] = run
         if token is not None:
             self._idempotency[token] = run_id
@@ -898,23 +940,30 @@ class WorkspaceEmulator:
                 if run.queued and sum(x.active for x in runs) < limit:
                     run.queued = False
 
-    def _status(self, run: EmulatedRun) -> tuple[dict, dict]:
-        lifecycle, result = run.state
+    def _status(self, run: EmulatedRun, step: Optional[str] = None) -> tuple[dict, dict]:
+        lifecycle, _, result_text = (step or run.script[run.step]).partition(":")
+        result = result_text or None
+        if run.queued and step is None:
+            lifecycle = "QUEUED"
         state = {"life_cycle_state": lifecycle, "state_message": (run.error or "") if lifecycle in TERMINAL else ""}
         status: dict = {"state": "TERMINATED" if lifecycle in TERMINAL else lifecycle}
         if lifecycle == "INTERNAL_ERROR":
             state["result_state"] = "FAILED"
             status["termination_details"] = {"code": "INTERNAL_ERROR", "type": "INTERNAL_ERROR",
                                              "message": run.error or "internal error"}
-        elif lifecycle == "SKIPPED":
-            state["result_state"] = "EXCLUDED"
-            status["termination_details"] = {"code": "SKIPPED", "type": "SUCCESS", "message": run.error or ""}
+        elif lifecycle == "SKIPPED":  # over max_concurrent_runs without a queue
+            state["result_state"] = "MAXIMUM_CONCURRENT_RUNS_REACHED"
+            status["termination_details"] = {"code": "MAX_CONCURRENT_RUNS_EXCEEDED", "type": "CLIENT_ERROR",
+                                             "message": run.error or ""}
         elif lifecycle == "TERMINATED":
-            failed = result != "SUCCESS"
+            code, kind = TERMINATIONS.get(result or "", ("RUN_EXECUTION_ERROR", "CLIENT_ERROR"))
+            timeout = self.jobs.get(run.job_id, {}).get("timeout_seconds", 0)
+            default = {"SUCCESS": "", "TIMEDOUT": f"Run timed out: it exceeded the job's timeout of {timeout} seconds",
+                       "CANCELED": f"Run cancelled by {self.identity['userName']}",
+                       "SUCCESS_WITH_FAILURES": "Some tasks failed; the run's leaf tasks succeeded"}
             state["result_state"] = result
-            status["termination_details"] = {"code": "RUN_EXECUTION_ERROR" if failed else "SUCCESS",
-                                             "type": "CLIENT_ERROR" if failed else "SUCCESS",
-                                             "message": (run.error or "Task failed") if failed else ""}
+            status["termination_details"] = {"code": code, "type": kind,
+                                             "message": run.error or default.get(result or "", "Task failed")}
         if lifecycle == "QUEUED":
             status["queue_details"] = {"code": "ACTIVE_RUNS_LIMIT_REACHED",
                                        "message": "The job reached its maximum number of concurrent runs"}
@@ -928,9 +977,13 @@ class WorkspaceEmulator:
                    "tasks": [{"run_id": task_run, "task_key": key, "state": state, "status": status}
                              for key, task_run in zip(run.task_keys, run.task_run_ids)],
                    "job_parameters": [{"name": k, "value": v} for k, v in run.parameters.items()]}
-        if include_history:
-            payload["repair_history"] = [{"type": "ORIGINAL", "id": run.run_id}] + [
-                {"type": "REPAIR", "id": repair_id} for repair_id in run.repairs]
+        if include_history:  # each attempt with how it ended (the latest: the run's state now)
+            history = []
+            for kind, item in [("ORIGINAL", run.run_id)] + [("REPAIR", repair_id) for repair_id in run.repairs]:
+                item_state, item_status = (self._status(run, run.ended[item]) if item in run.ended
+                                           else (state, status))
+                history.append({"type": kind, "id": item, "state": item_state, "status": item_status})
+            payload["repair_history"] = history
         return payload
 
     def _run_output(self, run_id: int):
@@ -971,8 +1024,12 @@ class WorkspaceEmulator:
         undefined = sorted(set(b.get("job_parameters") or {}) - {p["name"] for p in settings.get("parameters", [])})
         if undefined:
             raise invalid(f"Job parameters {', '.join(undefined)} are not defined in job {run.job_id}")
+        before = (self._run_json(run), self._run_json(run, include_history=True))
+        run.ended[run.repairs[-1] if run.repairs else run.run_id] = run.script[run.step]
         repair_id = next(self._ids)
         run.repairs.append(repair_id)
+        if self.stale_reads_after_repair:
+            run.stale = [self.stale_reads_after_repair, *before]
         run.script, run.step, run.end_time = list(self.next_run_script), 0, 0
         run.output, run.error = self.next_run_output, self.next_run_error
         run.parameters.update(b.get("job_parameters") or {})

@@ -335,7 +335,55 @@ def test_without_a_queue_a_run_over_the_limit_is_skipped(emu, w):
     job_id = create_job(emu, queue={"enabled": False})
     w.jobs.run_now(job_id)
     skipped = w.jobs.run_now(job_id).response.run_id
-    assert w.jobs.get_run(skipped).state.life_cycle_state.value == "SKIPPED"
+    run = w.jobs.get_run(skipped)
+    assert (run.state.life_cycle_state.value, run.state.result_state.value) == (
+        "SKIPPED", "MAXIMUM_CONCURRENT_RUNS_REACHED")
+    assert (run.status.state.value, run.status.termination_details.code.value) == (
+        "TERMINATED", "MAX_CONCURRENT_RUNS_EXCEEDED")
+    assert run.status.termination_details.message == ("Skipping this run because the limit of 1 maximum concurrent "
+                                                      "runs has been reached.")
+
+
+@pytest.mark.parametrize("result, code, kind", [
+    ("SUCCESS", "SUCCESS", "SUCCESS"), ("FAILED", "RUN_EXECUTION_ERROR", "CLIENT_ERROR"),
+    ("SUCCESS_WITH_FAILURES", "SUCCESS_WITH_FAILURES", "SUCCESS"), ("TIMEDOUT", "CANCELED", "CLIENT_ERROR"),
+    ("CANCELED", "USER_CANCELED", "SUCCESS")])
+def test_a_run_ends_with_the_result_state_and_termination_code_the_jobs_api_gives(emu, w, result, code, kind):
+    emu.next_run_script = [f"TERMINATED:{result}"]
+    run = w.jobs.get_run(w.jobs.run_now(create_job(emu)).response.run_id)
+    assert (run.state.life_cycle_state.value, run.state.result_state.value) == ("TERMINATED", result)
+    details = run.status.termination_details
+    assert (run.status.state.value, details.code.value, details.type.value) == ("TERMINATED", code, kind)
+
+
+def test_a_script_must_end_a_run_as_the_jobs_api_can(emu):
+    with pytest.raises(ValueError, match="'TERMINATED:PARTLY' is not a run state the Jobs API has"):
+        emu.next_run_script = ["TERMINATED:PARTLY"]
+
+
+def test_a_repaired_run_can_read_as_before_its_repair_for_a_while(emu, w):
+    emu.next_run_script = ["TERMINATED:FAILED"]
+    run_id = w.jobs.run_now(create_job(emu)).response.run_id
+    emu.next_run_script, emu.stale_reads_after_repair = ["RUNNING", "TERMINATED:SUCCESS"], 2
+    repair_id = w.jobs.repair_run(run_id, rerun_all_failed_tasks=True).response.repair_id
+    for _ in range(2):  # as before the repair, history and all
+        run = w.jobs.get_run(run_id, include_history=True)
+        assert run.state.result_state.value == "FAILED" and [h.id for h in run.repair_history] == [run_id]
+    run = w.jobs.get_run(run_id, include_history=True)
+    assert run.state.life_cycle_state.value == "RUNNING"
+    assert [(h.id, h.state.life_cycle_state.value) for h in run.repair_history] == [
+        (run_id, "TERMINATED"), (repair_id, "RUNNING")]
+    assert run.repair_history[0].state.result_state.value == "FAILED"
+    assert w.jobs.get_run(run_id).state.result_state.value == "SUCCESS"
+
+
+def test_a_host_that_is_not_a_workspace_answers_an_html_404_the_sdk_reads_as_not_found(emu, w):
+    emu.not_databricks = True
+    status, body = call(emu, "GET", "/api/2.2/jobs/list")
+    assert status == 404 and body.startswith(b"<html>") and b"<title>404 Not Found</title>" in body
+    with pytest.raises(NotFound) as excinfo:
+        list(w.jobs.list())
+    assert (excinfo.value.error_code, str(excinfo.value)) == ("NOT_FOUND", "404 Not Found")
 
 
 def test_internal_error_ends_a_run(emu, w):
