@@ -6,7 +6,8 @@
 * ``docs/reference/cli.md``: every ``mlops`` command and option, from the argument parser itself;
 * ``docs/reference/job-parameters.md``: each job's parameters, defaults and choices, from the config declarations;
 * ``docs/reference/environment.md``: every ``MLOPS_*`` variable, from the registry (``orchestrator.environment``);
-* ``docs/reference/exit-codes.md``: from ``orchestrator.errors.EXIT_CODES``;
+* ``docs/reference/exit-codes.md``: from ``orchestrator.errors.EXIT_CODES`` and, for the ways a workspace run
+  ends, ``orchestrator.deploy.runs.RUN_OUTCOMES``;
 * the results table of ``docs/performance.md``: the newest JSON result in ``benchmarks/results/``.
 """
 from __future__ import annotations
@@ -148,7 +149,39 @@ def exit_codes_page() -> str:
              "bundle are refused, before its port opens.", "",
              "| code | meaning |", "|---|---|"]
     lines += [f"| {code} | {_cell(meaning)} |" for code, meaning in EXIT_CODES.items()]
+    lines += ["", "## How a workspace run ends", "",
+              "`mlops run --target`, and `mlops repair`, watch the run to its end and finish with one line saying how "
+              "it ended and the exit code below. A run's outcome is read from its termination code and its result "
+              "state, whichever the workspace sends; one the table does not name counts as FAILED. `mlops runs` "
+              "shows the outcome in its result column.", "",
+              "| outcome | the workspace says (result state / termination code) | exit code | the last line |",
+              "|---|---|---|---|"]
+    lines += [f"| {outcome} | {_cell(_workspace_says(outcome))} | {code} | "
+              f"{_cell('run ID ' + text.format(state='STATE', run_id='ID', target='TARGET', job='JOB'))} |"
+              for outcome, (code, text) in _run_outcomes().items()]
     return "\n".join(lines) + "\n"
+
+
+def _run_outcomes() -> dict:
+    from orchestrator.deploy.runs import RUN_OUTCOMES
+
+    return RUN_OUTCOMES
+
+
+def _workspace_says(outcome: str) -> str:
+    from orchestrator.deploy import runs
+
+    results = [r for r, o in runs._BY_RESULT.items() if o == outcome]
+    codes = [c for c, o in runs._BY_CODE.items() if o == outcome]
+    if outcome == "FAILED":
+        return ("`FAILED`, `UPSTREAM_FAILED` / `RUN_EXECUTION_ERROR` and every other code; any result or code this "
+                "table does not name, and the `INTERNAL_ERROR` life cycle")
+    if outcome == "SKIPPED":
+        results.insert(0, "the `SKIPPED` life cycle")
+    if outcome == "TIMEDOUT":
+        codes = ["CANCELED (the platform's, with the result TIMEDOUT)"]
+    return ", ".join(f"`{r}`" if r.isupper() else r for r in results) + " / " + ", ".join(
+        f"`{c}`" if c.isupper() else c for c in codes)
 
 
 def latest_results(folder: Path = RESULTS) -> list[dict]:

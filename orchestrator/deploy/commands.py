@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import Optional
 
 from orchestrator.console import progress
 
@@ -76,21 +77,26 @@ def run_remote(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(run_id)
         return 0
-    return _finish(w, run_id, host, args.json)
+    return _finish(w, run_id, host, args.json, args.target, args.job)
 
 
-def _finish(w, run_id: int, host: str, as_json: bool) -> int:
+def _finish(w, run_id: int, host: str, as_json: bool, target: str, job: Optional[str],
+            repair_id: Optional[int] = None) -> int:
+    """Watch the run to its end (after ``repair_id``, its repaired end), print its tasks' summaries, end with the
+    outcome's line and exit code (``runs.RUN_OUTCOMES``)."""
     from orchestrator.deploy import runs
 
-    run, state = runs.wait(w, run_id, host, progress)
+    run, state = runs.wait(w, run_id, host, progress, repair_id=repair_id)
     if run.run_page_url:
         progress(f"run page: {run.run_page_url}")
-    _print_outputs(w, run, host, as_json)
-    if not state.succeeded:
-        print(f"run {run_id} did not succeed: {state}", file=sys.stderr)
-        return 1
-    progress(f"run {run_id} succeeded")
-    return 0
+    if state.outcome != "SKIPPED":  # a skipped run ran no task: it has no output
+        _print_outputs(w, run, host, as_json)
+    code, line = runs.outcome_line(run_id, state, target, job)
+    if code:
+        print(line, file=sys.stderr)
+    else:
+        progress(line)
+    return code
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -98,11 +104,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     w, host = _target_client(args)
     job_id = runs.find_job(w, _job_name(args.job), host, args.target)
-    print(f"{'run id':>12}  {'state':<12} {'result':<10} {'started (UTC)':<20} {'duration':>9}")
+    print(f"{'run id':>12}  {'state':<14} {'result':<21} {'started (UTC)':<20} {'duration':>9}")
     for run_id, lifecycle, result, started, duration in runs.list_runs(w, job_id, args.limit, host):
         when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
         took = f"{duration:.0f}s" if duration is not None else "-"
-        print(f"{run_id:>12}  {lifecycle:<12} {result:<10} {when:<20} {took:>9}")
+        print(f"{run_id:>12}  {lifecycle:<14} {result:<21} {when:<20} {took:>9}")
     return 0
 
 
@@ -135,6 +141,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     _repair_precheck(args.target, params)
     w, host = _target_client(args)
 
+    repaired_job: list[str] = []
+
     def check(job_id: int, settings) -> None:  # the run's own job, as `run` checks it, before the repair request
         job = next((key for key in JOBS if _job_name(key) == settings.name), None)
         if job is None:
@@ -142,10 +150,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
                              f"repair it from the workspace")
         policy = checked_parameters(args.target, job, params)
         runs.check_parameters(w, job_id, params, host, job, policy, settings)
+        repaired_job.append(job)
 
-    runs.repair(w, args.run_id, params, host, check)
-    progress(f"repairing run {args.run_id}: rerunning its failed tasks")
-    return _finish(w, args.run_id, host, args.json)
+    repair_id = runs.repair(w, args.run_id, params, host, check)
+    progress(f"repairing run {args.run_id}: rerunning its failed tasks (repair {repair_id})")
+    return _finish(w, args.run_id, host, args.json, args.target, next(iter(repaired_job), None), repair_id)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:

@@ -418,13 +418,21 @@ def test_a_serverless_target_deploys_jobs_the_workspace_accepts(workspace, mlops
 
 
 @pytest.mark.parametrize("expected, meaning", [(0, "success"), (1, "job failed"), (2, "usage or configuration"),
-                                               (3, "remote service")])
+                                               (3, "remote service"), (4, "run stopped"), (5, "run skipped")])
 def test_each_documented_exit_code(workspace, mlops, expected, meaning):
     from orchestrator.errors import EXIT_CODES
 
-    assert set(EXIT_CODES) == {0, 1, 2, 3}
-    deployed(workspace, mlops)
-    if expected == 0:
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5}
+    jobs = deployed(workspace, mlops)
+    if expected == 4:
+        workspace.next_run_script = ["RUNNING", "TERMINATED:TIMEDOUT"]
+        code, _, err = mlops("run", "training", "--target", "staging")
+    elif expected == 5:  # without a queue, a run over max_concurrent_runs is skipped
+        workspace.jobs[jobs["taxi_fares_training"]]["queue"] = {"enabled": False}
+        workspace.next_run_script = ["RUNNING"] * 50 + ["TERMINATED:SUCCESS"]
+        assert mlops("run", "training", "--target", "staging", "--no-wait")[0] == 0
+        code, _, err = mlops("run", "training", "--target", "staging")
+    elif expected == 0:
         code, _, err = mlops("run", "training", "--target", "staging")
     elif expected == 1:
         workspace.next_run_script = ["RUNNING", "TERMINATED:FAILED"]
