@@ -4,6 +4,10 @@ Authentication is whatever databricks-sdk resolves (environment variables, a CLI
 Azure CLI). The host is the target's (``targets.yml``) unless the operator says ``--host``; a ``DATABRICKS_HOST``
 left in the environment that names another workspace is refused, so that a dev deploy never lands in prod because
 of a shell's leftover variable. No token ever reaches a message: errors name the host and the operation only.
+
+A host that is not a Databricks workspace (a typo, a portal, a proxy) answers an HTML 404, which the SDK reads as
+``NOT_FOUND``, the code of a missing object: such a 404 is checked once against SCIM ``Me``, which every workspace
+serves to any caller, and named for what it is.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ class DeployError(RemoteError):
 
 # A path that is not an API answers 404 with this code: a wrong host or API version, not a missing object.
 ENDPOINT_NOT_FOUND = "ENDPOINT_NOT_FOUND"
+# What the SDK makes of a 404 that is not a workspace's JSON error (an HTML page): the status' reason, or nothing.
+# Databricks' own codes for a missing object are RESOURCE_DOES_NOT_EXIST and, on the Files API, NOT_FOUND.
+UNCODED_NOT_FOUND = ("NOT_FOUND", None)
 # What --host takes: the shape targets.yml takes (https, or plain http to this machine: an emulator, a proxy).
 _HOST = re.compile(r"(https://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost))(:\d+)?/?")
 
@@ -84,6 +91,10 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         if not is_missing(exc):
             raise DeployError(f"{host} does not serve the API needed to {operation} ({ENDPOINT_NOT_FOUND}): check "
                               f"that the target's host is the workspace URL") from exc
+        if getattr(exc, "error_code", None) in UNCODED_NOT_FOUND and not answers_as_workspace(host):
+            raise DeployError(f"{host} does not answer as a Databricks workspace (it answered '{_message(exc)}' "
+                              f"when asked to {operation}, and so did the API every workspace serves): check "
+                              f"--host, DATABRICKS_HOST or the target's host in targets.yml") from exc
         raise DeployError(f"not found at {host} while trying to {operation}: {_message(exc)}") from exc
     except DatabricksError as exc:
         raise DeployError(f"{operation} failed at {host}: {_message(exc)}") from exc
@@ -93,6 +104,18 @@ def translate_errors(host: str, operation: str) -> Iterator[None]:
         if "auth" in str(exc).lower() or "credential" in str(exc).lower():
             raise UsageError(f"no credentials for {host}: {_first_line(exc)}") from exc
         raise
+
+
+def answers_as_workspace(host: str) -> bool:
+    """Whether ``host`` answers SCIM ``Me`` as a workspace does: with the caller, or with a Databricks error (a
+    refused token is still a workspace). Only a 404 the SDK could not read as a workspace's says it is not one."""
+    try:
+        WorkspaceClient(host=host).current_user.me()
+    except NotFound as exc:
+        return getattr(exc, "error_code", None) not in UNCODED_NOT_FOUND
+    except Exception:  # anything else (a refusal, the network) is no evidence against the host
+        return True
+    return True
 
 
 def _message(exc: Exception) -> str:

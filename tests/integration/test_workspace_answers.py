@@ -2,7 +2,7 @@
 unanswered is sent again by the SDK, so run-now carries an idempotency token and a create sent twice leaves one
 job; a wrong or expired token is a 403 "Invalid access token." named as such; runs end in more ways than SUCCESS
 and FAILED, each with its line and exit code; a repaired run that still reads FAILED is watched to its repaired
-end; runs/list's short pages are followed."""
+end; runs/list's short pages are followed; a host that is not a workspace is named as such."""
 import pytest
 
 
@@ -173,3 +173,27 @@ def test_a_repair_the_workspace_never_shows_is_not_reported_as_its_end(workspace
         f"mlops repair: run {run_id} still reads TERMINATED RUN_EXECUTION_ERROR: Task failed 0s after repair "
         f"{workspace.runs[run_id].repairs[0]} was accepted: the workspace does not show the repair; look at ")
 
+
+# --- a host that is not Databricks answers an HTML 404 the SDK reads as NOT_FOUND -----------------------------------
+
+NOT_A_WORKSPACE = {
+    "run": (("run", "training", "--target", "staging"), "find job taxi_fares_training"),
+    "runs": (("runs", "training", "--target", "staging"), "find job taxi_fares_training"),
+    "repair": (("repair", "7", "--target", "staging"), "read run 7"),
+    "deploy": (("deploy", "--target", "staging"), "upload the wheels to /Volumes/staging/taxi_fares/wheels/{version}"),
+}
+
+
+@pytest.mark.parametrize("command", NOT_A_WORKSPACE)
+def test_a_host_that_is_not_a_workspace_is_named(workspace, mlops, command):
+    from orchestrator.paths import project_version
+
+    argv, operation = NOT_A_WORKSPACE[command]
+    workspace.not_databricks = True
+    code, out, err = mlops(*argv)
+    assert code == 3
+    assert err.splitlines()[-1] == (
+        f"mlops {argv[0]}: {workspace.url} does not answer as a Databricks workspace (it answered '404 Not Found' "
+        f"when asked to {operation.format(version=project_version())}, and so did the API every workspace serves): "
+        f"check --host, DATABRICKS_HOST or the target's host in targets.yml")
+    assert workspace.calls("GET", "/api/2.0/preview/scim/v2/Me")  # asked once, to tell a host from a missing object
