@@ -97,11 +97,26 @@ TARGETS = [
     ("workspace_root: /Workspace/Shared/taxi_fares/staging", "workspace_root: Shared/taxi_fares",
      "target 'staging': workspace_root 'Shared/taxi_fares' is not /Workspace/..."),
     ("  staging:\n", "  staging:\n   - oops\n", "is not valid YAML"),
+    # who may run what: a workspace target names its run-as principal, its operators and its deploying principal
+    ("    run_as_service_principal: a2000000-0000-4000-8000-000000000001\n", "",
+     "target 'staging': run_as_service_principal missing (expected the application id of the service principal the "
+     "target's jobs run as)"),
+    ("    operators_group: taxi-fares-operators-staging\n", "",
+     "target 'staging': operators_group missing (expected the workspace group whose members may run the jobs "
+     "(CAN_MANAGE_RUN))"),
+    ("    deployer_service_principal: a2000000-0000-4000-8000-0000000000d1\n", "",
+     "target 'staging': deployer_service_principal missing (expected the application id of the service principal "
+     "that deploys and owns the jobs (IS_OWNER))"),
+    ("run_as_service_principal: a2000000-0000-4000-8000-000000000001", "run_as_service_principal: taxi-fares-runner",
+     "target 'staging': run_as_service_principal 'taxi-fares-runner' is not an application id "
+     "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
 ]
 
 
 @pytest.mark.parametrize("old, new, message", TARGETS, ids=["unknown-key", "unknown-top-key", "host-shape",
-                                                            "wheel-path", "lakehouse-path", "workspace-path", "yaml"])
+                                                            "wheel-path", "lakehouse-path", "workspace-path", "yaml",
+                                                            "no-run-as", "no-operators", "no-deployer",
+                                                            "run-as-shape"])
 def test_targets_file(workspace, mlops, tmp_path, monkeypatch, old, new, message):
     text = (REPO_ROOT / "job_templates/targets.yml").read_text()
     assert old in text
