@@ -13,6 +13,7 @@ clusters) does not give, and the same SQL runs on a classic session.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import random
@@ -20,7 +21,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, TimestampType
@@ -118,6 +119,31 @@ class Lakehouse:
     def __init__(self, root: Optional[str] = None, schema: Optional[str] = None):
         self.root = (root or default_root()).rstrip("/")
         self.schema = schema or None
+        self._pins: Optional[dict[str, int]] = None  # a view at fixed versions (``as_of``): table -> its version
+        self._read_versions: dict[str, int] = {}
+
+    def as_of(self, versions: Mapping[str, int]) -> "Lakehouse":
+        """A view of this lakehouse that reads each table at one Delta version (time travel): the version
+        ``versions`` gives, else the table's latest when the view first reads it, then that one for every later
+        read. ``read_versions`` says which tables the view read at which version: what a run records is exactly
+        what it read, whoever commits to the tables meanwhile, and reading those versions again reads the same
+        rows (as long as ``VACUUM`` keeps their files)."""
+        view = copy.copy(self)
+        view._pins, view._read_versions = dict(versions), {}
+        return view
+
+    @property
+    def read_versions(self) -> dict[str, int]:
+        """table -> the Delta version this view read (empty for a lakehouse that is not an ``as_of`` view)."""
+        return dict(self._read_versions)
+
+    def version(self, spark: SparkSession, table: str) -> int:
+        """The table's latest Delta version (the version of its last commit)."""
+        with self._reading(table, "read the history of", missing=("DELTA_TABLE_ONLY_OPERATION",)):
+            row = spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT 1").select("version").first()
+        if row is None:
+            raise MissingTableError(f"table '{table}' does not exist at {self.location(table)}")
+        return int(row["version"])
 
     def __repr__(self) -> str:
         return f"Lakehouse({self.root!r}, schema={self.schema!r})"
@@ -178,19 +204,43 @@ class Lakehouse:
     def read(self, spark: SparkSession, table: str) -> DataFrame:
         """The table (lazily); a StorageError saying so when it does not exist. One catalog or log lookup, not
         an ``exists`` check first: each lookup of a Delta table is a round of Spark jobs."""
-        from pyspark.errors import AnalysisException
-
-        try:
+        if self._pins is not None:
+            return self._read_as_of(spark, table)
+        with self._reading(table):
             if self.schema:
                 return spark.table(self._sql_name(table))
             return spark.read.format("delta").load(self.table_path(table))
+        raise AssertionError("unreachable")  # _reading raises or the block returns
+
+    def _read_as_of(self, spark: SparkSession, table: str) -> DataFrame:
+        assert self._pins is not None
+        version = self._pins.get(table)
+        if version is None:
+            version = self.version(spark, table)
+        try:
+            with self._reading(table, f"read version {version} of"):
+                df = spark.sql(f"SELECT * FROM {self._sql_name(table)} VERSION AS OF {int(version)}")
+        except StorageError:
+            if not self.exists(spark, table):  # a missing folder is not an AnalysisException at time travel
+                raise MissingTableError(f"table '{table}' does not exist at {self.location(table)}") from None
+            raise
+        self._pins[table] = self._read_versions[table] = int(version)
+        return df
+
+    @contextmanager
+    def _reading(self, table: str, action: str = "read", missing: Sequence[str] = ()) -> Iterator[None]:
+        """A read's failure as a MissingTableError (no table there) or a StorageError, naming the table."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            yield
         except AnalysisException as exc:
-            if exc.getCondition() in MISSING_TABLE_CONDITIONS:
+            if exc.getCondition() in (*MISSING_TABLE_CONDITIONS, *missing):
                 raise MissingTableError(f"table '{table}' does not exist at {self.location(table)}") from exc
-            raise StorageError(f"could not read table '{table}' at {self.location(table)}: "
+            raise StorageError(f"could not {action} table '{table}' at {self.location(table)}: "
                                f"{first_line(exc)}") from exc
         except Exception as exc:
-            raise StorageError(f"could not read table '{table}' at {self.location(table)}: "
+            raise StorageError(f"could not {action} table '{table}' at {self.location(table)}: "
                                f"{first_line(exc)}") from exc
 
     @_retried_on_conflict("write")
