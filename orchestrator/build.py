@@ -1,19 +1,29 @@
-"""Build the two wheels (the one implementation behind `make dist` and the local runner's rebuilds)."""
+"""Build the two wheels (the one implementation behind `make dist` and the local runner's rebuilds).
+
+The MLOps wheel is stamped with the commit it was built from (``taxi_fares_mlops/_build_info.json``: the commit,
+whether the tree was dirty, the build time) before ``SHA256SUMS`` is written, so the digest covers the stamp: a
+job records the commit of the code it runs from the code itself (``taxi_fares_mlops.provenance``).
+"""
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import fcntl
+import hashlib
+import json
 import logging
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from orchestrator.errors import UsageError
 from orchestrator.paths import REPO_ROOT, project_version
-from taxi_fares_mlops import outputs
+from taxi_fares_mlops import outputs, provenance
 from taxi_fares_mlops.checksums import sha256  # noqa: F401  (build.sha256: what the tool's callers use)
 
 logger = logging.getLogger(__name__)
@@ -93,12 +103,38 @@ def _build(dist: Path) -> list[Path]:
                 raise UsageError(f"building the {name} wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
             shutil.rmtree(project / "build", ignore_errors=True)
         names = wheel_names(project_version())
+        info = provenance.build_info(provenance.working_tree(REPO_ROOT),
+                                     dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        stamp(building / names[list(PROJECTS).index("taxi_fares_mlops")], STAMPED, json.dumps(info, sort_keys=True))
         (building / "SHA256SUMS").write_text("".join(f"{sha256(building / n)}  {n}\n" for n in names))
         (building / outputs.MARKER).write_text("written by `mlops build`: replaced as a whole by the next build\n")
         outputs.swap_in(building, dist)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return [dist / name for name in wheel_names(project_version())]
+
+
+STAMPED = f"taxi_fares_mlops/{provenance.BUILD_INFO}"
+
+
+def stamp(wheel: Path, name: str, text: str) -> None:
+    """Add the file ``name`` holding ``text`` to ``wheel``, listed in its RECORD with its digest and size (pip
+    checks an installed wheel's files against it). A zip cannot replace an entry: the wheel is written anew."""
+    data = text.encode("utf-8")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    with zipfile.ZipFile(wheel) as original:
+        entries = [(entry, original.read(entry)) for entry in original.infolist()]
+    record = next(entry for entry, _ in entries if entry.filename.endswith(".dist-info/RECORD"))
+    stamped = wheel.with_name(wheel.name + ".stamping")
+    with zipfile.ZipFile(stamped, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry, content in entries:
+            if entry is not record and entry.filename != name:
+                out.writestr(entry, content)
+        out.writestr(name, data)
+        listed = dict(entries)[record].decode("utf-8")
+        listed = "".join(line for line in listed.splitlines(keepends=True) if not line.startswith(f"{name},"))
+        out.writestr(record, f"{listed}{name},sha256={digest},{len(data)}\n")  # RECORD last, as wheels have it
+    stamped.replace(wheel)
 
 
 def ensure_built(dist: Path) -> list[Path]:

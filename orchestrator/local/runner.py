@@ -99,9 +99,12 @@ class JobEnvironment:
 
 
 def stage_wheels(wheels: Sequence[Path], wheel_base_path: str, version: str) -> None:
+    """The wheels and their SHA256SUMS, as a deploy uploads them (a job records the digests listed beside the
+    wheels it installed)."""
     target = Path(wheel_base_path) / version
     target.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
+    sums = [wheels[0].parent / "SHA256SUMS"] if wheels else []
+    for wheel in [*wheels, *(s for s in sums if s.exists())]:
         dest = target / wheel.name
         if not dest.exists() or build.sha256(dest) != build.sha256(wheel):
             shutil.copy2(wheel, dest)

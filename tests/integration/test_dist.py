@@ -173,7 +173,8 @@ def test_the_mlops_wheel_carries_the_product_modules_and_nothing_local_or_test_o
         sources = {n: zf.read(n).decode() for n in files}
     package = REPO_ROOT / "ml_ops"
     expected = sorted(str(p.relative_to(package)) for p in (package / "taxi_fares_mlops").rglob("*.py"))
-    assert sorted(files) == expected  # Python modules only: no data file, nothing the source tree lacks
+    # Python modules only, and the build's stamp (the commit it was built from): nothing else the source tree lacks
+    assert sorted(files) == sorted([*expected, "taxi_fares_mlops/_build_info.json"])
     assert [n for n in files if Path(n).name in LOCAL_ONLY_FILES] == []
     found = {n: [marker for marker in LOCAL_ONLY_CODE if marker in text] for n, text in sources.items()}
     assert {n: markers for n, markers in found.items() if markers} == {}
