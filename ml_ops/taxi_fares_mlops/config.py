@@ -144,6 +144,41 @@ def _optional_float(low: float) -> Callable[[str], Optional[float]]:
     return parse
 
 
+@dataclass(frozen=True)
+class TableVersions:
+    """Delta versions to read tables at (``table=version`` pairs, as ``mlops lineage`` prints a run's): what
+    retrains a model on the data it was trained on. Empty: each table as it is."""
+
+    versions: tuple[tuple[str, int], ...] = ()
+
+    def __str__(self) -> str:
+        return ",".join(f"{table}={version}" for table, version in self.versions)
+
+    def __bool__(self) -> bool:
+        return bool(self.versions)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.versions)
+
+
+def _table_versions(text: str) -> TableVersions:
+    from taxi_fares_mlops.storage import TABLES
+
+    pairs: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        table, _, version = (side.strip() for side in item.partition("="))
+        if table not in TABLES:
+            raise _Invalid(f"'{item}': '{table}' is not a table of the lakehouse ({', '.join(TABLES)})")
+        if not version.isdigit():
+            raise _Invalid(f"'{item}': the version must be a whole number >= 0 (table=version)")
+        if table in dict(pairs):
+            raise _Invalid(f"'{table}' is named twice")
+        pairs.append((table, int(version)))
+    return TableVersions(tuple(pairs))
+
+
 def _optional_version(text: str) -> Optional[int]:
     if not text.strip():
         return None
@@ -211,6 +246,9 @@ TRAINING_PARAMETERS = COMMON + (
               "Relative rmse by which a challenger may trail the champion, overall and per pickup-hour slice"),
     Parameter("retrain_reason", _text, "", "Why this run retrains (tagged on the run; the monitoring job sets it)"),
     Parameter("triggered_by", _text, "", "The MLflow run that started this one (the monitoring job sets it)"),
+    Parameter("table_versions", _table_versions, "",
+              "Train on these Delta versions, e.g. raw_trips=3,pickup_features=5 (mlops lineage prints a version's; "
+              "empty: the latest)"),
 ) + HYPERPARAMETERS
 
 MODEL_CHOICE = (
@@ -486,6 +524,7 @@ class TrainingConfig(JobConfig):
     regression_margin: float
     retrain_reason: str
     triggered_by: str
+    table_versions: TableVersions
     model_params: ModelParams
 
     job: str = field(init=False, default=TRAINING_JOB)
@@ -507,6 +546,10 @@ class TrainingConfig(JobConfig):
 
     @classmethod
     def _from_values(cls, values, problems):
+        if values["table_versions"] and values["execute_feature_engineering"]:
+            problems.append("table_versions: retraining on recorded versions reads the tables as they were; run it "
+                            "with execute_feature_engineering=false (feature engineering writes new versions)")
+            return None
         hyper = {name: values.pop(name) for name in HYPERPARAMETER_NAMES}
         try:
             values["model_params"] = ModelParams(**hyper)

@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 
 from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION, TRAINING,
                                      VALIDATION, MonitoringConfig, ScoringConfig, TrainingConfig, known)
-from taxi_fares_mlops import telemetry
+from taxi_fares_mlops import provenance, telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
 from taxi_fares_mlops.stage import StageContext, skip
@@ -54,6 +54,9 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
     with mlflow.start_run(run_name=run_name, tags={"job": config.job, **config.run_tags(), **process_tags()}) as run:
         mlflow.log_params(config.as_params())
+        job_id, job_run_id = provenance.job_ids(run.data.tags, known(config.databricks_job_id),
+                                                known(config.databricks_run_id))
+        mlflow.set_tags(provenance.code_tags(job_id, job_run_id))
         end_stale_runs(experiment_id, config.job, run.info.run_id)
         context = StageContext(lakehouse, Tracking(run.info.run_id, experiment_id), credentials=credentials)
         observed = _start_telemetry(config, context)

@@ -19,30 +19,34 @@ from typing import Optional
 import cloudpickle
 import mlflow
 import pandas as pd
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.spark_dataset import SparkDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+import taxi_fares.binned_predict
 import taxi_fares.model
 from taxi_fares.drift_detector import KS_THRESHOLD, PSI_THRESHOLD, DriftDetector
-import taxi_fares.binned_predict
 from taxi_fares.features import MODEL_FEATURES, model_input_columns
+from taxi_fares_mlops import provenance
 from taxi_fares_mlops.checksums import sha256
 from taxi_fares_mlops.config import CHALLENGER, CHAMPION
 from taxi_fares_mlops.errors import RegistryError, TrackingError, first_line
+from taxi_fares_mlops.storage import Lakehouse
 
 logger = logging.getLogger(__name__)
 
 RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
 HOST_TAG, PID_TAG = "mlops.host", "mlops.pid"
+# Pickled by value into a logged fare model: the regressor's class and the code it predicts with.
+BY_VALUE = (taxi_fares.model, taxi_fares.binned_predict)
 
 
 def setup_experiment(name: str) -> str:
     """Use the experiment ``name``, creating it if missing. Returns its id. The job's first call to the tracking
-# Pickled by value into a logged fare model: the regressor's class and the code it predicts with.
-BY_VALUE = (taxi_fares.model, taxi_fares.binned_predict)
     store: a store that is unreachable or locked is a ``TrackingError`` naming it, before anything is written."""
     try:
         return _setup_experiment(name)
@@ -195,6 +199,111 @@ def log_drift_model(reference: dict, example: pd.DataFrame, registered_name: str
     return version
 
 
+class TableDataset(SparkDataset):
+    """A Delta table at one version, as an MLflow dataset input: its source (path or name, and version), its schema
+    and a digest of its query plan (``semanticHash``: no data is read).
+
+    MLflow's ``SparkDataset`` also profiles the data when it is logged: an approximate count that runs a Spark job
+    passing every row of the table through Python workers (and needs ``sparkContext``, which Spark Connect lacks).
+    That is a full pass over each table a run reads, for a number the run does not need: no profile here. (Nor
+    ``mlflow.data.from_spark``: given version 0, which it reads as no version, it records the latest instead.)"""
+
+    @property
+    def profile(self) -> None:
+        return None
+
+
+def table_dataset(lakehouse: Lakehouse, df: DataFrame, table: str, version: int) -> TableDataset:
+    """``df`` (``table`` read at ``version`` from ``lakehouse``) as an MLflow dataset with a Delta source."""
+    where = {"delta_table_name": lakehouse.location(table)} if lakehouse.schema else {"path": lakehouse.location(table)}
+    return TableDataset(df=df, source=DeltaDatasetSource(**where, delta_table_version=version),
+                        name=f"{table}@v{version}")
+
+
+def log_table_inputs(spark: SparkSession, lakehouse: Lakehouse, context: str) -> dict[str, int]:
+    """Record each table the ``as_of`` view ``lakehouse`` read, at the version it read, as a dataset input of the
+    active run (``context``: what the run used it for), and their summary as the run's ``provenance.tables`` tag.
+    Each input also carries its table and version as tags: MLflow's Delta source leaves a version 0 out."""
+    versions = lakehouse.read_versions
+    datasets = [table_dataset(lakehouse, lakehouse.read(spark, t), t, v) for t, v in versions.items()]
+    mlflow.log_inputs(datasets=list(datasets), contexts=[context] * len(datasets),
+                      tags_list=[{provenance.INPUT_TABLE: t, provenance.INPUT_VERSION: str(v)}
+                                 for t, v in versions.items()])
+    mlflow.set_tag(provenance.TABLES, provenance.format_tables(versions))
+    logger.info("recorded the %s data: %s", context, provenance.format_tables(versions))
+    return versions
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """One Delta table a training run read, at the version it read (None: not recorded)."""
+
+    table: str
+    version: Optional[int]
+    location: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What made a registered version: its run, the code (``provenance.*`` tags: the version's own, else its
+    run's), the tables training read, and the run's metrics."""
+
+    model: str
+    version: str
+    run_id: str
+    experiment_id: str
+    run_status: str
+    code: dict[str, str]
+    tables: list[TableRead]
+    metrics: dict[str, float]
+
+    @property
+    def table_versions(self) -> dict[str, int]:
+        return {t.table: t.version for t in self.tables if t.version is not None}
+
+
+def read_lineage(model: str, version: int) -> Lineage:
+    """The lineage of ``model`` version ``version`` from the registry and tracking store MLflow points at. A
+    RegistryError when the version or its run does not exist; a TrackingError when the store fails."""
+    registry = Registry(model)
+    try:
+        ref = registry.by_version(version)
+        version_tags = registry.version_tags(ref.version)
+        try:
+            run = MlflowClient().get_run(ref.run_id)
+        except MlflowException as exc:
+            if exc.error_code == RESOURCE_DOES_NOT_EXIST:
+                raise RegistryError(f"model '{model}' version {ref.version} names run {ref.run_id}, which the "
+                                    f"tracking store does not have (deleted?)") from exc
+            raise
+    except MlflowException as exc:
+        raise TrackingError(f"reading model '{model}' version {version} from {_shown(mlflow.get_tracking_uri())} "
+                            f"failed: {first_line(exc, with_type=True)}") from exc
+    code = {**provenance.of(run.data.tags), **provenance.of(version_tags)}  # the version's own tags first
+    code.pop(provenance.TABLES, None)
+    return Lineage(model, ref.version, run.info.run_id, run.info.experiment_id, run.info.status, code,
+                   _training_inputs(run), dict(run.data.metrics))
+
+
+def _training_inputs(run) -> list[TableRead]:
+    reads = []
+    for dataset_input in (run.inputs.dataset_inputs if run.inputs else []):
+        tags = {t.key: t.value for t in dataset_input.tags}
+        if tags.get("mlflow.data.context") != provenance.TRAINING_CONTEXT:
+            continue
+        dataset = dataset_input.dataset
+        try:
+            source = json.loads(dataset.source or "{}")
+        except ValueError:
+            source = {}
+        # MLflow's Delta source leaves a version 0 out: the input's own tag has it whatever the version.
+        version = tags.get(provenance.INPUT_VERSION, source.get("delta_table_version"))
+        reads.append(TableRead(tags.get(provenance.INPUT_TABLE, dataset.name),
+                               int(version) if version is not None else None,
+                               source.get("path") or source.get("delta_table_name") or dataset.source))
+    return reads
+
+
 def process_tags() -> dict[str, str]:
     """Where a run's process lives (host and pid), so a later run can tell a dead run from a live one."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
@@ -274,11 +383,22 @@ class Tracking:
     def registry(self, model_name: str) -> "Registry":
         return Registry(model_name)
 
+    def log_table_inputs(self, spark: SparkSession, lakehouse: Lakehouse, context: str) -> dict[str, int]:
+        return log_table_inputs(spark, lakehouse, context)
+
+    def provenance_tags(self) -> dict[str, str]:
+        """The run's ``provenance.*`` tags (code and data): what each version it registers carries too."""
+        return provenance.of(MlflowClient().get_run(self.run_id).data.tags)
+
     def log_model(self, model, input_example: pd.DataFrame, registered_name: str, artifact: str = "model") -> str:
-        return log_model(model, input_example, registered_name, artifact)
+        version = log_model(model, input_example, registered_name, artifact)
+        Registry(registered_name).set_version_tags(version, self.provenance_tags())
+        return version
 
     def log_drift_model(self, reference: dict, example: pd.DataFrame, registered_name: str) -> str:
-        return log_drift_model(reference, example, registered_name)
+        version = log_drift_model(reference, example, registered_name)
+        Registry(registered_name).set_version_tags(version, self.provenance_tags())
+        return version
 
     def drift_detector(self, model: "ModelRef") -> DriftDetector:
         """The ``DriftDetector`` inside registered drift model version ``model``, loaded from a copy whose files
@@ -404,6 +524,10 @@ class Registry:
 
     def set_version_tag(self, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(self.name, version, key, value)
+
+    def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.set_version_tag(version, key, value)
 
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.name, version).tags or {})

@@ -21,6 +21,7 @@
 # MAGIC | `require_approval` | hold a winning challenger until an operator runs `mlops approve --model M --version N` |
 # MAGIC | `model_validation` | check the challenger before promotion: `disabled`, `dry_run`, `enabled` (blocks) |
 # MAGIC | `retrain_reason`, `triggered_by` | why this run retrains and the MLflow run that started it (tagged) |
+# MAGIC | `table_versions` | retrain on these Delta versions (`raw_trips=3,...`, as `mlops lineage` prints them) |
 # MAGIC | `max_rmse`, `min_r2`, `regression_margin` | validation thresholds; the margin applies per hour slice too |
 # MAGIC | `learning_rate`, `max_iter`, `max_depth`, `max_leaf_nodes` | hyperparameters |
 # MAGIC | `min_samples_leaf`, `l2_regularization`, `random_state` | hyperparameters |

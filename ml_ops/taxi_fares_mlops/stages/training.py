@@ -1,4 +1,8 @@
-"""Training: point-in-time training set -> model -> MLflow params, metrics, artifacts -> version 'challenger'."""
+"""Training: point-in-time training set -> model -> MLflow params, metrics, artifacts -> version 'challenger'.
+
+The tables are read at fixed Delta versions (``Lakehouse.as_of``): the latest when training starts, or those the
+``table_versions`` parameter names to retrain on recorded data. Each table and the version read are recorded as
+the run's dataset inputs, and the run's provenance tags (code and data) go on every version it registers."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +22,7 @@ from taxi_fares_mlops.config import CHALLENGER, TRAINING, TrainingConfig
 from taxi_fares_mlops.datasets import holdout_split, labelled_set
 from taxi_fares_mlops.errors import DataError
 from taxi_fares_mlops.faults import crash_point
+from taxi_fares_mlops.provenance import TRAINING_CONTEXT
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.tracking import DRIFT, OUTLIERS, REFERENCE_PROFILE, ModelRef, companion_name
 
@@ -31,7 +36,12 @@ PLOT_ROWS = 5000
 def training(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
     # The labelled rows are read by the sample's count, the sample and the holdout's predictions: the
     # point-in-time join is computed once and kept on the executors (memory, else their disks) for the stage.
-    labelled = labelled_set(spark, context.lakehouse, config).persist(StorageLevel.MEMORY_AND_DISK)
+    tables = context.lakehouse.as_of(config.table_versions.as_dict())
+    labelled = labelled_set(spark, tables, config)
+    with telemetry.span("record training data") as step:
+        versions = context.tracking.log_table_inputs(spark, tables, TRAINING_CONTEXT)
+        step.set_attributes({f"version.{table}": version for table, version in versions.items()})
+    labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         model, sample, metrics, reference, example = _fit_and_evaluate(labelled, config, context)
     finally:
@@ -55,6 +65,7 @@ def training(spark: SparkSession, config: TrainingConfig, context: StageContext)
     registry.set_aliases(CHALLENGER, ModelRef(config.model_name, version, context.mlflow_run_id))
     return {"model_name": config.model_name, "model_version": version, "alias": CHALLENGER,
             "outlier_model_version": detector_version, "drift_model_version": drift_version,
+            "table_versions": versions,
             "metrics": {k: round(v, 4) for k, v in metrics.items()}}
 
 
