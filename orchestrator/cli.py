@@ -216,6 +216,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from orchestrator.lineage import cmd_lineage as lineage
+
+    return lineage(args, lakehouse_root())
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.local.runner import tracking_uri
 
@@ -364,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")
     _host_option(approve)
     approve.set_defaults(handler=cmd_approve)
+
+    lineage = commands.add_parser("lineage", help="what made a model version: code, data (Delta versions), run, "
+                                                  "metrics")
+    lineage.add_argument("--model", help="registered model name (default: the target's model_name)")
+    lineage.add_argument("--version", required=True, type=_positive_int, help="the model version")
+    where = lineage.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="the local registry (the default)")
+    where.add_argument("--target", help="a deployment target's registry instead of the local one")
+    _host_option(lineage)
+    lineage.set_defaults(handler=cmd_lineage)
 
     serving = commands.add_parser("serving", help="the online service: package a bundle, load-test a service")
     serving_commands = serving.add_subparsers(dest="serving_command", metavar="SUBCOMMAND", required=True)
