@@ -116,6 +116,10 @@ SERVING_FEATURE_TABLES = declare(
 SERVING_FEATURE_IDENTITY = declare(
     "MLOPS_SERVING_FEATURE_IDENTITY", "How delta-rs authenticates to the feature tables: `workload-identity` (the "
     "pod's Azure workload identity: the federated token file the AKS webhook mounts).")
+SERVING_INFERENCE_TABLE = declare(
+    "MLOPS_SERVING_INFERENCE_TABLE", "A Delta table (local folder or `abfss://` URI) the online service appends "
+    "each answered request to, in Databricks' inference-table columns (delta-rs, off the request path, with "
+    "`MLOPS_SERVING_FEATURE_IDENTITY`'s credentials); unset, nothing is logged.")
 SERVING_REFRESH_SECONDS = declare(
     "MLOPS_SERVING_REFRESH_SECONDS", "Seconds between refreshes of the online features.", kind="number")
 SERVING_LOOKBACK_HOURS = declare(

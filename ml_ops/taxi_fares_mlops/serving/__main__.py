@@ -39,6 +39,7 @@ ENVIRONMENT = {
     "header_timeout": environment.SERVING_HEADER_TIMEOUT, "max_in_flight": environment.SERVING_MAX_IN_FLIGHT,
     "cpu_threads": environment.SERVING_CPU_THREADS, "metrics_port": environment.SERVING_METRICS_PORT,
     "feature_tables": environment.SERVING_FEATURE_TABLES, "feature_identity": environment.SERVING_FEATURE_IDENTITY,
+    "inference_table": environment.SERVING_INFERENCE_TABLE,
     "refresh_seconds": environment.SERVING_REFRESH_SECONDS, "lookback_hours": environment.SERVING_LOOKBACK_HOURS,
     "max_feature_age_hours": environment.SERVING_MAX_FEATURE_AGE_HOURS,
     "connection_string_file": environment.SERVING_CONNECTION_STRING_FILE,
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--feature-identity", choices=IDENTITIES, default=_env("feature_identity"),
                    help="how delta-rs authenticates to the tables: workload-identity (the pod's Azure workload "
                         "identity); default: none needed (a local folder)")
+    f.add_argument("--inference-table", default=_env("inference_table"),
+                   help="append each answered request to this Delta table (folder or abfss:// URI; Databricks' "
+                        "inference-table columns), off the request path; rows that cannot be written are dropped "
+                        "and counted, never a failed request")
     f.add_argument("--refresh-seconds", type=float, default=_env("refresh_seconds", 300.0, float),
                    help="seconds between refreshes from --feature-tables")
     f.add_argument("--lookback-hours", type=float, default=_env("lookback_hours", 24.0, float),
@@ -169,7 +174,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     drift_min_rows=args.drift_min_rows, feature_tables=args.feature_tables,
                     refresh_seconds=args.refresh_seconds, lookback_hours=args.lookback_hours,
                     max_feature_age_hours=args.max_feature_age_hours, feature_identity=args.feature_identity,
-                    telemetry_file=args.telemetry_file,
+                    telemetry_file=args.telemetry_file, inference_table=args.inference_table,
                     connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
                     trusted_key=args.trusted_key,
                     auth=AuthSettings(mode=args.auth, tenant=args.entra_tenant,

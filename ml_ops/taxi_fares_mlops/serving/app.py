@@ -62,7 +62,8 @@ from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.serving.auth import AuthSettings, Authenticator, Caller
 from taxi_fares_mlops.serving.bundle import Bundle, load_bundle
 from taxi_fares_mlops.serving.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, MAX_IN_FLIGHT, Limits
-from taxi_fares_mlops.serving.features import IDENTITIES, OnlineFeatures
+from taxi_fares_mlops.serving.features import IDENTITIES, OnlineFeatures, storage_options
+from taxi_fares_mlops.serving.inference_log import InferenceLog, InferenceRow
 from taxi_fares_mlops.serving.window import DRIFT, INSUFFICIENT_DATA, OK, DriftWindow
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Settings:
     max_in_flight: int = MAX_IN_FLIGHT
     cpu_threads: Optional[int] = None        # the pool predictions run on; default: the pod's CPUs
     docs: bool = False                       # /docs, /redoc and /openapi.json
+    inference_table: Optional[str] = None    # a Delta table each answered request is appended to (delta-rs)
 
     def checked(self) -> "Settings":
         problems = [f"{name} must be at least 1" for name in
@@ -265,6 +267,9 @@ class Metrics:
         self.drift = Enum("taxi_fares_drift_status", "drift status of the recent-requests window",
                           states=[OK, DRIFT, INSUFFICIENT_DATA], registry=self.registry)
         self.drift.state(INSUFFICIENT_DATA)
+        self.inference_rows_dropped = Counter(
+            "taxi_fares_inference_rows_dropped", "answered requests the inference table did not get (queue full, "
+            "or writes failing)", registry=self.registry)
         self.model = Gauge("taxi_fares_model_info", "the model version served", ["model_name", "model_version"],
                            registry=self.registry)
 
@@ -289,6 +294,11 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="predict",
                                        initializer=one_openmp_thread)
         self.request_model = request_model(settings.max_trips)
+        self.inference_log: Optional[InferenceLog] = None
+        if settings.inference_table:
+            self.inference_log = InferenceLog(
+                settings.inference_table, lambda: storage_options(settings.feature_identity),
+                on_dropped=self.metrics.inference_rows_dropped.inc)
         self.clock = lambda: dt.datetime.now(dt.timezone.utc)  # what "now" is for the features' age
         self.metrics.registry.register(Freshness(self))
 
@@ -362,6 +372,8 @@ class Service:
         self._stop.set()
         if self.window is not None:
             self.window.stop()
+        if self.inference_log is not None:
+            self.inference_log.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, function, *args):
@@ -482,6 +494,7 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
                              "last_refresh_failure": service.features.last_failure},
                 "drift": {**service.window.current.as_dict(), "judgements": service.window.judgements,
                           "rows_since_judged": service.window.rows_since_judged},
+                "inference_table": service.inference_log.status() if service.inference_log is not None else None,
                 "settings": {k: v for k, v in asdict(settings).items() if k != "connection_string"},
                 "model_features": list(MODEL_FEATURES)}
 
@@ -492,6 +505,7 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
     async def predict(request: Request, caller: Caller = Depends(authenticate)):  # noqa: B008
         request_id = uuid.uuid4().hex
         headers = {"X-Request-Id": request_id}
+        started, received_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
         body = await request.body()
         try:
             trips = await service.run(service.parse, body)
@@ -511,18 +525,39 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
         attributes = {"request_id": request_id, "rows": len(trips), **caller.attributes()}
         spanning = current.span("POST /v1/predict", kind="SERVER", **attributes) \
             if current is not None else telemetry.span("POST /v1/predict")
+        logged = service.inference_log
+
+        def log(status: int, answer: bytes) -> None:
+            if logged is not None:  # queued only: the table is written on the log's own thread
+                logged.record(InferenceRow(
+                    received_at, request_id, request.headers.get("x-client-request-id"), status,
+                    int((time.perf_counter() - started) * 1000), body.decode("utf-8"), answer.decode("utf-8"),
+                    f"{service.bundle.model_name}/{service.bundle.model_version}", requester(caller)))
+
         with spanning as span:
             try:
-                body, summary = await service.run(service.answer, trips, request_id)
+                answer, summary = await service.run(service.answer, trips, request_id)
             except FeaturesNotHeld as refused:
                 span.set_attributes({"refused": "features_not_held"})
                 detail = [{"loc": ["body", "trips", i, field], "type": "features_not_held", "msg": why}
                           for i, field, why in refused.problems[:MAX_ERRORS]]
-                return JSONResponse({"request_id": request_id, "detail": detail}, status_code=422, headers=headers)
+                refusal = JSONResponse({"request_id": request_id, "detail": detail}, status_code=422,
+                                       headers=headers)
+                log(422, bytes(refusal.body))
+                return refusal
             span.set_attributes(summary)
-        return Response(body, media_type="application/json", headers=headers)
+        log(200, answer)
+        return Response(answer, media_type="application/json", headers=headers)
 
     return app
+
+
+def requester(caller: Caller) -> str:
+    """Who called, for the inference table's ``requester``: the application (or object) id of a token, the key's
+    position and fingerprint, or ``anonymous``; never a credential."""
+    if caller.kind == "api-key":
+        return f"api-key:{caller.key_index}:{caller.key_fingerprint}"
+    return caller.app_id or caller.object_id or caller.kind
 
 
 class Measured:
