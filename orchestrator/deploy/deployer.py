@@ -186,6 +186,10 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     with translate_errors(host, f"find or create the MLflow experiment {plan.experiment}"):
         ensure_experiment(w, plan.experiment, say)
 
+    with translate_errors(host, "read who this deploy signs in as (SCIM Me)"):
+        # Jobs this tool deployed carry its tags and were created by the identity that deploys: only those are
+        # reset or deleted (a job someone else tagged is reported and left alone).
+        deployer = w.current_user.me().user_name
     job_ids: dict[str, int] = {}
     for name, settings in plan.jobs.items():
         settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
@@ -194,9 +198,16 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
             # looked up (by name and tags) before any create: a jobs/create the SDK retried after it was applied
             # left a tagged job, which this finds instead of creating a second
             same_name = list(w.jobs.list(name=name))
-            existing = [j.job_id for j in same_name if owned_by(j.settings, plan.target["name"])]
+            existing = [j.job_id for j in same_name if owned_by(j.settings, plan.target["name"])
+                        and j.creator_user_name == deployer]
             for other in same_name:
-                if other.job_id not in existing:
+                if other.job_id in existing:
+                    continue
+                if owned_by(other.settings, plan.target["name"]):  # tags anyone may write are no proof
+                    say(f"job {name}: left {other.job_id} alone (tagged project={PROJECT}, "
+                        f"target={plan.target['name']}, but created by {other.creator_user_name or 'a deleted user'}"
+                        f", not by {deployer}, who deploys: this tool did not create it)")
+                else:
                     say(f"job {name}: left {other.job_id} alone (not tagged project={PROJECT}, "
                         f"target={plan.target['name']}: this tool did not deploy it)")
             if existing:
@@ -216,7 +227,8 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
                 # jobs/create takes no idempotency token: a create the SDK resent after a dropped answer left a
                 # second tagged job, which goes now (this deploy made both)
                 for job in w.jobs.list(name=name):
-                    if job.job_id != job_id and owned_by(job.settings, plan.target["name"]):
+                    if job.job_id != job_id and owned_by(job.settings, plan.target["name"]) \
+                            and job.creator_user_name == deployer:
                         w.jobs.delete(job.job_id)
                         say(f"job {name}: deleted duplicate {job.job_id} (a create sent twice)")
         job_ids[name] = job_id

@@ -177,6 +177,7 @@ class WorkspaceEmulator:
         self.dbfs: dict[str, bytes] = {}
         self.dbfs_dirs: set[str] = {"/"}
         self.jobs: dict[int, dict] = {}
+        self.creators: dict[int, str] = {}  # job id -> the userName of the identity that created it
         self.permissions: dict[int, list[dict]] = {}  # job id -> its direct grants (principal + permission_level)
         self.runs: dict[int, EmulatedRun] = {}
         self.faults: list[Fault] = []
@@ -679,7 +680,10 @@ class WorkspaceEmulator:
 
     # --- Jobs 2.2 ----------------------------------------------------------------------------------------------
     def _job(self, job_id: int) -> dict:
-        return {"job_id": job_id, "settings": self.jobs[job_id], "created_time": 1}
+        job = {"job_id": job_id, "settings": self.jobs[job_id], "created_time": 1}
+        if job_id in self.creators:  # the API leaves it out once the creator's account is deleted
+            job["creator_user_name"] = self.creators[job_id]
+        return job
 
     def _job_or_refuse(self, job_id: int) -> dict:
         if job_id not in self.jobs:
@@ -753,6 +757,7 @@ class WorkspaceEmulator:
             settings = self._check_settings(b)
             job_id = next(self._ids)
             self.jobs[job_id] = settings
+            self.creators[job_id] = self.identity["userName"]
             owner = [] if any(e["permission_level"] == "IS_OWNER" for e in acl) else [
                 {"user_name": self.identity["userName"], "permission_level": "IS_OWNER"}]
             self.permissions[job_id] = owner + acl
@@ -781,6 +786,7 @@ class WorkspaceEmulator:
             self._job_or_refuse(b["job_id"])
             del self.jobs[b["job_id"]]
             self.permissions.pop(b["job_id"], None)
+            self.creators.pop(b["job_id"], None)
             return 200, {}, {}
         if action == "run-now":
             self._expect(r, "POST")

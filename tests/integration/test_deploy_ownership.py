@@ -44,6 +44,26 @@ def test_a_job_of_another_target_in_the_same_workspace_is_left_alone(workspace, 
     assert workspace.jobs[9002]["tags"]["target"] == "dev" and len(workspace.jobs) == 4
 
 
+def test_a_job_someone_else_tagged_as_the_projects_is_neither_reset_nor_deleted(workspace, mlops):
+    """Tags are no proof: anyone who may create jobs may write them. A tagged job created by another identity than
+    the one deploying (a forged one, or one left by a former deployer) is reported and left alone."""
+    forged = {**FOREIGN, "tags": {"project": "taxi_fares", "target": "staging"}}
+    workspace.jobs[9003] = dict(forged)
+    workspace.creators[9003] = "mallory@example.com"
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    assert workspace.jobs[9003] == forged
+    assert ("job taxi_fares_training: left 9003 alone (tagged project=taxi_fares, target=staging, but created by "
+            "mallory@example.com, not by operator@example.com, who deploys: this tool did not create it)") in err
+    ours = [i for i, s in workspace.jobs.items() if s["name"] == "taxi_fares_training" and i != 9003]
+    assert len(ours) == 1 and workspace.creators[ours[0]] == "operator@example.com"
+    workspace.requests.clear()
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    assert workspace.calls("POST", "/api/2.2/jobs/delete") == [] and workspace.jobs[9003] == forged
+    assert [r.json()["job_id"] for r in workspace.calls("POST", "/api/2.2/jobs/reset")
+            if r.json()["new_settings"]["name"] == "taxi_fares_training"] == ours
+
+
 def test_a_released_version_is_never_overwritten_with_other_wheels(workspace, mlops, tmp_path):
     assert mlops("deploy", "--target", "staging")[0] == 0
     dist = tmp_path / "dist"
