@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --version 2" would pass as version 2; the package command reads a missing alias as champion
     which.add_argument("--alias", help="the version behind this alias (default champion)")
     which.add_argument("--version", type=_positive_int, help="this version instead of an alias")
+    pack.add_argument("--with-challenger", nargs="?", const="challenger", metavar="ALIAS",
+                      help="also the fare model behind this alias (default challenger), for `mlops serve "
+                           "--challenger-mode shadow|ab`")
     pack.add_argument("--out", help="bundle folder (default <lakehouse>/serving/bundle)")
     pack.add_argument("--lookback-hours", type=float, default=24.0,
                       help="hours of feature rows kept before the newest one (default 24)")

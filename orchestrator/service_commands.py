@@ -66,13 +66,16 @@ def cmd_serving_package(args: argparse.Namespace, root: str) -> int:
     spark = tuned_session("mlops-serving-package")
     try:
         manifest = package(spark, lakehouse, destination, model, alias=args.alias or CHAMPION, version=args.version,
-                           lookback_hours=args.lookback_hours, signing_key=signing_key)
+                           lookback_hours=args.lookback_hours, signing_key=signing_key,
+                           challenger_alias=args.with_challenger)
     except (RegistryError, ForeignOutputError) as exc:
         raise UsageError(str(exc)) from exc
     models = manifest["models"]
     progress(f"packaged {models['fare']['name']} version {models['fare']['version']} with "
              f"{models['outliers']['name']} {models['outliers']['version']} and {models['drift']['name']} "
-             f"{models['drift']['version']}, {sum(manifest['features']['rows'].values()):,} feature rows, "
+             f"{models['drift']['version']}"
+             + (f", challenger version {models['challenger']['version']}" if "challenger" in models else "")
+             + f", {sum(manifest['features']['rows'].values()):,} feature rows, "
              f"at {destination} in {time.monotonic() - started:.1f}s, signed by key {manifest['signing_key']}")
     return 0
 

@@ -120,6 +120,13 @@ SERVING_INFERENCE_TABLE = declare(
     "MLOPS_SERVING_INFERENCE_TABLE", "A Delta table (local folder or `abfss://` URI) the online service appends "
     "each answered request to, in Databricks' inference-table columns (delta-rs, off the request path, with "
     "`MLOPS_SERVING_FEATURE_IDENTITY`'s credentials); unset, nothing is logged.")
+SERVING_CHALLENGER_MODE = declare(
+    "MLOPS_SERVING_CHALLENGER_MODE", "How the bundle's challenger takes part: `off` (default), `shadow` (scored "
+    "beside the champion and logged to the inference table, never returned) or `ab` (answers "
+    "`MLOPS_SERVING_CHALLENGER_SHARE` of the routing keys).")
+SERVING_CHALLENGER_SHARE = declare(
+    "MLOPS_SERVING_CHALLENGER_SHARE", "With `ab`: the share of routing keys (a caller's `X-Client-Request-Id`, "
+    "else the caller) the challenger answers, between 0 and 1.", kind="number")
 SERVING_REFRESH_SECONDS = declare(
     "MLOPS_SERVING_REFRESH_SECONDS", "Seconds between refreshes of the online features.", kind="number")
 SERVING_LOOKBACK_HOURS = declare(

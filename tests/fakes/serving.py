@@ -80,8 +80,9 @@ def _profile(frame: pd.DataFrame) -> dict:
     return out
 
 
-def build_bundle(root: Path, seed: int = 3) -> tuple[Path, Path]:
-    """A signed serving bundle at ``root``/bundle; returns (bundle folder, the trusted public key's PEM file)."""
+def build_bundle(root: Path, seed: int = 3, with_challenger: bool = False) -> tuple[Path, Path]:
+    """A signed serving bundle at ``root``/bundle; returns (bundle folder, the trusted public key's PEM file). With
+    ``with_challenger``, version 2 of the fare model (trained on fares 20% higher) travels beside version 1."""
     import cloudpickle
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -89,8 +90,8 @@ def build_bundle(root: Path, seed: int = 3) -> tuple[Path, Path]:
     from taxi_fares.model import ModelParams, train_model
     from taxi_fares.online import OnlineInputs
     from taxi_fares.outliers import fit_outlier_detector
-    from taxi_fares_mlops.serving.bundle import (DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
-                                                 PICKUP, REFERENCE_PROFILE, SIGNATURE, checksums)
+    from taxi_fares_mlops.serving.bundle import (CHALLENGER, DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS,
+                                                 PICKLE, PICKUP, REFERENCE_PROFILE, SIGNATURE, checksums)
     from taxi_fares_mlops.signing import fingerprint, public_pem, sign
 
     rng = np.random.default_rng(seed)
@@ -100,6 +101,9 @@ def build_bundle(root: Path, seed: int = 3) -> tuple[Path, Path]:
     inputs = OnlineInputs(pickup, dropoff)(trips)
     label = 3.0 + 2.5 * inputs["trip_distance"] + rng.normal(0, 1, len(inputs))
     model = train_model(inputs.assign(fare_amount=label), ModelParams(max_iter=20))
+    pickled = [(FARE, model)]
+    if with_challenger:
+        pickled.append((CHALLENGER, train_model(inputs.assign(fare_amount=label * 1.2), ModelParams(max_iter=20))))
     detector = fit_outlier_detector(inputs, seed=seed)
     profile = _profile(inputs.assign(prediction=model.predict(inputs[list(MODEL_FEATURES)])))
 
@@ -108,7 +112,7 @@ def build_bundle(root: Path, seed: int = 3) -> tuple[Path, Path]:
 
     cloudpickle.register_pickle_by_value(taxi_fares.model)  # as training logs it: loads without pyspark
     try:
-        for kind, obj in ((FARE, model), (OUTLIERS, detector)):
+        for kind, obj in (*pickled, (OUTLIERS, detector)):
             (bundle / "models" / kind).mkdir(parents=True)
             (bundle / "models" / kind / PICKLE).write_bytes(cloudpickle.dumps(obj))
     finally:
@@ -123,6 +127,9 @@ def build_bundle(root: Path, seed: int = 3) -> tuple[Path, Path]:
     for kind in (OUTLIERS, DRIFT):
         models[kind] = {"name": f"taxi_fares_{kind}", "version": "1", "run_id": f"run-{kind}",
                         "path": f"models/{kind}", "fare_model_version": "1"}
+    if with_challenger:
+        models[CHALLENGER] = {"name": "taxi_fares", "version": "2", "run_id": "run-challenger",
+                              "path": f"models/{CHALLENGER}"}
     manifest = {"format": FORMAT, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "model_name": "taxi_fares", "alias": "champion", "models": models,
                 "features": {"source": "synthetic", "snapshot_time": START.isoformat(), "since": START.isoformat(),

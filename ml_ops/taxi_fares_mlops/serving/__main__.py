@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from taxi_fares_mlops import environment, redaction
 from taxi_fares_mlops.serving import limits
-from taxi_fares_mlops.serving.app import Settings, create_app
+from taxi_fares_mlops.serving.app import CHALLENGER_MODES, OFF, Settings, create_app
 from taxi_fares_mlops.serving.auth import MODES, NONE, AuthSettings
 from taxi_fares_mlops.serving.bundle import BundleError, verify
 from taxi_fares_mlops.serving.features import IDENTITIES
@@ -40,6 +40,7 @@ ENVIRONMENT = {
     "cpu_threads": environment.SERVING_CPU_THREADS, "metrics_port": environment.SERVING_METRICS_PORT,
     "feature_tables": environment.SERVING_FEATURE_TABLES, "feature_identity": environment.SERVING_FEATURE_IDENTITY,
     "inference_table": environment.SERVING_INFERENCE_TABLE,
+    "challenger_mode": environment.SERVING_CHALLENGER_MODE, "challenger_share": environment.SERVING_CHALLENGER_SHARE,
     "refresh_seconds": environment.SERVING_REFRESH_SECONDS, "lookback_hours": environment.SERVING_LOOKBACK_HOURS,
     "max_feature_age_hours": environment.SERVING_MAX_FEATURE_AGE_HOURS,
     "connection_string_file": environment.SERVING_CONNECTION_STRING_FILE,
@@ -91,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trips", type=int, default=1000, help="trips per request above which it gets a 413")
     p.add_argument("--drift-window", type=int, default=1000, help="recent trips the drift status is judged on")
     p.add_argument("--drift-min-rows", type=int, default=200, help="trips in the window before drift is judged")
+    c = p.add_argument_group("challenger (A/B and shadow tests)")
+    c.add_argument("--challenger-mode", choices=CHALLENGER_MODES, default=_env("challenger_mode", OFF),
+                   help="the bundle's challenger (mlops serving package --with-challenger): off; shadow, scored "
+                        "beside the champion and logged to the inference table, never returned; or ab, answering "
+                        "--challenger-share of the routing keys")
+    c.add_argument("--challenger-share", type=float, default=_env("challenger_share", 0.0, float),
+                   help="with ab: the share of routing keys (X-Client-Request-Id, else the caller) the challenger "
+                        "answers, sticky per key")
     f = p.add_argument_group("features")
     f.add_argument("--feature-tables", default=_env("feature_tables"),
                    help="refresh online features from this lakehouse tables folder or abfss:// URI (delta-rs)")
@@ -175,6 +184,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     refresh_seconds=args.refresh_seconds, lookback_hours=args.lookback_hours,
                     max_feature_age_hours=args.max_feature_age_hours, feature_identity=args.feature_identity,
                     telemetry_file=args.telemetry_file, inference_table=args.inference_table,
+                    challenger_mode=args.challenger_mode, challenger_share=args.challenger_share,
                     connection_string=os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
                     trusted_key=args.trusted_key,
                     auth=AuthSettings(mode=args.auth, tenant=args.entra_tenant,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -97,6 +98,8 @@ class Settings:
     cpu_threads: Optional[int] = None        # the pool predictions run on; default: the pod's CPUs
     docs: bool = False                       # /docs, /redoc and /openapi.json
     inference_table: Optional[str] = None    # a Delta table each answered request is appended to (delta-rs)
+    challenger_mode: str = "off"             # off | shadow | ab: the bundle's challenger scored beside, or answering
+    challenger_share: float = 0.0            # ab: the share of routing keys the challenger answers
 
     def checked(self) -> "Settings":
         problems = [f"{name} must be at least 1" for name in
@@ -104,6 +107,12 @@ class Settings:
                     if getattr(self, name) < 1]
         if self.body_timeout <= 0 or (self.cpu_threads is not None and self.cpu_threads < 1):
             problems.append("body_timeout must be positive and cpu_threads at least 1")
+        if self.challenger_mode not in CHALLENGER_MODES:
+            problems.append(f"challenger_mode must be one of {', '.join(CHALLENGER_MODES)}")
+        elif self.challenger_mode == AB and not 0 < self.challenger_share < 1:
+            problems.append("challenger_mode ab needs a challenger_share between 0 and 1 (exclusive)")
+        elif self.challenger_mode != AB and self.challenger_share:
+            problems.append("challenger_share is for challenger_mode ab")
         if self.drift_min_rows > self.drift_window:
             problems.append("drift_min_rows must not exceed drift_window")
         if self.refresh_seconds <= 0 or self.lookback_hours <= 0:
@@ -120,6 +129,11 @@ class Settings:
 # The times pandas' nanosecond timestamps hold (1677-09-21 .. 2262-04-11), with a margin for time zones and for
 # rounding a time down to its feature window: a time outside them cannot be looked up, so it is a 422, not a 500.
 EARLIEST_YEAR, LATEST_YEAR = 1678, 2261
+# How the bundle's challenger takes part: not at all, scored in shadow (logged, not returned), or answering a share
+# of the routing keys (A/B).
+OFF, SHADOW, AB = "off", "shadow", "ab"
+CHALLENGER_MODES = (OFF, SHADOW, AB)
+CHAMPION_VARIANT, CHALLENGER_VARIANT = "champion", "challenger"
 # The drift window is judged again once a tenth of it is new, and at most this often (on a thread of its own).
 DRIFT_JUDGED_AT_MOST_EVERY_SECONDS = 1.0
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -267,6 +281,8 @@ class Metrics:
         self.drift = Enum("taxi_fares_drift_status", "drift status of the recent-requests window",
                           states=[OK, DRIFT, INSUFFICIENT_DATA], registry=self.registry)
         self.drift.state(INSUFFICIENT_DATA)
+        self.variants = Counter("taxi_fares_variant_requests", "predict requests by the model variant that answered",
+                                ["variant"], registry=self.registry)
         self.inference_rows_dropped = Counter(
             "taxi_fares_inference_rows_dropped", "answered requests the inference table did not get (queue full, "
             "or writes failing)", registry=self.registry)
@@ -351,6 +367,9 @@ class Service:
                                        bundle_read_at=dt.datetime.fromisoformat(read_at) if read_at else None,
                                        identity=self.settings.feature_identity)
         self.features.refresh()
+        if self.settings.challenger_mode != OFF and bundle.challenger_model is None:
+            raise ValueError(f"--challenger-mode {self.settings.challenger_mode} needs a bundle with a challenger "
+                             f"(mlops serving package --with-challenger); {bundle.root} has none")
         if self.window is not None:
             self.window.stop()
         self.window = DriftWindow(bundle.drift_detector, self.settings.drift_window, self.settings.drift_min_rows,
@@ -380,21 +399,35 @@ class Service:
         """``function(*args)`` on the CPU pool; the event loop stays free for the probes and other requests."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
-    def answer(self, trips: list[Trip], request_id: str) -> tuple[bytes, dict]:
+    def answer(self, trips: list[Trip], request_id: str, variant: str = CHAMPION_VARIANT
+               ) -> tuple[bytes, dict, Optional[bytes]]:
         """``predict``'s answer as JSON bytes (rendered here, on the pool: a thousand trips' answer is milliseconds
-        of work the event loop would otherwise do), and what the request's span records."""
-        result = self.predict(trips)
-        body = json.dumps({"request_id": request_id, **result}, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        of work the event loop would otherwise do), what the request's span records, and in shadow mode the
+        challenger's answer for the inference table (never returned)."""
+        result, shadow = self.predict(trips, variant)
+        body = _json_bytes({"request_id": request_id, **result})
+        shadowed = None if shadow is None else _json_bytes({
+            "request_id": request_id, "model_name": self.bundle.model_name,
+            "model_version": self.bundle.challenger_version, "variant": SHADOW,
+            "predictions": [{"fare_amount": float(f)} for f in shadow]})
         return body, {"model_version": result["model_version"], "drift_status": result["drift"]["status"],
-                      "outliers": sum(p["outlier"] for p in result["predictions"])}
+                      "outliers": sum(p["outlier"] for p in result["predictions"]), "variant": variant}, shadowed
+
+    def variant_for(self, key: str) -> str:
+        """Who answers a routing key in A/B mode: the challenger for ``challenger_share`` of the keys, always the
+        same for a key (a hash of the key and the challenger's version: a new challenger draws anew)."""
+        if self.settings.challenger_mode != AB:
+            return CHAMPION_VARIANT
+        digest = hashlib.sha256(f"{self.bundle.challenger_version}:{key}".encode()).digest()
+        drawn = int.from_bytes(digest[:8], "big") / 2 ** 64
+        return CHALLENGER_VARIANT if drawn < self.settings.challenger_share else CHAMPION_VARIANT
 
     def parse(self, body: bytes) -> list[Trip]:
         """The trips of a predict request's body (JSON); a pydantic ValidationError for anything else."""
         trips: list[Trip] = self.request_model.model_validate_json(body).trips  # type: ignore[attr-defined]
         return trips
 
-    def predict(self, trips: list[Trip]) -> dict:
+    def predict(self, trips: list[Trip], variant: str = CHAMPION_VARIANT) -> tuple[dict, Optional[np.ndarray]]:
         # Arrays straight from the validated trips: a request's few rows cost less in numpy than in pandas frames.
         pickup_us = np.fromiter((_micros(t.pickup_time) for t in trips), dtype=np.int64, count=len(trips))
         dropoff_us = np.fromiter((_micros(t.dropoff_time) for t in trips), dtype=np.int64, count=len(trips))
@@ -408,20 +441,29 @@ class Service:
             pickup_s, dropoff_s, np.fromiter((t.pickup_zip for t in trips), dtype=np.int64, count=len(trips)),
             np.fromiter((t.dropoff_zip for t in trips), dtype=np.int64, count=len(trips)),
             np.fromiter((t.trip_distance for t in trips), dtype=np.float64, count=len(trips)))
-        fares = predict_inputs(self.bundle.fare_model, values, MODEL_FEATURES)
+        answering = self.bundle.challenger_model if variant == CHALLENGER_VARIANT else self.bundle.fare_model
+        fares = predict_inputs(answering, values, MODEL_FEATURES)
+        shadow = predict_inputs(self.bundle.challenger_model, values, MODEL_FEATURES) \
+            if self.settings.challenger_mode == SHADOW else None
         # As monitoring scores the detector: no earlier feature row reads as 0.
         scores = self.outliers.score_samples(np.nan_to_num(values, nan=0.0))
         flags = self.outliers.is_outlier(scores)
-        status = self.window.add_values(np.column_stack([values, fares])[:, self.profiled])
+        if variant == CHAMPION_VARIANT:  # the window's predictions are the champion's, as its reference profile
+            status = self.window.add_values(np.column_stack([values, fares])[:, self.profiled])
+        else:
+            status = self.window.current
         self.metrics.trips.inc(len(trips))
         self.metrics.outliers.inc(int(flags.sum()))
-        return {"model_name": self.bundle.model_name, "model_version": self.bundle.model_version,
+        self.metrics.variants.labels(variant).inc()
+        version = self.bundle.challenger_version if variant == CHALLENGER_VARIANT else self.bundle.model_version
+        extra = {} if self.settings.challenger_mode == OFF else {"variant": variant}
+        return {"model_name": self.bundle.model_name, "model_version": version, **extra,
                 "predictions": [{"fare_amount": float(f), "outlier": bool(o), "outlier_score": float(s)}
                                 for f, o, s in zip(fares, flags, scores)],
                 "drift": status.as_dict(),
                 "features_as_of": snapshot.as_of.tz_localize(None).isoformat() if snapshot.as_of is not None
                 else None,
-                "feature_age_seconds": self.feature_age_seconds()}
+                "feature_age_seconds": self.feature_age_seconds()}, shadow
 
 
 def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
@@ -527,29 +569,40 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
             if current is not None else telemetry.span("POST /v1/predict")
         logged = service.inference_log
 
-        def log(status: int, answer: bytes) -> None:
+        client_request_id = request.headers.get("x-client-request-id")
+        # A/B routing key: the caller's own key if it sends one, else who calls (sticky per caller), else the request
+        variant = service.variant_for(client_request_id or (requester(caller) if caller.kind != "anonymous"
+                                                            else request_id))
+
+        def log(status: int, answer: bytes, version: str) -> None:
             if logged is not None:  # queued only: the table is written on the log's own thread
                 logged.record(InferenceRow(
-                    received_at, request_id, request.headers.get("x-client-request-id"), status,
+                    received_at, request_id, client_request_id, status,
                     int((time.perf_counter() - started) * 1000), body.decode("utf-8"), answer.decode("utf-8"),
-                    f"{service.bundle.model_name}/{service.bundle.model_version}", requester(caller)))
+                    f"{service.bundle.model_name}/{version}", requester(caller)))
 
         with spanning as span:
             try:
-                answer, summary = await service.run(service.answer, trips, request_id)
+                answer, summary, shadowed = await service.run(service.answer, trips, request_id, variant)
             except FeaturesNotHeld as refused:
                 span.set_attributes({"refused": "features_not_held"})
                 detail = [{"loc": ["body", "trips", i, field], "type": "features_not_held", "msg": why}
                           for i, field, why in refused.problems[:MAX_ERRORS]]
                 refusal = JSONResponse({"request_id": request_id, "detail": detail}, status_code=422,
                                        headers=headers)
-                log(422, bytes(refusal.body))
+                log(422, bytes(refusal.body), service.bundle.model_version)
                 return refusal
             span.set_attributes(summary)
-        log(200, answer)
+        log(200, answer, summary["model_version"])
+        if shadowed is not None:
+            log(200, shadowed, service.bundle.challenger_version)
         return Response(answer, media_type="application/json", headers=headers)
 
     return app
+
+
+def _json_bytes(value: dict) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def requester(caller: Caller) -> str:

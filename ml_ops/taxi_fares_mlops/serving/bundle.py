@@ -34,7 +34,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import cloudpickle
 import pandas as pd
@@ -51,6 +51,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 FARE, OUTLIERS, DRIFT = "fare", "outliers", "drift"
 MODELS = (FARE, OUTLIERS, DRIFT)
+# Optional: the challenger's fare model beside the champion, for A/B and shadow tests (features, outlier scores and
+# the drift window stay the champion's: they describe the traffic, not the model answering it).
+CHALLENGER = "challenger"
 REFERENCE_PROFILE = "artifacts/reference_profile.json"
 PICKLE = "model.pkl"
 PICKUP, DROPOFF = "pickup", "dropoff"
@@ -105,6 +108,12 @@ class Bundle:
     drift_detector: DriftDetector
     pickup: pd.DataFrame
     dropoff: pd.DataFrame
+    challenger_model: Any = None
+
+    @property
+    def challenger_version(self) -> Optional[str]:
+        challenger = self.manifest["models"].get(CHALLENGER)
+        return None if challenger is None else str(challenger["version"])
 
     @property
     def model_name(self) -> str:
@@ -179,7 +188,16 @@ def verify(root: Path, key: TrustedKey) -> dict:
             if belongs != str(fare["version"]):
                 problems.append(f"model '{models[kind]['name']}' version {models[kind]['version']} belongs to "
                                 f"'{fare['name']}' version {belongs}, not version {fare['version']}")
-    required = [f"{models.get(k, {}).get('path', k)}/{PICKLE}" for k in (FARE, OUTLIERS)]
+    if CHALLENGER in models:
+        challenger = models[CHALLENGER]
+        if not {"name", "version", "run_id", "path"} <= set(challenger):
+            problems.append(f"model '{CHALLENGER}' lacks its name, version, run_id or path")
+        elif FARE in models and (challenger["name"] != models[FARE].get("name")
+                                 or str(challenger["version"]) == str(models[FARE].get("version"))):
+            problems.append(f"the challenger must be another version of '{models[FARE].get('name')}', got "
+                            f"'{challenger['name']}' version {challenger['version']}")
+    required = [f"{models.get(k, {}).get('path', k)}/{PICKLE}" for k in (FARE, OUTLIERS)
+                + ((CHALLENGER,) if CHALLENGER in models else ())]
     required += [f"{models.get(DRIFT, {}).get('path', DRIFT)}/{REFERENCE_PROFILE}", *FEATURE_FILES.values()]
     for name in required:
         if name not in files:
@@ -255,4 +273,5 @@ def load_bundle(root: Path, key: TrustedKey) -> Bundle:
     fare, outliers = (cloudpickle.loads(read(f"{models[kind]['path']}/{PICKLE}")) for kind in (FARE, OUTLIERS))
     reference = json.loads(read(f"{models[DRIFT]['path']}/{REFERENCE_PROFILE}"))
     pickup, dropoff = (pd.read_parquet(io.BytesIO(read(FEATURE_FILES[kind]))) for kind in (PICKUP, DROPOFF))
-    return Bundle(root, manifest, fare, outliers, DriftDetector(reference), pickup, dropoff)
+    challenger = cloudpickle.loads(read(f"{models[CHALLENGER]['path']}/{PICKLE}")) if CHALLENGER in models else None
+    return Bundle(root, manifest, fare, outliers, DriftDetector(reference), pickup, dropoff, challenger)

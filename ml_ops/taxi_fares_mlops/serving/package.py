@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from taxi_fares.columns import TS, ZIP
 from taxi_fares_mlops import outputs
 from taxi_fares_mlops.errors import RegistryError
-from taxi_fares_mlops.serving.bundle import (DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
+from taxi_fares_mlops.serving.bundle import (CHALLENGER, DRIFT, FARE, FEATURE_FILES, FORMAT, MANIFEST, OUTLIERS, PICKLE,
                                              PICKUP, REFERENCE_PROFILE, SIGNATURE, checksums)
 from taxi_fares_mlops.signing import fingerprint, sign
 from taxi_fares_mlops.storage import DROPOFF_FEATURES, PICKUP_FEATURES, Lakehouse
@@ -63,10 +63,12 @@ def _is_bundle(folder: Path) -> bool:
 
 def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_name: str, alias: str = "champion",
             version: Optional[int] = None, lookback_hours: float = DEFAULT_LOOKBACK_HOURS, *,
-            signing_key: Ed25519PrivateKey) -> dict:
+            signing_key: Ed25519PrivateKey, challenger_alias: Optional[str] = None) -> dict:
     """Write the bundle for ``model_name`` (``version``, else the one behind ``alias``) to ``destination``,
     its manifest signed with ``signing_key``; returns the manifest. An existing bundle there is replaced only once
-    the new one is complete; a ``destination`` holding anything but a bundle is refused before any work."""
+    the new one is complete; a ``destination`` holding anything but a bundle is refused before any work. With
+    ``challenger_alias``, the fare model behind that alias travels beside it (verified the same way) for A/B and
+    shadow tests; it must be another version than the one served."""
     outputs.check_replaceable(Path(destination), _is_bundle, "a serving bundle")  # as given: a link is refused
     destination = Path(destination).resolve()
     registry = Registry(model_name)
@@ -78,17 +80,24 @@ def package(spark: SparkSession, lakehouse: Lakehouse, destination: Path, model_
             raise RegistryError(f"model '{model_name}' version {fare.version} has no {kind} model: it was trained "
                                 f"before companions existed; retrain it to serve it")
         companions[kind] = ref
+    pairs = [(FARE, fare), (OUTLIERS, companions["outliers"]), (DRIFT, companions["drift"])]
+    if challenger_alias is not None:
+        challenger = registry.resolve(challenger_alias, None)
+        if str(challenger.version) == str(fare.version):
+            raise RegistryError(f"model '{model_name}': alias '{challenger_alias}' is version {fare.version}, the "
+                                f"version served: there is nothing to compare it with")
+        pairs.append((CHALLENGER, challenger))
     building = outputs.building_folder(destination)
     try:
         models = {}
-        for kind, ref in ((FARE, fare), (OUTLIERS, companions["outliers"]), (DRIFT, companions["drift"])):
+        for kind, ref in pairs:
             path = f"models/{kind}"
             download_verified(ref, building / path)  # refused unless its files are those registered
             models[kind] = {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "path": path}
-            if kind != FARE:
+            if kind in (OUTLIERS, DRIFT):
                 belongs = Registry(ref.name).version_tags(ref.version).get(FARE_VERSION_TAG)
                 models[kind]["fare_model_version"] = belongs
-        for kind in (FARE, OUTLIERS):
+        for kind in (FARE, OUTLIERS, *((CHALLENGER,) if CHALLENGER in models else ())):
             if not (building / models[kind]["path"] / PICKLE).is_file():
                 raise RegistryError(f"model '{models[kind]['name']}' version {models[kind]['version']} has no "
                                     f"{PICKLE}: it was not logged as a scikit-learn pickle")
