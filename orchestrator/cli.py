@@ -404,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "$MLOPS_SIGNING_KEY_FILE; with --local, a development key under "
                                             "MLOPS_HOME, made on first use)")
     pack.set_defaults(handler=lambda a: _serving("cmd_serving_package", a))
+    compare = serving_commands.add_parser("compare", help="the served variants' errors side by side, from the "
+                                                          "inference table and the fares that arrived since")
+    compare.add_argument("--local", action="store_true", required=True, help="the local lakehouse's table")
+    compare.add_argument("--since", help="only requests at or after this ISO time")
+    compare.add_argument("--experiment", default="taxi_fares_variant_comparison", help="MLflow experiment")
+    compare.set_defaults(handler=lambda a: _serving("cmd_serving_compare", a))
     load = serving_commands.add_parser("loadtest", help="bounded load on a local service: throughput, latency")
     load.add_argument("--url", required=True, help="the service, on a loopback address")
     load.add_argument("--requests", type=_positive_int, default=1000)

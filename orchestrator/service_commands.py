@@ -196,7 +196,8 @@ def serve_command(bundle: Path, root: Optional[str], host: str, port: int, extra
                "--port", str(port), *extra]
     if root is not None:
         command += ["--feature-tables", str(Path(root) / "tables"),
-                    "--telemetry-file", str(Path(root) / "serving" / "telemetry.jsonl")]
+                    "--telemetry-file", str(Path(root) / "serving" / "telemetry.jsonl"),
+                    "--inference-table", str(Path(root) / "tables" / "inference_requests")]
     return command
 
 
@@ -223,6 +224,51 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
+
+
+# --- A/B comparison -------------------------------------------------------------------------------------------
+
+def cmd_serving_compare(args: argparse.Namespace, root: str) -> int:
+    """The served variants' errors side by side, from the inference table and the fares that arrived since."""
+    import mlflow
+
+    from orchestrator.local.spark import tuned_session
+    from orchestrator.registry import use_registry
+    from taxi_fares_mlops.online_traffic import compare_variants
+    from taxi_fares_mlops.storage import INFERENCE_REQUESTS, VARIANT_COMPARISON, Lakehouse
+
+    if not args.local:
+        raise UsageError("only --local comparison is available here: on Databricks, read variant_comparison "
+                         "written by the same function in a job")
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            raise UsageError(f"--since must be an ISO date or time, got {args.since!r}") from None
+    lakehouse = Lakehouse(root)
+    if not Path(lakehouse.table_path(INFERENCE_REQUESTS)).is_dir():
+        raise UsageError(f"no inference table at {lakehouse.table_path(INFERENCE_REQUESTS)}: serve with "
+                         f"`mlops serve --local` (it writes one) and send requests first")
+    use_registry(root, None)
+    spark = tuned_session("mlops-serving-compare")
+    rows = compare_variants(spark, lakehouse, since)
+    if not rows:
+        progress("no answered requests in the inference table" + (f" since {args.since}" if since else ""))
+        return 1
+    mlflow.set_experiment(args.experiment)
+    with mlflow.start_run(run_name="variant-comparison"):
+        for row in rows:
+            prefix = f"{row['variant']}_v{row['model_version']}"
+            mlflow.log_metrics({f"{prefix}_{k}": float(row[k]) for k in ("trips", "trips_with_fare", "rmse", "mae",
+                                                                         "mean_prediction") if row[k] is not None})
+    print(f"{'variant':<11} {'version':>7} {'trips':>7} {'with fare':>9} {'rmse':>8} {'mae':>8} {'mean':>8}")
+    for row in rows:
+        print(f"{row['variant']:<11} {row['model_version']:>7} {row['trips']:>7} {row['trips_with_fare']:>9} "
+              + " ".join(f"{row[k]:>8.3f}" if row[k] is not None else f"{'-':>8}"
+                         for k in ("rmse", "mae", "mean_prediction")))
+    progress(f"written to {lakehouse.location(VARIANT_COMPARISON)} and MLflow experiment '{args.experiment}'")
+    return 0
 
 
 # --- load test ------------------------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The online service's traffic, read back from its inference table (``storage.INFERENCE_REQUESTS``: Databricks'
+inference-table columns, written by ``taxi_fares_mlops.serving.inference_log``) with Spark, and the A/B comparison
+drawn from it.
+
+``inference_predictions`` turns each answered request into one row per trip: the trip's fields (the batch
+column names), the prediction, the version that made it and the variant (``champion``, ``challenger`` or
+``shadow``). ``compare_variants`` joins those rows with the fares that arrived since (``raw_trips``, on the trip's
+times, zips and distance) and writes, per variant and version, the trips scored, the trips with a fare, rmse, mae
+and the mean prediction to ``variant_comparison`` and to an MLflow run: the two models' errors side by side, on
+the same traffic (shadow) or the same kind of traffic (A/B), for the approval step to read. All in Spark: nothing
+is collected but the per-variant aggregates.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP
+from taxi_fares_mlops.storage import INFERENCE_REQUESTS, RAW_TRIPS, VARIANT_COMPARISON, Lakehouse
+
+PREDICTION = "prediction"
+REQUEST = T.StructType([T.StructField("trips", T.ArrayType(T.StructType([
+    T.StructField("pickup_time", T.StringType()), T.StructField("dropoff_time", T.StringType()),
+    T.StructField("pickup_zip", T.LongType()), T.StructField("dropoff_zip", T.LongType()),
+    T.StructField("trip_distance", T.DoubleType())])))])
+RESPONSE = T.StructType([T.StructField("variant", T.StringType()), T.StructField("model_version", T.StringType()),
+                         T.StructField("predictions", T.ArrayType(T.StructType([
+                             T.StructField("fare_amount", T.DoubleType())])))])
+KEYS = (PICKUP_TS, DROPOFF_TS, PICKUP_ZIP, DROPOFF_ZIP, DISTANCE)
+
+
+def _instant(text):
+    """An ISO time as the service read it: with a zone as given, without one as UTC (the session's zone is UTC on
+    the jobs' clusters and locally)."""
+    return F.to_timestamp(text)
+
+
+def inference_predictions(spark: SparkSession, requests: DataFrame) -> DataFrame:
+    """One row per trip of each answered request (status 200): request id and time, version, variant, the trip's
+    fields and the prediction."""
+    answered = (requests.filter(F.col("status_code") == 200)
+                .withColumn("_request", F.from_json("request", REQUEST))
+                .withColumn("_response", F.from_json("response", RESPONSE)))
+    pairs = answered.select(
+        "databricks_request_id", "request_time", "served_entity_id",
+        F.coalesce(F.col("_response.variant"), F.lit("champion")).alias("variant"),
+        F.element_at(F.split("served_entity_id", "/"), -1).alias("model_version"),
+        F.posexplode(F.arrays_zip(F.col("_request.trips").alias("trip"),
+                                  F.col("_response.predictions").alias("answer"))).alias("position", "pair"))
+    return pairs.select(
+        "databricks_request_id", "request_time", "served_entity_id", "variant", "model_version", "position",
+        _instant(F.col("pair.trip.pickup_time")).alias(PICKUP_TS),
+        _instant(F.col("pair.trip.dropoff_time")).alias(DROPOFF_TS),
+        F.col("pair.trip.pickup_zip").cast("int").alias(PICKUP_ZIP),
+        F.col("pair.trip.dropoff_zip").cast("int").alias(DROPOFF_ZIP),
+        F.col("pair.trip.trip_distance").alias(DISTANCE),
+        F.col("pair.answer.fare_amount").alias(PREDICTION))
+
+
+def compare_variants(spark: SparkSession, lakehouse: Lakehouse, since: Optional[dt.datetime] = None,
+                     requests: Optional[DataFrame] = None) -> list[dict]:
+    """Per variant and version: trips scored, trips whose fare arrived, rmse, mae, mean prediction; written to
+    ``variant_comparison`` (appended, one set per comparison, stamped with its time) and returned."""
+    requests = requests if requests is not None else lakehouse.read(spark, INFERENCE_REQUESTS)
+    if since is not None:
+        requests = requests.filter(F.col("request_time") >= F.lit(since))
+    scored = inference_predictions(spark, requests)
+    labels = lakehouse.read(spark, RAW_TRIPS).select(
+        *[F.col(k) for k in KEYS], F.col(FARE)).dropDuplicates(list(KEYS))
+    joined = scored.join(labels, on=list(KEYS), how="left")
+    error = F.col(PREDICTION) - F.col(FARE)
+    summary = (joined.groupBy("variant", "model_version").agg(
+        F.count(F.lit(1)).alias("trips"), F.count(FARE).alias("trips_with_fare"),
+        F.sqrt(F.avg(error * error)).alias("rmse"), F.avg(F.abs(error)).alias("mae"),
+        F.avg(PREDICTION).alias("mean_prediction"), F.min("request_time").alias("window_start"),
+        F.max("request_time").alias("window_end"))
+        .withColumn("compared_at", F.current_timestamp()))
+    rows = [r.asDict() for r in summary.orderBy("variant", "model_version").collect()]  # a few aggregate rows
+    if rows:
+        lakehouse.write(spark.createDataFrame(rows, summary.schema), VARIANT_COMPARISON, mode="append")
+    return rows
