@@ -125,8 +125,9 @@ SERVING_CHALLENGER_MODE = declare(
     "beside the champion and logged to the inference table, never returned) or `ab` (answers "
     "`MLOPS_SERVING_CHALLENGER_SHARE` of the routing keys).")
 SERVING_CHALLENGER_SHARE = declare(
-    "MLOPS_SERVING_CHALLENGER_SHARE", "With `ab`: the share of routing keys (a caller's `X-Client-Request-Id`, "
-    "else the caller) the challenger answers, between 0 and 1.", kind="number")
+    "MLOPS_SERVING_CHALLENGER_SHARE", "With `ab`: the share of routing keys (the authenticated caller; without "
+    "authentication, `X-Client-Request-Id`, else the request) the challenger answers, between 0 and 1.",
+    kind="number")
 SERVING_REFRESH_SECONDS = declare(
     "MLOPS_SERVING_REFRESH_SECONDS", "Seconds between refreshes of the online features.", kind="number")
 SERVING_LOOKBACK_HOURS = declare(

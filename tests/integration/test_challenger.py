@@ -105,3 +105,23 @@ def test_a_manifest_naming_the_champion_as_its_challenger_is_refused(tmp_path):
     (tmp_path / "k.pub").write_bytes(public_pem(key))
     with pytest.raises(BundleError, match="the challenger must be another version of 'taxi_fares'"):
         load_bundle(folder, tmp_path / "k.pub")
+
+
+def test_an_authenticated_caller_cannot_pick_its_variant_with_a_header(bundle, tmp_path):
+    """Routed by who calls: a caller trying one X-Client-Request-Id after another (shopping for the lower fare
+    estimate) always gets the same model."""
+    from taxi_fares_mlops.serving.auth import API_KEY, AuthSettings
+
+    keys = [f"caller-{i:02d}-0123456789abcdef" for i in range(12)]
+    (tmp_path / "keys").write_text("\n".join(keys) + "\n")
+    app = loaded_app(Settings(bundle=str(bundle[0]), trusted_key=str(bundle[1]), challenger_mode="ab",
+                              challenger_share=0.5,
+                              auth=AuthSettings(mode=API_KEY, api_keys_file=str(tmp_path / "keys"))))
+    trips = {"trips": sample_trips(1, seed=3)}
+    seen = {}
+    for key in keys:
+        seen[key] = {call_asgi(app, "POST", "/v1/predict", trips, headers={
+            "Authorization": f"Bearer {key}", "X-Client-Request-Id": f"try-{i}"})[1]["variant"] for i in range(15)}
+    app.state.service.stop()
+    assert all(len(variants) == 1 for variants in seen.values()), seen
+    assert {v for variants in seen.values() for v in variants} == {"champion", "challenger"}  # 12 callers, both

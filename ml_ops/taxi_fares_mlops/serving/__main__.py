@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside the champion and logged to the inference table, never returned; or ab, answering "
                         "--challenger-share of the routing keys")
     c.add_argument("--challenger-share", type=float, default=_env("challenger_share", 0.0, float),
-                   help="with ab: the share of routing keys (X-Client-Request-Id, else the caller) the challenger "
-                        "answers, sticky per key")
+                   help="with ab: the share of routing keys (the authenticated caller; without authentication, "
+                        "X-Client-Request-Id, else the request) the challenger answers, sticky per key")
     f = p.add_argument_group("features")
     f.add_argument("--feature-tables", default=_env("feature_tables"),
                    help="refresh online features from this lakehouse tables folder or abfss:// URI (delta-rs)")

@@ -570,9 +570,11 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
         logged = service.inference_log
 
         client_request_id = request.headers.get("x-client-request-id")
-        # A/B routing key: the caller's own key if it sends one, else who calls (sticky per caller), else the request
-        variant = service.variant_for(client_request_id or (requester(caller) if caller.kind != "anonymous"
-                                                            else request_id))
+        # A/B routing key: who calls, when authenticated (sticky per caller, and a caller cannot pick the model that
+        # answers by choosing a header); without authentication (loopback), the caller's X-Client-Request-Id, else
+        # the request
+        variant = service.variant_for(requester(caller) if caller.kind != "anonymous"
+                                      else client_request_id or request_id)
 
         def log(status: int, answer: bytes, version: str) -> None:
             if logged is not None:  # queued only: the table is written on the log's own thread
