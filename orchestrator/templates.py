@@ -28,7 +28,7 @@ from orchestrator.errors import UsageError
 from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json",
-        "monitoring": "taxi_fares_monitoring.json"}
+        "monitoring": "taxi_fares_monitoring.json", "scoring_stream": "taxi_fares_scoring_stream.json"}
 # Jobs another job starts (run_job_task): the template names the started job's id ``${training_job_id}``; a plan
 # renders it as 0 and the deployer puts the id of the job it just created or reset (the local runner, its name).
 JOB_ID_VARIABLES = {"training_job_id": "training"}
@@ -36,6 +36,8 @@ TARGETS_FILE_ENV = environment.TARGETS_FILE.name  # another targets file (tests,
 VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_experiment", "mlflow_registry_uri",
              "model_name", "lakehouse_root", "table_schema", "new_cluster", "schedule_pause_status",
              "notification_emails", "secret_scope", *JOB_ID_VARIABLES,
+             # the Unity Catalog name of raw_trips (<table_schema>.raw_trips): what a table_update trigger watches
+             "raw_trips_table",
              # from the target's policy: the gates' defaults, and the policy itself (the target_policy base parameter)
              "require_approval", "model_validation", "target_policy",
              # from the target's identities: who the jobs run as, and who may run and manage them
@@ -265,6 +267,7 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     variables["model_validation"] = policy.min_model_validation
     variables["target_policy"] = policy.to_json()
     variables.update({name: 0 for name in JOB_ID_VARIABLES})  # until the deployer knows the ids
+    variables["raw_trips_table"] = f"{variables['table_schema']}.raw_trips" if variables.get("table_schema") else ""
     return variables
 
 
@@ -301,7 +304,7 @@ def render_request(job: str, variables: Mapping[str, Any], target: Mapping[str, 
     cluster's ``%pip`` reads the wheels (``/dbfs/...`` for a ``dbfs:/`` upload).
     """
     variables = {**variables, "wheel_base_path": cluster_readable(variables["wheel_base_path"])}
-    settings = _prune_empty(render(load_template(job), variables))
+    settings = _without_unnamed_table_trigger(_prune_empty(render(load_template(job), variables)))
     compute = compute_of(target or {})
     if compute == "job_cluster":
         return settings
@@ -320,6 +323,23 @@ def render_request(job: str, variables: Mapping[str, Any], target: Mapping[str, 
         settings["environments"] = [{"environment_key": SERVERLESS_ENVIRONMENT, "spec": {
             "environment_version": str(target.get("serverless_environment_version") or "4"),
             "dependencies": [f"{folder}/{name}" for name in wheel_names(version)]}}]
+    return settings
+
+
+# What a table_update trigger becomes where there is no Unity Catalog table to watch: a periodic trigger, so that the
+# incremental job still scores what arrived (each run takes every commit since the last, whatever the interval).
+PERIODIC_FALLBACK = {"interval": 1, "unit": "HOURS"}
+
+
+def _without_unnamed_table_trigger(settings: dict) -> dict:
+    """``settings`` whose ``table_update`` trigger names no table (a target that keeps its tables as Delta folders,
+    without ``table_schema``: the Jobs API watches Unity Catalog tables only, and refuses a trigger on none) with a
+    periodic trigger (``PERIODIC_FALLBACK``) instead, its pause status kept."""
+    trigger = settings.get("trigger", {})
+    update = trigger.get("table_update")
+    if update is not None and not any(update.get("table_names", [])):
+        fallback = {k: v for k, v in trigger.items() if k != "table_update"}
+        settings = {**settings, "trigger": {**fallback, "periodic": dict(PERIODIC_FALLBACK)}}
     return settings
 
 

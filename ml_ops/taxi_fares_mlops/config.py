@@ -19,12 +19,16 @@ from taxi_fares_mlops.errors import ConfigError
 TRAINING_JOB = "training"
 SCORING_JOB = "batch_scoring"
 MONITORING_JOB = "monitoring"
-JOBS = (TRAINING_JOB, SCORING_JOB, MONITORING_JOB)
+SCORING_STREAM_JOB = "scoring_stream"
+JOBS = (TRAINING_JOB, SCORING_JOB, MONITORING_JOB, SCORING_STREAM_JOB)
 
 FEATURE_ENGINEERING = "feature_engineering"
 TRAINING = "training"
 PROMOTION = "promotion"
 BATCH_SCORING = "batch_scoring"
+STREAMING_SCORING = "streaming_scoring"
+AVAILABLE_NOW, CONTINUOUS = "available_now", "continuous"
+TRIGGER_MODES = (AVAILABLE_NOW, CONTINUOUS)
 MONITORING = "monitoring"
 VALIDATION = "validation"
 VALIDATION_MODES = ("disabled", "dry_run", "enabled")
@@ -282,6 +286,16 @@ MONITORING_PARAMETERS = COMMON + (_toggle("execute_monitoring", "Run monitoring"
                   ("true", "false")),
     )
 
+# The incremental scoring job has no date range: each run scores the trips committed to raw_trips since the last.
+_NO_RANGE = ("start_date", "end_date", "execute_feature_engineering")
+SCORING_STREAM_PARAMETERS = tuple(p for p in COMMON if p.name not in _NO_RANGE) + MODEL_CHOICE + (
+    Parameter("trigger_mode", _choice(*TRIGGER_MODES), AVAILABLE_NOW,
+              "available_now: score what arrived and stop; continuous: keep scoring every processing interval",
+              TRIGGER_MODES),
+    Parameter("processing_interval_seconds", _int(1), "60", "Seconds between micro-batches (continuous mode)"),
+    Parameter("max_files_per_trigger", _int(1), "1000", "Files of raw_trips read per micro-batch at most"),
+)
+
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
 WHEEL_PARAMETERS = ("wheel_base_path", "wheel_version")
 # The deployment target's gates and bounds, as JSON (``TargetPolicy``).
@@ -424,6 +438,11 @@ class JobConfig:
 
     job: str = field(init=False, default="")
     STAGES: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def run_range(self) -> str:
+        """What the run covers, as its MLflow run name says it."""
+        return f"{self.start_date}..{self.end_date}"
 
     @property
     def time_range(self) -> tuple[dt.datetime, dt.datetime]:
@@ -607,5 +626,52 @@ class MonitoringConfig(JobConfig):
         return MONITORING_PARAMETERS
 
 
+@dataclass(frozen=True)
+class ScoringStreamConfig(JobConfig):
+    """The incremental scoring job: the trips committed to ``raw_trips`` since its last run (a Delta stream and
+    its checkpoint), scored by the model the alias or version names. ``start_date``/``end_date`` are None: the
+    job has no range; ``target`` is the deployment target whose policy the run carries (``local`` without one),
+    recorded with the checkpoint so that another target's is refused."""
+
+    model_alias: str
+    model_version: Optional[int]
+    trigger_mode: str
+    processing_interval_seconds: int
+    max_files_per_trigger: int
+
+    job: str = field(init=False, default=SCORING_STREAM_JOB)
+    target: str = field(init=False, default=EMBEDDED_TARGET)
+    STAGES = (STREAMING_SCORING,)
+
+    @property
+    def execute_streaming_scoring(self) -> bool:
+        return True
+
+    @property
+    def run_range(self) -> str:
+        return f"incremental ({self.trigger_mode})"
+
+    @property
+    def model_reference(self) -> str:
+        return f"version {self.model_version}" if self.model_version else f"alias '{self.model_alias}'"
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return SCORING_STREAM_PARAMETERS
+
+    @classmethod
+    def _build(cls, read):
+        config = super()._build(read)
+        policy = read(TARGET_POLICY)
+        if policy:  # already checked by JobConfig._build
+            object.__setattr__(config, "target", TargetPolicy.from_json(str(policy)).target)
+        return config
+
+    @classmethod
+    def _from_values(cls, values, problems):
+        return cls(**{name: None for name in ("start_date", "end_date")}, execute_feature_engineering=False,
+                   **values)
+
+
 CONFIGS: dict[str, type[JobConfig]] = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig,
-                                       MONITORING_JOB: MonitoringConfig}
+                                       MONITORING_JOB: MonitoringConfig, SCORING_STREAM_JOB: ScoringStreamConfig}

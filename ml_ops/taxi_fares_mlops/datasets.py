@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from contextlib import contextmanager
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -101,9 +102,13 @@ def quarantine(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, qua
     return {row["rule"]: int(row["count"]) for row in sorted(by_rule, key=lambda r: r["rule"])}
 
 
-def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame) -> DataFrame:
-    """``trips`` (valid trips picked up in the config's range) with their point-in-time features, or a DataError
-    saying which stage to turn on when a feature table is missing or has no rows for the range."""
+def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, trips: DataFrame,
+                  dates: Optional[tuple[dt.date, dt.date]] = None) -> DataFrame:
+    """``trips`` (valid trips picked up in the config's range, or in ``dates`` ``[start, end)`` when given: a
+    micro-batch's days) with their point-in-time features, or a DataError saying which stage to turn on when a
+    feature table is missing or has no rows for the range."""
+    start_date, end_date = dates or (config.start_date, config.end_date)
+    time_range = (dt.datetime.combine(start_date, dt.time()), dt.datetime.combine(end_date, dt.time()))
     tables = {}
     for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
         try:
@@ -112,10 +117,10 @@ def with_features(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig, 
             raise DataError(f"feature table '{table}' does not exist: run the job with "
                             f"execute_feature_engineering=true") from exc
     pickup, dropoff = tables[PICKUP_FEATURES], tables[DROPOFF_FEATURES]
-    spans = range_spans(pickup, dropoff, config.time_range)  # one query: each join's zips, rows in the range
+    spans = range_spans(pickup, dropoff, time_range)  # one query: each join's zips, rows in the range
     for table, key in ((PICKUP_FEATURES, PICKUP_LOOKUP_TS), (DROPOFF_FEATURES, DROPOFF_LOOKUP_TS)):
         if not spans[key].rows_in_range:
-            raise DataError(f"feature table '{table}' has no rows for {config.start_date}..{config.end_date}: "
+            raise DataError(f"feature table '{table}' has no rows for {start_date}..{end_date}: "
                             f"run the job with execute_feature_engineering=true for that range")
     return join_features(trips, pickup, dropoff, spans=spans)
 

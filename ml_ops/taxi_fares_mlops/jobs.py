@@ -13,14 +13,15 @@ from typing import Any, Optional, Union
 import mlflow
 from pyspark.sql import SparkSession
 
-from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION, TRAINING,
-                                     VALIDATION, MonitoringConfig, ScoringConfig, TrainingConfig, known)
+from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION,
+                                     STREAMING_SCORING, TRAINING, VALIDATION, MonitoringConfig, ScoringConfig,
+                                     ScoringStreamConfig, TrainingConfig, known)
 from taxi_fares_mlops import provenance, telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
 from taxi_fares_mlops.stage import StageContext, skip
-from taxi_fares_mlops.stages import (batch_scoring, feature_engineering, monitoring, promotion, training,
-                                     validation)
+from taxi_fares_mlops.stages import (batch_scoring, feature_engineering, monitoring, promotion,
+                                     streaming_scoring, training, validation)
 from taxi_fares_mlops.storage import Lakehouse
 from taxi_fares_mlops.summary import SUCCESS, JobSummary
 from taxi_fares_mlops.tracking import Tracking, end_stale_runs, process_tags, setup_experiment
@@ -34,9 +35,10 @@ STAGE_FUNCTIONS = {
     BATCH_SCORING: batch_scoring,
     MONITORING: monitoring,
     VALIDATION: validation,
+    STREAMING_SCORING: streaming_scoring,
 }
 
-JobConfigType = Union[TrainingConfig, ScoringConfig, MonitoringConfig]
+JobConfigType = Union[TrainingConfig, ScoringConfig, MonitoringConfig, ScoringStreamConfig]
 
 
 def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets: Any = None) -> dict:
@@ -50,7 +52,7 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
     if config.mlflow_registry_uri:
         mlflow.set_registry_uri(config.mlflow_registry_uri)
     experiment_id = setup_experiment(config.mlflow_experiment)
-    run_name = f"{config.job} {config.start_date}..{config.end_date}"
+    run_name = f"{config.job} {config.run_range}"
     logger.info("job %s started (%s), lakehouse %s", config.job, run_name, lakehouse.root)
     with mlflow.start_run(run_name=run_name, tags={"job": config.job, **config.run_tags(), **process_tags()}) as run:
         mlflow.log_params(config.as_params())
@@ -92,6 +94,6 @@ def summarize(config: JobConfigType, context: StageContext) -> JobSummary:
     scoring = context.results.get(BATCH_SCORING)
     scored = scoring.outputs["model_version"] if scoring is not None and scoring.status == SUCCESS else None
     return JobSummary(config.job, SUCCESS, context.mlflow_run_id, context.mlflow_experiment_id,
-                      str(config.start_date), str(config.end_date), dict(context.results),
+                      str(config.start_date or ""), str(config.end_date or ""), dict(context.results),
                       {t: context.lakehouse.location(t) for t in context.tables_written}, config.model_name,
                       context.tracking.registry(config.model_name).aliases(), scored)

@@ -332,6 +332,35 @@ class Lakehouse:
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
 
+    @_retried_on_conflict("append to")
+    def append_once(self, df: DataFrame, table: str, app_id: str, version: int) -> int:
+        """Append ``df`` to ``table`` unless this (``app_id``, ``version``) was appended before: Delta's idempotent
+        writes (``txnAppId``/``txnVersion``; the table's log keeps each application's last version), so a
+        streaming micro-batch replayed after a crash (the same batch id) changes nothing. Returns the rows
+        appended: 0 for a replay."""
+        with self._wrapped("append to", table):
+            commit = uuid.uuid4().hex
+            writer = (df.write.format("delta").mode("append").option("txnAppId", app_id)
+                      .option("txnVersion", int(version)).option("userMetadata", commit))
+            self._save(df.sparkSession, writer, table)
+        appended = self._last_metrics(df.sparkSession, table, commit=commit, rows="numOutputRows")["rows"]
+        logger.info("appended %d rows to table %s (%s, batch %d)", appended, table, app_id, version)
+        return appended
+
+    def read_stream(self, spark: SparkSession, table: str, max_files_per_trigger: int = 1000) -> DataFrame:
+        """``table`` as a Delta stream: the rows of each commit after the ones a checkpoint has seen (a new
+        checkpoint starts with the table as it is, then its later commits)."""
+        with self._reading(table, "stream"):
+            reader = spark.readStream.format("delta").option("maxFilesPerTrigger", max_files_per_trigger)
+            if self.schema:
+                return reader.table(self.location(table))
+            return reader.load(self.table_path(table))
+        raise AssertionError("unreachable")  # _reading raises or the block returns
+
+    def checkpoint(self, job: str, name: str) -> str:
+        """Where streaming job ``job`` keeps the progress of its query ``name`` (a folder under the root)."""
+        return self.path(CHECKPOINTS, job, name)
+
     def _save(self, spark: SparkSession, writer, table: str) -> None:
         if self.schema:
             self._ensure_schema(spark)

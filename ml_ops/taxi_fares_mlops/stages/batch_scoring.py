@@ -10,15 +10,17 @@ Parquet parts, a manifest and the range's current pointer (``taxi_fares_mlops.bl
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from typing import Optional
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from taxi_fares.features import in_range
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import blob, telemetry
-from taxi_fares_mlops.config import BATCH_SCORING, CHAMPION, ScoringConfig
+from taxi_fares_mlops.config import BATCH_SCORING, CHAMPION, JobConfig, ScoringConfig
 from taxi_fares_mlops.datasets import valid_trips, with_features
 from taxi_fares_mlops.errors import StorageError
 from taxi_fares_mlops.faults import crash_during, crash_point
@@ -47,15 +49,7 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
     context.tracking.check_artifacts(model)  # so is one whose files are not those registered (and score re-checks)
     target = _blob_target(config, context)  # a misconfigured publish fails before anything is written
     trips = valid_trips(spark, context.lakehouse, config)
-    predictions = context.tracking.score(spark, with_features(spark, context.lakehouse, config, trips), model).select(
-        *trips.columns,
-        "prediction",
-        F.lit(model.name).alias("model_name"),
-        F.lit(model.version).alias("model_version"),
-        F.lit(model.run_id).alias("model_run_id"),
-        F.lit(context.mlflow_run_id).alias("mlflow_run_id"),
-        F.current_timestamp().alias("scored_at"),
-    )
+    predictions = predict_trips(spark, config, context, model, trips)
     start, end = config.time_range
     # Data-skipping statistics for the trip's columns, the prediction and its time; not for the model and run
     # labels, strings that are the same on every row of a run (and a range's files are one run's anyway).
@@ -83,6 +77,23 @@ def batch_scoring(spark: SparkSession, config: ScoringConfig, context: StageCont
         outputs["blob"] = {"container": target.container, "manifest": f"{folder}/{blob.MANIFEST}",
                            "files": len(manifest["files"]), "rows": manifest["rows"]}
     return outputs
+
+
+def predict_trips(spark: SparkSession, config: JobConfig, context: StageContext, model, trips: DataFrame,
+                  dates: Optional[tuple[dt.date, dt.date]] = None) -> DataFrame:
+    """The predictions rows of ``trips`` (valid trips picked up in the config's range, or in ``dates``): each trip
+    as it came, its prediction by ``model``, the model and the run. What the batch stage writes for a range and
+    the streaming stage for each micro-batch: one function, so both give the same rows for the same trips."""
+    featured = with_features(spark, context.lakehouse, config, trips, dates)
+    return context.tracking.score(spark, featured, model).select(
+        *trips.columns,
+        "prediction",
+        F.lit(model.name).alias("model_name"),
+        F.lit(model.version).alias("model_version"),
+        F.lit(model.run_id).alias("model_run_id"),
+        F.lit(context.mlflow_run_id).alias("mlflow_run_id"),
+        F.current_timestamp().alias("scored_at"),
+    )
 
 
 def predictions_table(registry, model) -> tuple[str, dict | None, bool]:

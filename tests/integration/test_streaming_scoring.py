@@ -1,0 +1,172 @@
+"""Incremental scoring on a Delta stream of raw_trips: the same predictions as the batch job whatever the commits'
+shapes, a replayed micro-batch that changes nothing, an upstream schema change and another owner's checkpoint
+refused by name. One champion (trained once for the module) scores every stream."""
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from taxi_fares.schema import PICKUP_TS
+from taxi_fares_mlops.config import SCORING_STREAM_PARAMETERS, ScoringStreamConfig
+from taxi_fares_mlops.errors import StageError
+from taxi_fares_mlops.jobs import run_job
+from taxi_fares_mlops.storage import (DROPOFF_FEATURES, PICKUP_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, RAW_TRIPS,
+                                      Lakehouse)
+
+pytestmark = pytest.mark.slow
+
+# A few days of the module's two weeks of trips: what every stream below receives, in commits of several shapes.
+START, END = dt.datetime(2016, 1, 11), dt.datetime(2016, 1, 13)
+# Columns that say which run wrote a row and when: the only ones a stream's rows and the batch's may differ in.
+RUN_COLUMNS = ("mlflow_run_id", "scored_at")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One lakehouse and MLflow store for the module: the champion is trained once, by the first test."""
+    return tmp_path_factory.mktemp("streaming")
+
+
+@pytest.fixture
+def trips_lakehouse(spark, lakehouse):
+    """Five days of trips, written once for the module: enough for a champion, and its features cover every trip
+    the streams score."""
+    from taxi_fares.synthetic import generate_trips
+
+    if not lakehouse.exists(spark, RAW_TRIPS):
+        lakehouse.write(generate_trips(spark, 5000, "2016-01-10", "2016-01-15", seed=5), RAW_TRIPS)
+    return lakehouse
+
+
+@pytest.fixture
+def champion(spark, trips_lakehouse, mlflow_store, training_config):
+    trained = MlflowClient().search_registered_models("name = 'taxi_fares'")
+    if not (trained and "champion" in trained[0].aliases):
+        run_job(training_config(max_iter=5, start_date="2016-01-10", end_date="2016-01-15", execute_promotion=True),
+                spark)
+    return trips_lakehouse
+
+
+@pytest.fixture
+def stream_lakehouse(spark, champion, tmp_path):
+    """A lakehouse of its own with the champion's feature tables and no trips yet: commits are the test's."""
+    lakehouse = Lakehouse(str(tmp_path / "stream-lakehouse"))
+    for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
+        lakehouse.write(champion.read(spark, table), table)
+    return lakehouse
+
+
+def stream_config(lakehouse, **changes):
+    values = {p.name: p.default for p in SCORING_STREAM_PARAMETERS}
+    values.update(lakehouse_root=lakehouse.root, mlflow_experiment="tests", **changes)
+    return ScoringStreamConfig.from_mapping(values)
+
+
+def trips_between(spark, lakehouse, start, end):
+    return lakehouse.read(spark, RAW_TRIPS).filter((F.col(PICKUP_TS) >= start) & (F.col(PICKUP_TS) < end))
+
+
+def append_and_score(spark, source, lakehouse, bounds):
+    """Append the source's trips of each [start, end) of ``bounds`` to the stream's raw_trips as one commit, and run
+    the incremental job (available now) after each."""
+    summaries = []
+    for start, end in bounds:
+        lakehouse.write(trips_between(spark, source, start, end), RAW_TRIPS, mode="append")
+        summaries.append(run_job(stream_config(lakehouse), spark))
+    return summaries
+
+
+def without_run_columns(df):
+    return df.drop(*RUN_COLUMNS)
+
+
+def test_streaming_in_any_commit_shape_gives_the_batch_predictions(
+        spark, champion, stream_lakehouse, tmp_path, scoring_config):
+    batch = run_job(scoring_config(start_date="2016-01-11", end_date="2016-01-13",
+                                   execute_feature_engineering="false"), spark)
+    assert batch["stages"]["batch_scoring"]["rows"] > 1000
+    expected = without_run_columns(champion.read(spark, PREDICTIONS).filter(
+        (F.col(PICKUP_TS) >= START) & (F.col(PICKUP_TS) < END)))
+    day = dt.timedelta(days=1)
+    shapes = {
+        "all at once": [(START, END)],
+        "day by day": [(START, START + day), (START + day, END)],
+        # commits that cut days in two: a micro-batch's trips span parts of two days
+        "a few small ones": [(START, START + dt.timedelta(hours=20)),
+                             (START + dt.timedelta(hours=20), START + dt.timedelta(hours=21)),
+                             (START + dt.timedelta(hours=21), END)],
+    }
+    for index, (shape, bounds) in enumerate(shapes.items()):
+        lakehouse = stream_lakehouse if index == 0 else _copy_features(spark, stream_lakehouse, tmp_path / f"s{index}")
+        summaries = append_and_score(spark, champion, lakehouse, bounds)
+        assert [s["stages"]["streaming_scoring"]["micro_batches"] for s in summaries] == [1] * len(bounds), shape
+        assertDataFrameEqual(without_run_columns(lakehouse.read(spark, PREDICTIONS)), expected)
+    # a run with nothing new scores nothing and writes nothing
+    again = run_job(stream_config(lakehouse), spark)["stages"]["streaming_scoring"]
+    assert (again["micro_batches"], again["rows"]) == (0, 0)
+
+
+def _copy_features(spark, source, root):
+    lakehouse = Lakehouse(str(root))
+    for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
+        lakehouse.write(source.read(spark, table), table)
+    return lakehouse
+
+
+def test_a_replayed_micro_batch_changes_nothing(spark, champion, stream_lakehouse, make_trips):
+    """A crash after a micro-batch's writes and before its checkpoint commit: Spark runs the batch again, with the
+    same id and trips. Its predictions and quarantined trips are not appended twice, and none is missing."""
+    append_and_score(spark, champion, stream_lakehouse, [(START, START + dt.timedelta(hours=12))])
+    invalid = make_trips([("2016-01-11 13:00", "2016-01-11 13:20", 2.0, -5.0, 10001, 10002)])
+    stream_lakehouse.write(invalid, RAW_TRIPS, mode="append")
+    first = append_and_score(spark, champion, stream_lakehouse, [(START + dt.timedelta(hours=12),
+                                                                  START + dt.timedelta(hours=14))])
+    assert first[0]["stages"]["streaming_scoring"]["quarantined"] == 1
+    predictions = stream_lakehouse.read(spark, PREDICTIONS).count()
+    checkpoint = Path(first[0]["stages"]["streaming_scoring"]["checkpoint"])
+    last = max(int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit())
+    for name in (str(last), f".{last}.crc"):  # the batch's writes are done, its commit is not
+        (checkpoint / "commits" / name).unlink(missing_ok=True)
+
+    replayed = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
+    assert (replayed["micro_batches"], replayed["replayed"], replayed["rows"]) == (1, 1, 0)
+    rows = stream_lakehouse.read(spark, PREDICTIONS)
+    assert rows.count() == predictions == trips_between(spark, champion, START, START + dt.timedelta(hours=14)
+                                                        ).count() - _invalid(spark, champion)
+    assert rows.groupBy("trip_id").count().filter("count > 1").isEmpty()
+    assert stream_lakehouse.read(spark, QUARANTINED_TRIPS).filter(F.col("fare_amount") == -5.0).count() == 1
+
+
+def _invalid(spark, source):
+    """The source's invalid trips of the replay test's span (the batch quarantines them; none is expected)."""
+    scored = source.read(spark, PREDICTIONS).filter(
+        (F.col(PICKUP_TS) >= START) & (F.col(PICKUP_TS) < START + dt.timedelta(hours=14))).count()
+    return trips_between(spark, source, START, START + dt.timedelta(hours=14)).count() - scored
+
+
+def test_an_upstream_schema_change_stops_the_stream_naming_the_column(spark, champion, stream_lakehouse):
+    append_and_score(spark, champion, stream_lakehouse, [(START, START + dt.timedelta(hours=6))])
+    renamed = stream_lakehouse.read(spark, RAW_TRIPS).withColumnRenamed("fare_amount", "fare")
+    stream_lakehouse.write(renamed, RAW_TRIPS)
+    with pytest.raises(StageError) as excinfo:
+        run_job(stream_config(stream_lakehouse), spark)
+    assert "column 'fare_amount': is missing" in str(excinfo.value)
+
+
+def test_a_checkpoint_of_another_target_is_refused_by_name(spark, champion, stream_lakehouse):
+    summary = append_and_score(spark, champion, stream_lakehouse, [(START, START + dt.timedelta(hours=6))])[0]
+    marker = Path(summary["stages"]["streaming_scoring"]["checkpoint"]).parent / "owner.json"
+    owner = json.loads(marker.read_text())
+    assert (owner["target"], owner["model_name"]) == ("local", "taxi_fares")
+    marker.write_text(json.dumps({**owner, "target": "prod"}))
+    with pytest.raises(StageError) as excinfo:
+        run_job(stream_config(stream_lakehouse), spark)
+    assert "target 'prod'" in str(excinfo.value) and "not to job 'scoring_stream', target 'local'" in str(excinfo.value)
+    shutil.rmtree(marker.parent)  # removing the folder starts over: every trip is scored again, under a new id
+    again = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
+    assert again["rows"] == summary["stages"]["streaming_scoring"]["rows"] > 0
