@@ -29,7 +29,7 @@ from databricks.sdk.service.jobs import JobAccessControlRequest, JobSettings
 from orchestrator import build, templates
 from orchestrator.deploy.artifacts import Upload, import_notebook, upload_wheels, wheel_uploads
 from orchestrator.deploy.client import is_missing, translate_errors, workspace_host
-from orchestrator.errors import UsageError
+from orchestrator.errors import OperatorError, UsageError
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,10 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
     with translate_errors(host, "read who this deploy signs in as (SCIM Me)"):
         # Jobs this tool deployed carry its tags and were created by the identity that deploys: only those are
         # reset or deleted (a job someone else tagged is reported and left alone).
-        deployer = w.current_user.me().user_name
+        deployer = (w.current_user.me().user_name or "").strip()
+    if not deployer:
+        raise OperatorError(f"{host} did not say who this deploy signs in as (SCIM Me has no userName): the jobs "
+                            f"it deployed cannot be told from others, so nothing is changed")
     job_ids: dict[str, int] = {}
     for name, settings in plan.jobs.items():
         settings = _with_started_job_ids(name, settings, plan.starts.get(name, {}), job_ids)
@@ -199,7 +202,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
             # left a tagged job, which this finds instead of creating a second
             same_name = list(w.jobs.list(name=name))
             existing = [j.job_id for j in same_name if owned_by(j.settings, plan.target["name"])
-                        and j.creator_user_name == deployer]
+                        and _same_identity(j.creator_user_name, deployer)]
             for other in same_name:
                 if other.job_id in existing:
                     continue
@@ -228,7 +231,7 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
                 # second tagged job, which goes now (this deploy made both)
                 for job in w.jobs.list(name=name):
                     if job.job_id != job_id and owned_by(job.settings, plan.target["name"]) \
-                            and job.creator_user_name == deployer:
+                            and _same_identity(job.creator_user_name, deployer):
                         w.jobs.delete(job.job_id)
                         say(f"job {name}: deleted duplicate {job.job_id} (a create sent twice)")
         job_ids[name] = job_id
@@ -237,6 +240,12 @@ def apply(plan: Plan, w: WorkspaceClient, say: Callable[[str], None], reset_sche
             say(f"job {name}: runs as {_principal(settings.get('run_as', {}))}; "
                 + ", ".join(f"{_principal(e)} {e['permission_level']}" for e in plan.permissions[name]))
     return job_ids
+
+
+def _same_identity(creator: Optional[str], deployer: str) -> bool:
+    """A job's creator is the deploying identity: user names and application ids compare without case; a job
+    without a creator (its account deleted) is nobody's."""
+    return bool(creator) and creator.strip().casefold() == deployer.casefold()
 
 
 def _with_started_job_ids(name: str, settings: dict, starts: dict[str, str], job_ids: dict[str, int]) -> dict:

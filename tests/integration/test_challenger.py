@@ -125,3 +125,62 @@ def test_an_authenticated_caller_cannot_pick_its_variant_with_a_header(bundle, t
     app.state.service.stop()
     assert all(len(variants) == 1 for variants in seen.values()), seen
     assert {v for variants in seen.values() for v in variants} == {"champion", "challenger"}  # 12 callers, both
+
+
+class _Failing:
+    """A challenger that predicts zeros for the all-zero probe and fails on real inputs (or always, ``always``)."""
+
+    def __init__(self, always: bool = False):
+        self.always = always
+
+    def predict(self, frame):
+        import numpy as np
+
+        if self.always or (frame.to_numpy() != 0).any():
+            raise RuntimeError("the challenger broke")
+        return np.zeros(len(frame))
+
+
+def _with_challenger(tmp_path, challenger):
+    """The fake bundle with ``challenger`` as its challenger's pickle, signed anew."""
+    import cloudpickle
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from taxi_fares_mlops.serving.bundle import MANIFEST, PICKLE, SIGNATURE, checksums
+    from taxi_fares_mlops.signing import public_pem, sign
+
+    folder, _ = build_bundle(tmp_path, with_challenger=True)
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    try:
+        (folder / "models" / "challenger" / PICKLE).write_bytes(cloudpickle.dumps(challenger))
+    finally:
+        cloudpickle.unregister_pickle_by_value(__import__(__name__))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"] = checksums(folder)
+    key = Ed25519PrivateKey.generate()
+    data = json.dumps(manifest).encode()
+    (folder / MANIFEST).write_bytes(data)
+    (folder / SIGNATURE).write_bytes(sign(data, key))
+    (tmp_path / "k.pub").write_bytes(public_pem(key))
+    return folder, tmp_path / "k.pub"
+
+
+def test_a_challenger_failing_in_shadow_never_costs_the_champions_answer(tmp_path):
+    folder, trusted = _with_challenger(tmp_path, _Failing())
+    table = tmp_path / "inference"
+    app = loaded_app(Settings(bundle=str(folder), trusted_key=str(trusted), challenger_mode="shadow",
+                              inference_table=str(table)))
+    status, body, _ = call_asgi(app, "POST", "/v1/predict", {"trips": sample_trips(2, seed=4)})
+    assert status == 200 and body["variant"] == "champion" and len(body["predictions"]) == 2
+    service = app.state.service
+    assert service.metrics.shadow_failures._value.get() == 1
+    rows = _rows(app, table)
+    service.stop()
+    assert list(rows["served_entity_id"]) == ["taxi_fares/1"]  # no shadow row for the failed scoring
+
+
+def test_a_challenger_that_cannot_predict_the_inputs_is_refused_at_load(tmp_path):
+    folder, trusted = _with_challenger(tmp_path, _Failing(always=True))
+    with pytest.raises(ValueError, match="the bundle's challenger cannot predict from the service's inputs"):
+        loaded_app(Settings(bundle=str(folder), trusted_key=str(trusted), challenger_mode="ab",
+                            challenger_share=0.5))

@@ -64,6 +64,20 @@ def test_a_job_someone_else_tagged_as_the_projects_is_neither_reset_nor_deleted(
             if r.json()["new_settings"]["name"] == "taxi_fares_training"] == ours
 
 
+def test_creators_compare_without_case_and_a_job_without_one_is_nobodys(workspace, mlops):
+    assert mlops("deploy", "--target", "staging")[0] == 0
+    ours = [i for i, s in workspace.jobs.items() if s["name"] == "taxi_fares_training"]
+    workspace.creators[ours[0]] = "Operator@Example.com"  # as another API spelled the same account
+    orphan = {**FOREIGN, "tags": {"project": "taxi_fares", "target": "staging"}}
+    workspace.jobs[9004] = dict(orphan)  # tagged, its creator's account deleted: no creator_user_name
+    workspace.requests.clear()
+    code, _, err = mlops("deploy", "--target", "staging")
+    assert code == 0, err
+    assert [r.json()["job_id"] for r in workspace.calls("POST", "/api/2.2/jobs/reset")
+            if r.json()["new_settings"]["name"] == "taxi_fares_training"] == ours
+    assert workspace.jobs[9004] == orphan and "left 9004 alone" in err and "created by a deleted user" in err
+
+
 def test_a_released_version_is_never_overwritten_with_other_wheels(workspace, mlops, tmp_path):
     assert mlops("deploy", "--target", "staging")[0] == 0
     dist = tmp_path / "dist"

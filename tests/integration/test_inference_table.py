@@ -70,7 +70,7 @@ def test_every_answered_request_lands_in_the_table_read_back_by_delta_rs_and_spa
     assert SCHEMA.names == COLUMNS
     answered, refusal = rows.iloc[:4], rows.iloc[4]
     assert list(answered["status_code"]) == [200] * 4 and refusal["status_code"] == 422
-    assert [json.loads(r)["trips"] for r in answered["request"]] == sent
+    assert [json.loads(r)["trips"] for r in answered["request"]] == [[_as_read(t) for t in r] for r in sent]
     responses = [json.loads(r) for r in answered["response"]]
     assert [r["request_id"] for r in responses] == list(answered["databricks_request_id"])
     assert [r["request_id"] for r in responses] == [a[1]["request_id"] for a in answers]
@@ -111,6 +111,13 @@ def test_a_table_that_cannot_be_written_never_fails_a_request_and_the_rows_are_c
     assert "inference table" in output and "dropped 3 row(s)" in output, output[-3000:]
 
 
+def _as_read(trip: dict) -> dict:
+    """A request's trip as the service read it: times to the microsecond (pydantic's datetime)."""
+    import pandas as pd
+
+    return {**trip, **{k: pd.Timestamp(trip[k]).floor("us").isoformat() for k in ("pickup_time", "dropoff_time")}}
+
+
 def _row(i: int) -> InferenceRow:
     return InferenceRow(dt.datetime(2016, 1, 5, 12, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i), f"id-{i}",
                         None, 200, 3, json.dumps({"trips": []}), json.dumps({"request_id": f"id-{i}"}),
@@ -144,3 +151,33 @@ def test_a_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     finally:
         log.stop()
     assert len(DeltaTable(str(tmp_path / "t")).to_pandas()) == 2
+
+
+def test_the_queue_is_bounded_in_bytes_and_rows_left_at_stop_are_counted(tmp_path):
+    counted = []
+    log = InferenceLog(str(tmp_path / "t"), max_queued_bytes=3 * _row(0).size, flush_seconds=0.05, batch_rows=1,
+                       storage_options=lambda: time.sleep(2) or {}, on_dropped=counted.append)  # a slow store
+    for i in range(5):
+        log.record(_row(i))
+    assert log.dropped == 2  # the bytes bound: three rows fit
+    time.sleep(0.5)  # one row is being written, two wait
+    log.stop(timeout=0.2)
+    assert log.dropped == 4 and sum(counted) == 4 and log.status()["queued_rows"] == 0
+
+
+def test_the_table_records_the_validated_trips_not_the_bodys_padding(bundle, tmp_path):
+    from fakes.serving import call_asgi, loaded_app
+    from taxi_fares_mlops.serving.app import Settings
+
+    folder, trusted, _, _ = bundle
+    table = tmp_path / "inference_requests"
+    app = loaded_app(Settings(bundle=str(folder), trusted_key=str(trusted), inference_table=str(table)))
+    trip = sample_trips(1, seed=9)[0]
+    padded = ('{"trips": [' + json.dumps({**trip, "pickup_zip": str(trip["pickup_zip"])}) + "]" + " " * 500_000
+              + "}").encode()
+    status, _, _ = call_asgi(app, "POST", "/v1/predict", padded)
+    assert status == 200
+    assert app.state.service.inference_log.flush()
+    app.state.service.stop()
+    logged = DeltaTable(str(table)).to_pandas()["request"].iloc[0]
+    assert len(logged) < 300 and json.loads(logged) == {"trips": [_as_read(trip)]}  # the zip as the int read

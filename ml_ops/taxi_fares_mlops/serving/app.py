@@ -158,6 +158,12 @@ class Trip(BaseModel):
             raise ValueError(f"the service takes times of the years {EARLIEST_YEAR} to {LATEST_YEAR}")
         return _utc(value)
 
+    def logged(self) -> dict:
+        """The trip as the inference table records it: times as naive UTC ISO 8601 (the request's own form)."""
+        return {"pickup_time": self.pickup_time.replace(tzinfo=None).isoformat(),
+                "dropoff_time": self.dropoff_time.replace(tzinfo=None).isoformat(),
+                "pickup_zip": self.pickup_zip, "dropoff_zip": self.dropoff_zip, "trip_distance": self.trip_distance}
+
     @model_validator(mode="after")
     def _valid_for_batch(self) -> "Trip":
         broken = broken_rules({PICKUP_TS: _micros(self.pickup_time), DROPOFF_TS: _micros(self.dropoff_time),
@@ -283,6 +289,8 @@ class Metrics:
         self.drift.state(INSUFFICIENT_DATA)
         self.variants = Counter("taxi_fares_variant_requests", "predict requests by the model variant that answered",
                                 ["variant"], registry=self.registry)
+        self.shadow_failures = Counter("taxi_fares_shadow_failures", "requests the challenger failed to score in "
+                                       "shadow (the champion answered)", registry=self.registry)
         self.inference_rows_dropped = Counter(
             "taxi_fares_inference_rows_dropped", "answered requests the inference table did not get (queue full, "
             "or writes failing)", registry=self.registry)
@@ -370,6 +378,14 @@ class Service:
         if self.settings.challenger_mode != OFF and bundle.challenger_model is None:
             raise ValueError(f"--challenger-mode {self.settings.challenger_mode} needs a bundle with a challenger "
                              f"(mlops serving package --with-challenger); {bundle.root} has none")
+        probe = np.zeros((1, len(MODEL_FEATURES)))  # a model that cannot take the inputs is found before serving
+        for role, model in (("champion", bundle.fare_model), ("challenger", bundle.challenger_model)):
+            if model is not None and (role == "champion" or self.settings.challenger_mode != OFF):
+                try:
+                    predict_inputs(model, probe, MODEL_FEATURES)
+                except Exception as exc:  # noqa: BLE001
+                    raise ValueError(f"the bundle's {role} cannot predict from the service's inputs "
+                                     f"({', '.join(MODEL_FEATURES)}): {type(exc).__name__}: {exc}") from exc
         if self.window is not None:
             self.window.stop()
         self.window = DriftWindow(bundle.drift_detector, self.settings.drift_window, self.settings.drift_min_rows,
@@ -400,18 +416,23 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
     def answer(self, trips: list[Trip], request_id: str, variant: str = CHAMPION_VARIANT
-               ) -> tuple[bytes, dict, Optional[bytes]]:
+               ) -> tuple[bytes, dict, Optional[bytes], bytes]:
         """``predict``'s answer as JSON bytes (rendered here, on the pool: a thousand trips' answer is milliseconds
-        of work the event loop would otherwise do), what the request's span records, and in shadow mode the
-        challenger's answer for the inference table (never returned)."""
+        of work the event loop would otherwise do), what the request's span records, in shadow mode the
+        challenger's answer for the inference table (never returned), and the request as the table records it."""
         result, shadow = self.predict(trips, variant)
         body = _json_bytes({"request_id": request_id, **result})
+        # What the inference table records: the trips as validated, written anew in one form (bounded by the trips
+        # limit, whatever padding the body held, and readable by the Spark reader whatever form pydantic accepted)
+        request = _json_bytes({"trips": [trip.logged() for trip in trips]}) if self.inference_log is not None \
+            else b""
         shadowed = None if shadow is None else _json_bytes({
             "request_id": request_id, "model_name": self.bundle.model_name,
             "model_version": self.bundle.challenger_version, "variant": SHADOW,
             "predictions": [{"fare_amount": float(f)} for f in shadow]})
         return body, {"model_version": result["model_version"], "drift_status": result["drift"]["status"],
-                      "outliers": sum(p["outlier"] for p in result["predictions"]), "variant": variant}, shadowed
+                      "outliers": sum(p["outlier"] for p in result["predictions"]), "variant": variant}, shadowed, \
+            request
 
     def variant_for(self, key: str) -> str:
         """Who answers a routing key in A/B mode: the challenger for ``challenger_share`` of the keys, always the
@@ -443,8 +464,13 @@ class Service:
             np.fromiter((t.trip_distance for t in trips), dtype=np.float64, count=len(trips)))
         answering = self.bundle.challenger_model if variant == CHALLENGER_VARIANT else self.bundle.fare_model
         fares = predict_inputs(answering, values, MODEL_FEATURES)
-        shadow = predict_inputs(self.bundle.challenger_model, values, MODEL_FEATURES) \
-            if self.settings.challenger_mode == SHADOW else None
+        shadow = None
+        if self.settings.challenger_mode == SHADOW:
+            try:  # the challenger never costs the champion's answer
+                shadow = predict_inputs(self.bundle.challenger_model, values, MODEL_FEATURES)
+            except Exception:  # noqa: BLE001
+                self.metrics.shadow_failures.inc()
+                logger.exception("the challenger failed to score in shadow; the champion answered")
         # As monitoring scores the detector: no earlier feature row reads as 0.
         scores = self.outliers.score_samples(np.nan_to_num(values, nan=0.0))
         flags = self.outliers.is_outlier(scores)
@@ -576,28 +602,30 @@ def create_app(settings: Settings, load_in_background: bool = True) -> FastAPI:
         variant = service.variant_for(requester(caller) if caller.kind != "anonymous"
                                       else client_request_id or request_id)
 
-        def log(status: int, answer: bytes, version: str) -> None:
+        def log(status: int, answer: bytes, version: str, request_text: bytes) -> None:
             if logged is not None:  # queued only: the table is written on the log's own thread
                 logged.record(InferenceRow(
                     received_at, request_id, client_request_id, status,
-                    int((time.perf_counter() - started) * 1000), body.decode("utf-8"), answer.decode("utf-8"),
-                    f"{service.bundle.model_name}/{version}", requester(caller)))
+                    int((time.perf_counter() - started) * 1000), request_text.decode("utf-8"),
+                    answer.decode("utf-8"), f"{service.bundle.model_name}/{version}", requester(caller)))
 
         with spanning as span:
             try:
-                answer, summary, shadowed = await service.run(service.answer, trips, request_id, variant)
+                answer, summary, shadowed, logged_request = await service.run(service.answer, trips, request_id,
+                                                                              variant)
             except FeaturesNotHeld as refused:
                 span.set_attributes({"refused": "features_not_held"})
                 detail = [{"loc": ["body", "trips", i, field], "type": "features_not_held", "msg": why}
                           for i, field, why in refused.problems[:MAX_ERRORS]]
                 refusal = JSONResponse({"request_id": request_id, "detail": detail}, status_code=422,
                                        headers=headers)
-                log(422, bytes(refusal.body), service.bundle.model_version)
+                log(422, bytes(refusal.body), service.bundle.model_version,
+                    _json_bytes({"trips": [trip.logged() for trip in trips]}))
                 return refusal
             span.set_attributes(summary)
-        log(200, answer, summary["model_version"])
+        log(200, answer, summary["model_version"], logged_request)
         if shadowed is not None:
-            log(200, shadowed, service.bundle.challenger_version)
+            log(200, shadowed, service.bundle.challenger_version, logged_request)
         return Response(answer, media_type="application/json", headers=headers)
 
     return app

@@ -96,14 +96,18 @@ class DriftWindow:
         return pd.DataFrame(list(self._rows), columns=self.columns)
 
     def _judge(self, frame: pd.DataFrame) -> WindowStatus:
-        judged = self.detector.predict(frame)
-        drifted = judged.loc[judged["drifted"], "feature"].tolist()
-        self.current = WindowStatus(DRIFT if drifted else OK, len(frame), drifted)
-        self.judgements += 1
-        self._in_judgement = 0
+        try:
+            judged = self.detector.predict(frame)
+            drifted = judged.loc[judged["drifted"], "feature"].tolist()
+            with self._lock:  # add_values carries the status forward under the same lock: no judgement is lost
+                self.current = WindowStatus(DRIFT if drifted else OK, len(self._rows), drifted)
+                self.judgements += 1
+                current = self.current
+        finally:
+            self._in_judgement = 0
         if self.on_judged is not None:
-            self.on_judged(self.current)
-        return self.current
+            self.on_judged(current)
+        return current
 
     def _judge_when_due(self) -> None:
         """The background thread: woken by a request that makes a judgement due, and every ``min_seconds`` for one
