@@ -4,11 +4,13 @@ drawn from it.
 
 ``inference_predictions`` turns each answered request into one row per trip: the trip's fields (the batch
 column names), the prediction, the version that made it and the variant (``champion``, ``challenger`` or
-``shadow``). ``compare_variants`` joins those rows with the fares that arrived since (``raw_trips``, on the trip's
-times, zips and distance) and writes, per variant and version, the trips scored, the trips with a fare, rmse, mae
-and the mean prediction to ``variant_comparison`` and to an MLflow run: the two models' errors side by side, on
-the same traffic (shadow) or the same kind of traffic (A/B), for the approval step to read. All in Spark: nothing
-is collected but the per-variant aggregates.
+``shadow``). ``online_scored`` gives the rows one version answered in the shape the monitoring stage reads from
+the predictions table (the trip's columns, ``prediction``, ``model_version`` and the fare where it arrived), so
+online traffic is monitored as batch predictions are. ``compare_variants`` joins those rows with the fares that
+arrived since (``raw_trips``, on the trip's times, zips and distance) and writes, per variant and version, the
+trips scored, the trips with a fare, rmse, mae and the mean prediction to ``variant_comparison`` and to an MLflow
+run: the two models' errors side by side, on the same traffic (shadow) or the same kind of traffic (A/B), for the
+approval step to read. All in Spark: nothing is collected but the per-variant aggregates.
 """
 from __future__ import annotations
 
@@ -61,6 +63,24 @@ def inference_predictions(spark: SparkSession, requests: DataFrame) -> DataFrame
         F.col("pair.answer.fare_amount").alias(PREDICTION))
 
 
+def _fares(spark: SparkSession, lakehouse: Lakehouse) -> DataFrame:
+    """The fares that arrived, one per trip key (raw_trips may hold a trip twice)."""
+    return lakehouse.read(spark, RAW_TRIPS).select(*[F.col(k) for k in KEYS], F.col(FARE)).dropDuplicates(list(KEYS))
+
+
+def online_scored(spark: SparkSession, lakehouse: Lakehouse, model_version: str, start: dt.datetime,
+                  end: dt.datetime, requests: Optional[DataFrame] = None) -> DataFrame:
+    """The trips ``model_version`` answered online (not its shadow scores) picked up in [start, end), as the
+    predictions table holds scored trips: the trip's columns, ``prediction``, ``model_version`` and the fare
+    (null until it arrives in raw_trips)."""
+    requests = requests if requests is not None else lakehouse.read(spark, INFERENCE_REQUESTS)
+    answered = inference_predictions(spark, requests).filter(
+        (F.col("model_version") == str(model_version)) & (F.col("variant") != "shadow")
+        & (F.col(PICKUP_TS) >= F.lit(start)) & (F.col(PICKUP_TS) < F.lit(end)))
+    return (answered.select(*KEYS, PREDICTION, "model_version", "request_time", "databricks_request_id")
+            .join(_fares(spark, lakehouse), on=list(KEYS), how="left"))
+
+
 def compare_variants(spark: SparkSession, lakehouse: Lakehouse, since: Optional[dt.datetime] = None,
                      requests: Optional[DataFrame] = None) -> list[dict]:
     """Per variant and version: trips scored, trips whose fare arrived, rmse, mae, mean prediction; written to
@@ -69,9 +89,7 @@ def compare_variants(spark: SparkSession, lakehouse: Lakehouse, since: Optional[
     if since is not None:
         requests = requests.filter(F.col("request_time") >= F.lit(since))
     scored = inference_predictions(spark, requests)
-    labels = lakehouse.read(spark, RAW_TRIPS).select(
-        *[F.col(k) for k in KEYS], F.col(FARE)).dropDuplicates(list(KEYS))
-    joined = scored.join(labels, on=list(KEYS), how="left")
+    joined = scored.join(_fares(spark, lakehouse), on=list(KEYS), how="left")
     error = F.col(PREDICTION) - F.col(FARE)
     summary = (joined.groupBy("variant", "model_version").agg(
         F.count(F.lit(1)).alias("trips"), F.count(FARE).alias("trips_with_fare"),
