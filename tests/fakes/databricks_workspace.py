@@ -166,6 +166,43 @@ class EmulatedRun:
         return not self.queued and self.state[0] not in TERMINAL
 
 
+# --- triggers: trigger.table_update (a Beta feature; the SDK 0.156 models it as TableUpdateTriggerConfiguration) -----
+TABLE_TRIGGER_KINDS = ("periodic", "file_arrival", "table_update", "model")
+TABLE_TRIGGER_TIMERS = ("min_time_between_triggers_seconds", "wait_after_last_change_seconds")
+LEAST_TABLE_TRIGGER_SECONDS = 60
+
+
+def check_table_update_trigger(settings: dict) -> None:
+    """What the Jobs service checks of a table-update trigger beyond the schema (the decoder has refused an unknown
+    condition or a mistyped field): one trigger type, and no schedule or continuous beside it; at least one table,
+    each a Unity Catalog table (catalog.schema.table) named once; each timer at least 60 seconds. 400 naming the
+    field."""
+    trigger = settings.get("trigger")
+    if not trigger or trigger.get("table_update") is None:
+        return
+    kinds = [k for k in TABLE_TRIGGER_KINDS if trigger.get(k) is not None]
+    if len(kinds) > 1:
+        raise invalid(f"trigger: at most one of {', '.join(TABLE_TRIGGER_KINDS)} may be set (got {', '.join(kinds)})")
+    for other in ("schedule", "continuous"):
+        if settings.get(other):
+            raise invalid(f"{other}: a job has one of schedule, trigger and continuous (got {other} and trigger)")
+    update = trigger["table_update"]
+    names = update.get("table_names") or []
+    if not names:
+        raise invalid("trigger.table_update.table_names: at least one table is required")
+    for i, name in enumerate(names):
+        parts = str(name).split(".")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise invalid(f"trigger.table_update.table_names[{i}]: '{name}' is not a Unity Catalog table "
+                          f"(catalog.schema.table)")
+    if len({str(n).lower() for n in names}) != len(names):
+        raise invalid(f"trigger.table_update.table_names: a table is named twice ({', '.join(names)})")
+    for timer in TABLE_TRIGGER_TIMERS:
+        if timer in update and update[timer] < LEAST_TABLE_TRIGGER_SECONDS:
+            raise invalid(f"trigger.table_update.{timer}: must be at least {LEAST_TABLE_TRIGGER_SECONDS} "
+                          f"(got {update[timer]})")
+
+
 class WorkspaceEmulator:
     def __init__(self, token: str = "dapi-emulator-token", volumes: tuple[str, ...] = ()) -> None:
         self.token = token
@@ -699,6 +736,7 @@ class WorkspaceEmulator:
             if len(named) != 1:
                 raise invalid(f"run_as: exactly one of {', '.join(PRINCIPALS)} must be set (got "
                               f"{', '.join(named) or 'none'})")
+        check_table_update_trigger(settings)
         clusters = {c["job_cluster_key"] for c in settings.get("job_clusters", [])}
         environments = {e["environment_key"] for e in settings.get("environments", [])}
         keys = [t["task_key"] for t in settings.get("tasks", [])]
