@@ -123,7 +123,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
         fare = Registry(model).approve(args.version, approver, when)
     except RegistryError as exc:
         raise UsageError(str(exc)) from exc
-    progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when}; it is the champion")
+    if Registry(model).aliases().get("champion") == fare.version:
+        progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when}; it is the champion")
+    else:  # held by the deployment job's approval step: its promotion step judges and promotes
+        progress(f"model {fare.name} version {fare.version}: approved by {approver} at {when} (tag approval=approved);"
+                 f" repair its deployment run (or run the deployment job for it): its promotion step decides")
     return 0
 
 
@@ -364,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
 
-    approve = commands.add_parser("approve", help="approve a promotion held by require_approval")
+    approve = commands.add_parser("approve", help="approve a version held by require_approval (sets its approval tag)")
     approve.add_argument("--model", help="registered model name (default: the target's model_name)")
     approve.add_argument("--target", help="a deployment target's registry instead of the local one")
     approve.add_argument("--version", required=True, type=_positive_int, help="the version waiting for approval")

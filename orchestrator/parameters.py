@@ -51,7 +51,9 @@ def check_values(job: str, params: Mapping[str, str], policy: Optional[str] = No
     config = CONFIGS.get(job)
     if config is None:
         return
-    values = {k: v for k, v in params.items() if k not in DEPLOY_PARAMETERS}
+    # what the notebook reads: its widgets' declared defaults (parameters the job does not define, such as a task's
+    # step), under the job parameters
+    values = {**config.defaults(), **{k: v for k, v in params.items() if k not in DEPLOY_PARAMETERS}}
     if policy:
         values[TARGET_POLICY] = policy
     try:

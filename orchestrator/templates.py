@@ -29,6 +29,13 @@ from orchestrator.paths import REPO_ROOT, TEMPLATES_DIR, project_version
 
 JOBS = {"training": "taxi_fares_training.json", "batch_scoring": "taxi_fares_batch_scoring.json",
         "monitoring": "taxi_fares_monitoring.json", "scoring_stream": "taxi_fares_scoring_stream.json"}
+JOBS["deployment"] = "taxi_fares_deployment.json"  # after training: it judges the versions training registers
+# The deployment job's model-update trigger (Jobs API trigger.model): a Unity Catalog feature, so rendered only for a
+# target whose registry is databricks-uc (its securable is the three-level model name). A target on the workspace
+# registry gets the job without a trigger: `mlops run deployment --target T --param model_version=N` runs it (the
+# local runner runs it after each registration, as the trigger would).
+UC_REGISTRY = "databricks-uc"
+MODEL_TRIGGER_SECONDS = 60  # the Jobs API's least min_time_between_triggers / wait_after_last_change
 # Jobs another job starts (run_job_task): the template names the started job's id ``${training_job_id}``; a plan
 # renders it as 0 and the deployer puts the id of the job it just created or reset (the local runner, its name).
 JOB_ID_VARIABLES = {"training_job_id": "training"}
@@ -41,7 +48,9 @@ VARIABLES = ("workspace_root", "wheel_base_path", "wheel_version", "mlflow_exper
              # from the target's policy: the gates' defaults, and the policy itself (the target_policy base parameter)
              "require_approval", "model_validation", "target_policy",
              # from the target's identities: who the jobs run as, and who may run and manage them
-             "run_as", "access_control_list")
+             "run_as", "access_control_list",
+             # the deployment job's trigger.model (empty for a target on the workspace registry)
+             "model_trigger")
 POLICY_VARIABLES = ("require_approval", "model_validation", "target_policy")
 POLICY_KEYS = {"require_approval": bool, "allow_force_promote": bool, "min_model_validation": str}
 # Optional bounds on the validation thresholds a run may tighten but not loosen (TargetPolicy's fields).
@@ -266,9 +275,22 @@ def target_variables(target: str, version: str | None = None, lakehouse: str | N
     variables["require_approval"] = "true" if policy.require_approval else "false"
     variables["model_validation"] = policy.min_model_validation
     variables["target_policy"] = policy.to_json()
+    variables["model_trigger"] = model_trigger(variables["model_name"], variables["mlflow_registry_uri"])
     variables.update({name: 0 for name in JOB_ID_VARIABLES})  # until the deployer knows the ids
     variables["raw_trips_table"] = f"{variables['table_schema']}.raw_trips" if variables.get("table_schema") else ""
     return variables
+
+
+def model_trigger(model_name: str, registry_uri: str) -> dict[str, Any]:
+    """The deployment job's ``trigger``: a new version of the target's Unity Catalog model that is READY starts it,
+    at most once a minute and a minute after the last change (several versions registered within the window start
+    one run, which judges the newest). {} for the workspace registry, where the Jobs API has no model trigger."""
+    if registry_uri != UC_REGISTRY:
+        return {}
+    return {"pause_status": "UNPAUSED", "model": {
+        "condition": "MODEL_VERSION_READY", "securable_name": model_name,
+        "min_time_between_triggers_seconds": MODEL_TRIGGER_SECONDS,
+        "wait_after_last_change_seconds": MODEL_TRIGGER_SECONDS}}
 
 
 def cluster_readable(path: str) -> str:

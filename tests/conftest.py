@@ -188,7 +188,9 @@ def _config_builder(config_class, parameters, lakehouse, **fixed):
 def training_config(lakehouse):
     from taxi_fares_mlops.config import TRAINING_PARAMETERS, TrainingConfig
 
-    return _config_builder(TrainingConfig, TRAINING_PARAMETERS, lakehouse, max_iter="40")
+    # validation and promotion in the same run, as the tests of those stages want (the training job leaves them to
+    # the deployment job)
+    return _config_builder(TrainingConfig, TRAINING_PARAMETERS, lakehouse, max_iter="40", execute_promotion="true")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from taxi_fares_mlops.errors import ConfigError
 TRAINING_JOB = "training"
 SCORING_JOB = "batch_scoring"
 MONITORING_JOB = "monitoring"
+DEPLOYMENT_JOB = "deployment"
 SCORING_STREAM_JOB = "scoring_stream"
 JOBS = (TRAINING_JOB, SCORING_JOB, MONITORING_JOB, SCORING_STREAM_JOB)
 
@@ -31,6 +32,7 @@ AVAILABLE_NOW, CONTINUOUS = "available_now", "continuous"
 TRIGGER_MODES = (AVAILABLE_NOW, CONTINUOUS)
 MONITORING = "monitoring"
 VALIDATION = "validation"
+APPROVAL = "approval"
 VALIDATION_MODES = ("disabled", "dry_run", "enabled")
 
 CHAMPION = "champion"
@@ -234,7 +236,10 @@ HYPERPARAMETERS = (
 
 TRAINING_PARAMETERS = COMMON + (
     _toggle("execute_training", "Run training"),
-    _toggle("execute_promotion", "Run promotion"),
+    # Off by default: the training job trains, profiles and registers; the deployment job judges each new version
+    # (validation, approval, promotion). The stages stay callable in-process for a run that asks for them.
+    Parameter("execute_promotion", _bool, "false", "Run validation and promotion in this run (the deployment job "
+              "does it for each new version)", ("true", "false")),
     Parameter("holdout_fraction", _float(0.0, 1.0, low_open=True, high_open=True), "0.2", "Holdout fraction"),
     Parameter("max_training_rows", _int(1), "1000000", "Rows sampled for training (bounds driver memory)"),
     Parameter("promotion_margin", _float(0.0, 1.0, high_open=True), "0.0",
@@ -295,6 +300,19 @@ SCORING_STREAM_PARAMETERS = tuple(p for p in COMMON if p.name not in _NO_RANGE) 
     Parameter("processing_interval_seconds", _int(1), "60", "Seconds between micro-batches (continuous mode)"),
     Parameter("max_files_per_trigger", _int(1), "1000", "Files of raw_trips read per micro-batch at most"),
 )
+
+# The deployment job judges one registered version: the one that triggered it (job parameters model_name and
+# model_version, as MLflow 3 deployment jobs pass them; empty: the newest version of the model). Its range, holdout
+# and hyperparameters are the version's training run's; the gates are the job's (checked against the policy).
+DEPLOYMENT_TASKS = (VALIDATION, APPROVAL, PROMOTION)
+_GATES = ("promotion_margin", "force_promote", "require_approval", "model_validation", "max_rmse", "min_r2",
+          "regression_margin")
+_JUDGED_ON_ITS_RUN = ("start_date", "end_date", "execute_feature_engineering", "validation_mode")
+DEPLOYMENT_PARAMETERS = tuple(p for p in COMMON if p.name not in _JUDGED_ON_ITS_RUN) + (
+    Parameter("model_version", _optional_version, "", "Model version to deploy (the trigger's; empty: the newest)"),
+    Parameter("deployment_task", _choice(*DEPLOYMENT_TASKS), VALIDATION,
+              "Which step of the deployment this task runs (the task's base parameter)", DEPLOYMENT_TASKS),
+) + tuple(p for p in TRAINING_PARAMETERS if p.name in _GATES)
 
 # Widgets every notebook reads before installing the wheels (so not part of the typed config).
 WHEEL_PARAMETERS = ("wheel_base_path", "wheel_version")
@@ -547,6 +565,9 @@ class TrainingConfig(JobConfig):
     model_params: ModelParams
 
     job: str = field(init=False, default=TRAINING_JOB)
+    # Set when the deployment job judges a registered version with this config (its training run's parameters):
+    # validation and promotion then judge that version, not the challenger alias's.
+    deployed_version: Optional[int] = field(init=False, default=None)
     STAGES = (FEATURE_ENGINEERING, TRAINING, VALIDATION, PROMOTION)
 
     @property
@@ -673,5 +694,51 @@ class ScoringStreamConfig(JobConfig):
                    **values)
 
 
+@dataclass(frozen=True)
+class DeploymentConfig(JobConfig):
+    """The deployment job's: one registered version judged (validation), held for approval when the policy asks,
+    and promoted, one step per task (``deployment_task``). It has no range of its own: ``start_date``/``end_date``
+    are None; the stages judge the version on its own training run's holdout."""
+
+    model_version: Optional[int]
+    deployment_task: str
+    promotion_margin: float
+    force_promote: bool
+    require_approval: bool
+    model_validation: str
+    max_rmse: Optional[float]
+    min_r2: float
+    regression_margin: float
+
+    job: str = field(init=False, default=DEPLOYMENT_JOB)
+    STAGES = DEPLOYMENT_TASKS
+
+    @property
+    def run_range(self) -> str:
+        return f"{self.deployment_task} {self.model_name} v{self.model_version or 'newest'}"
+
+    @property
+    def needs_spark(self) -> bool:
+        """Only validation reads data. The approval step reads and tags the registry; promotion reuses the
+        validation's scores and starts Spark only when they are stale (the champion moved since)."""
+        return self.deployment_task == VALIDATION
+
+    def stage_enabled(self, stage: str) -> bool:
+        return stage == self.deployment_task and not (stage == VALIDATION and self.model_validation == "disabled")
+
+    def gates(self) -> dict[str, str]:
+        """The gate parameters as strings, for the judging config (``TrainingConfig``) built from the version's run."""
+        return {name: self.as_params()[name] for name in _GATES}
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return DEPLOYMENT_PARAMETERS
+
+    @classmethod
+    def _from_values(cls, values, problems):
+        return cls(start_date=None, end_date=None, execute_feature_engineering=False, validation_mode="", **values)
+
+
 CONFIGS: dict[str, type[JobConfig]] = {TRAINING_JOB: TrainingConfig, SCORING_JOB: ScoringConfig,
                                        MONITORING_JOB: MonitoringConfig, SCORING_STREAM_JOB: ScoringStreamConfig}
+CONFIGS[DEPLOYMENT_JOB] = DeploymentConfig

@@ -13,14 +13,14 @@ from typing import Any, Optional, Union
 import mlflow
 from pyspark.sql import SparkSession
 
-from taxi_fares_mlops.config import (BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION,
-                                     STREAMING_SCORING, TRAINING, VALIDATION, MonitoringConfig, ScoringConfig,
-                                     ScoringStreamConfig, TrainingConfig, known)
+from taxi_fares_mlops.config import (APPROVAL, BATCH_SCORING, FEATURE_ENGINEERING, MONITORING, PROMOTION,
+                                     STREAMING_SCORING, TRAINING, VALIDATION, DeploymentConfig, MonitoringConfig,
+                                     ScoringConfig, ScoringStreamConfig, TrainingConfig, known)
 from taxi_fares_mlops import provenance, telemetry
 from taxi_fares_mlops.credentials import Credentials
 from taxi_fares_mlops.spark import get_spark
 from taxi_fares_mlops.stage import StageContext, skip
-from taxi_fares_mlops.stages import (batch_scoring, feature_engineering, monitoring, promotion,
+from taxi_fares_mlops.stages import (batch_scoring, deployment, feature_engineering, monitoring, promotion,
                                      streaming_scoring, training, validation)
 from taxi_fares_mlops.storage import Lakehouse
 from taxi_fares_mlops.summary import SUCCESS, JobSummary
@@ -35,10 +35,11 @@ STAGE_FUNCTIONS = {
     BATCH_SCORING: batch_scoring,
     MONITORING: monitoring,
     VALIDATION: validation,
+    APPROVAL: deployment.approval,
     STREAMING_SCORING: streaming_scoring,
 }
 
-JobConfigType = Union[TrainingConfig, ScoringConfig, MonitoringConfig, ScoringStreamConfig]
+JobConfigType = Union[TrainingConfig, ScoringConfig, MonitoringConfig, ScoringStreamConfig, DeploymentConfig]
 
 
 def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets: Any = None) -> dict:
@@ -46,7 +47,8 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
 
     ``secrets`` is ``dbutils.secrets`` (or anything with ``get(scope, key)``): where credentials come from.
     """
-    spark = spark or get_spark(f"taxi_fares.{config.job}", persistent_catalog=bool(config.table_schema))
+    if spark is None and getattr(config, "needs_spark", True):
+        spark = get_spark(f"taxi_fares.{config.job}", persistent_catalog=bool(config.table_schema))
     lakehouse = Lakehouse(config.lakehouse_root or None, config.table_schema or None)
     credentials = Credentials(secrets, config.secret_scope)
     if config.mlflow_registry_uri:
@@ -64,10 +66,13 @@ def run_job(config: JobConfigType, spark: Optional[SparkSession] = None, secrets
         observed = _start_telemetry(config, context)
         try:
             with telemetry.span(f"job {config.job}", kind="SERVER", record_exception=False, job=config.job):
+                # a deployment's stages judge one version by its training run's parameters (stages.deployment)
+                judged = deployment.judging_config(config, context.tracking) \
+                    if isinstance(config, DeploymentConfig) else config
                 for name in config.STAGES:
                     if config.stage_enabled(name):
-                        STAGE_FUNCTIONS[name](spark, config, context)
-                    else:
+                        STAGE_FUNCTIONS[name](spark, judged, context)
+                    elif not isinstance(config, DeploymentConfig):  # a deployment task runs one step of three
                         skip(context, name, f"execute_{name}=false")
         finally:
             if observed is not None:

@@ -147,6 +147,13 @@ PENDING, APPROVED = "PENDING", "APPROVED"
 # champion). An approval is refused when the champion has moved since: the comparison it rests on is stale.
 JUDGED_AGAINST_TAG = "approval.judged_against"
 NO_CHAMPION = "none"
+# Databricks' deployment-job approval: the approval task passes once the version carries a tag whose key is the
+# task's name and whose value is "approved" (what the UI's Approve button sets); `mlops approve` sets it too.
+APPROVAL_TASK, APPROVED_VALUE = "approval", "approved"
+# On a version the deployment job's approval task holds (value: the Databricks run, or "local"). Such a version has
+# no promotion decision yet: approving it records the approval, and the job's promotion task (the run repaired, or
+# run again) judges and promotes it. A version the promotion stage held was judged a winner: approving promotes it.
+HELD_BY_DEPLOYMENT_TAG = "approval.held_by_deployment_run"
 
 
 def companion_name(model_name: str, kind: str) -> str:
@@ -509,13 +516,29 @@ class Registry:
                                 f"but the champion now is {shown(current)}: re-validate it against the current "
                                 f"champion (the training job with execute_training=false while it is the "
                                 f"'{CHALLENGER}'), or retrain")
-        self.promote(fare)
-        for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when)):
+        if HELD_BY_DEPLOYMENT_TAG not in tags:  # held by promotion after judging it a winner
+            self.promote(fare)
+        for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when),
+                           (APPROVAL_TASK, APPROVED_VALUE)):
             self.set_version_tag(fare.version, key, value)
         return fare
 
-    def contenders(self) -> tuple[ModelRef, Optional[ModelRef]]:
-        """(challenger, champion or None); a RegistryError when there is no challenger to judge."""
+    def is_approved(self, version: str) -> bool:
+        """Whether the version carries the deployment job's approval tag (``approval`` = ``approved``)."""
+        return self.version_tags(version).get(APPROVAL_TASK) == APPROVED_VALUE
+
+    def newest_version(self) -> int:
+        """The highest version number of the model; a RegistryError when it has none."""
+        versions = [int(v.version) for v in self.client.search_model_versions(f"name = '{self.name}'")]
+        if not versions:
+            raise RegistryError(f"model '{self.name}' has no version to deploy")
+        return max(versions)
+
+    def contenders(self, version: Optional[int] = None) -> tuple[ModelRef, Optional[ModelRef]]:
+        """(challenger, champion or None): ``version`` when given (the version a deployment judges), else the
+        '{CHALLENGER}' alias's; a RegistryError when there is no challenger to judge."""
+        if version is not None:
+            return self.by_version(version), self.by_alias(CHAMPION)
         challenger = self.by_alias(CHALLENGER)
         if challenger is None:
             raise RegistryError(f"model '{self.name}' has no '{CHALLENGER}' version: run the job with "

@@ -154,7 +154,35 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
     _, env = prepare(lakehouse)
     with job_lock(lakehouse, job):
         progress(f"running job {rendered.name} locally")
-        return _run_tasks(rendered, params, lakehouse, env, started, shared)
+        result = _run_tasks(rendered, params, lakehouse, env, started, shared)
+    registered = registered_version(result)
+    if registered is not None and job != DEPLOYMENT_JOB:
+        deploy_registered(registered, lakehouse, shared)
+    return result
+
+
+DEPLOYMENT_JOB = "deployment"
+
+
+def registered_version(result: RunResult) -> Optional[tuple[str, str]]:
+    """(model name, version) a successful run registered (its training stage's), else None."""
+    summary = result.job_summary if result.status == "SUCCESS" else None
+    training = summary.stages.get("training") if summary else None
+    if summary is None or training is None or training.status != "SUCCESS" or "model_version" not in training.outputs:
+        return None
+    return summary.model_name, str(training.outputs["model_version"])
+
+
+def deploy_registered(registered: tuple[str, str], lakehouse: str,
+                      shared: Optional[Mapping[str, str]] = None) -> RunResult:
+    """What the deployment job's model trigger does on a workspace (a new version READY starts it with the model's
+    name and the version): the local deployment job, run for the version just registered. Its outcome is its own
+    run's, as on Databricks: the registering run stays a success whatever the deployment decides."""
+    name, version = registered
+    progress(f"model {name} version {version} registered: running the deployment job for it (as its trigger would)")
+    deployed = run_local(DEPLOYMENT_JOB, {"model_name": name, "model_version": version}, lakehouse, shared)
+    progress(describe(deployed, DEPLOYMENT_JOB, lakehouse))
+    return deployed
 
 
 @contextmanager

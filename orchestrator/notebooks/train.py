@@ -2,14 +2,15 @@
 # MAGIC %md
 # MAGIC # Taxi fares: training job
 # MAGIC
-# MAGIC Feature engineering, training and promotion for one date range. All logic lives in the wheels.
+# MAGIC Feature engineering, training, profiling and registration for one date range; the deployment job judges
+# MAGIC each version registered (validation, approval, promotion). All logic lives in the wheels.
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
 # MAGIC | `wheel_base_path`, `wheel_version` | the wheels, `<wheel_base_path>/<wheel_version>/*.whl` (deploy time) |
 # MAGIC | `target_policy` | the target's gates, lakehouse, registry and wheels (deploy time: a run cannot change it) |
 # MAGIC | `start_date`, `end_date` | the range `[start_date, end_date)` (YYYY-MM-DD) |
-# MAGIC | `execute_feature_engineering`, `execute_training`, `execute_promotion` | stage toggles (`true`/`false`) |
+# MAGIC | `execute_feature_engineering`, `execute_training` | stage toggles (`true`/`false`) |
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
 # MAGIC | `lakehouse_root` | where the tables go (Delta folders), the run folders and local stores |
 # MAGIC | `table_schema` | `<catalog>.<schema>`: keep the tables by name there (empty: folders under `lakehouse_root`) |
@@ -17,12 +18,8 @@
 # MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` and `storage-connection-string` |
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
 # MAGIC | `holdout_fraction`, `max_training_rows` | holdout share; training sample bound (driver memory) |
-# MAGIC | `promotion_margin`, `force_promote` | relative rmse gain needed to replace the champion; operator override |
-# MAGIC | `require_approval` | hold a winning challenger until an operator runs `mlops approve --model M --version N` |
-# MAGIC | `model_validation` | check the challenger before promotion: `disabled`, `dry_run`, `enabled` (blocks) |
 # MAGIC | `retrain_reason`, `triggered_by` | why this run retrains and the MLflow run that started it (tagged) |
 # MAGIC | `table_versions` | retrain on these Delta versions (`raw_trips=3,...`, as `mlops lineage` prints them) |
-# MAGIC | `max_rmse`, `min_r2`, `regression_margin` | validation thresholds; the margin applies per hour slice too |
 # MAGIC | `learning_rate`, `max_iter`, `max_depth`, `max_leaf_nodes` | hyperparameters |
 # MAGIC | `min_samples_leaf`, `l2_regularization`, `random_state` | hyperparameters |
 

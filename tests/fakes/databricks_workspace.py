@@ -203,6 +203,44 @@ def check_table_update_trigger(settings: dict) -> None:
                           f"(got {update[timer]})")
 
 
+# --- triggers: trigger.model (a Beta feature; the SDK 0.156 models it as ModelTriggerConfiguration) ---------------
+TRIGGER_TYPES = ("periodic", "file_arrival", "table_update", "model")  # one per job; sql_condition goes with any
+MODEL_ALIAS_SET, MAX_TRIGGER_ALIASES, LEAST_TRIGGER_SECONDS = "MODEL_ALIAS_SET", 10, 60
+
+
+def check_model_trigger(settings: dict) -> None:
+    """What the Jobs service checks of a model trigger beyond the schema (the decoder has refused a missing or
+    unknown condition): one trigger type per job and no schedule or continuous beside it, aliases only with
+    MODEL_ALIAS_SET (which needs one at least) and at most 10 of them, each timer at least 60 seconds, and a
+    securable that is a Unity Catalog model (catalog.schema.model), a schema (catalog.schema) or empty for the
+    metastore. 400 naming the field."""
+    trigger = settings.get("trigger")
+    if not trigger or trigger.get("model") is None:
+        return
+    types = [t for t in TRIGGER_TYPES if trigger.get(t) is not None]
+    if len(types) > 1:
+        raise invalid(f"trigger: at most one of {', '.join(TRIGGER_TYPES)} may be set (got {', '.join(types)})")
+    for other in ("schedule", "continuous"):
+        if settings.get(other):
+            raise invalid(f"{other}: a job has one of schedule, trigger and continuous (got {other} and trigger)")
+    model = trigger["model"]
+    aliases = model.get("aliases") or []
+    if aliases and model["condition"] != MODEL_ALIAS_SET:
+        raise invalid(f"trigger.model.aliases: only with condition {MODEL_ALIAS_SET} (got {model['condition']})")
+    if model["condition"] == MODEL_ALIAS_SET and not aliases:
+        raise invalid(f"trigger.model.aliases: condition {MODEL_ALIAS_SET} needs at least one alias")
+    if len(aliases) > MAX_TRIGGER_ALIASES:
+        raise invalid(f"trigger.model.aliases: at most {MAX_TRIGGER_ALIASES} aliases (got {len(aliases)})")
+    for timer in ("min_time_between_triggers_seconds", "wait_after_last_change_seconds"):
+        if timer in model and model[timer] < LEAST_TRIGGER_SECONDS:
+            raise invalid(f"trigger.model.{timer}: must be at least {LEAST_TRIGGER_SECONDS} (got {model[timer]})")
+    securable = model.get("securable_name") or ""
+    parts = securable.split(".")
+    if securable and (len(parts) not in (2, 3) or not all(p.strip() for p in parts)):
+        raise invalid(f"trigger.model.securable_name: '{securable}' is not a Unity Catalog model "
+                      f"(catalog.schema.model), schema (catalog.schema) or empty (the metastore)")
+
+
 class WorkspaceEmulator:
     def __init__(self, token: str = "dapi-emulator-token", volumes: tuple[str, ...] = ()) -> None:
         self.token = token
@@ -737,6 +775,7 @@ class WorkspaceEmulator:
                 raise invalid(f"run_as: exactly one of {', '.join(PRINCIPALS)} must be set (got "
                               f"{', '.join(named) or 'none'})")
         check_table_update_trigger(settings)
+        check_model_trigger(settings)
         clusters = {c["job_cluster_key"] for c in settings.get("job_clusters", [])}
         environments = {e["environment_key"] for e in settings.get("environments", [])}
         keys = [t["task_key"] for t in settings.get("tasks", [])]

@@ -203,3 +203,55 @@ def test_lineage_on_a_target_reads_the_targets_registry(workspace, mlops, tmp_pa
     code, out, err = mlops("lineage", "--target", "staging", "--version", "1")
     assert (code, out) == (3, ""), err
     assert err.startswith(f"mlops lineage: reading model '{model}' version 1 from databricks failed: ")
+
+
+def _deploy(spark, lakehouse, task: str, **changes) -> dict:
+    """One task of the deployment job, in-process, for version 1 (what the job's notebook task runs)."""
+    from taxi_fares_mlops.config import DEPLOYMENT_PARAMETERS, DeploymentConfig
+
+    values = {p.name: p.default for p in DEPLOYMENT_PARAMETERS}
+    values.update(model_name=MODEL, model_version="1", deployment_task=task, lakehouse_root=lakehouse.root,
+                  mlflow_experiment="tests", require_approval="true", model_validation="enabled", **changes)
+    return run_job(DeploymentConfig.from_mapping(values), spark)
+
+
+def test_the_deployment_job_judges_holds_and_promotes_the_version_it_was_started_for(
+        spark, trained, lakehouse, mlops):
+    """The deployment job's three steps for version 1, each a run of its own as each task is: validation judges it
+    on its own training holdout (the recorded table versions, whatever the tables hold now: the same rmse as its
+    training run); approval holds it until `mlops approve` tags it approval=approved, and promotion refuses it until
+    then; approved, promotion reuses the validation's scores and makes it champion."""
+    from taxi_fares_mlops.errors import StageError
+
+    run, _, _ = trained
+    client = MlflowClient()
+    validated = _deploy(spark, lakehouse, "validation")
+    checks = validated["stages"]["validation"]
+    assert list(validated["stages"]) == ["validation"]
+    assert (checks["challenger_version"], checks["champion_version"], checks["validation_status"]) == ("1", None,
+                                                                                                       "PASSED")
+    assert checks["challenger_rmse"] == pytest.approx(run.data.metrics["rmse"], rel=0, abs=1e-9)
+    tags = client.get_model_version(MODEL, "1").tags
+    assert (tags["validation.status"], tags["validation.champion_version"]) == ("PASSED", "")
+
+    with pytest.raises(StageError) as held:
+        _deploy(spark, lakehouse, "approval")
+    assert (f"model '{MODEL}' version 1 waits for approval (tag approval=approved): approve it with `mlops approve "
+            f"--model {MODEL} --version 1`") in str(held.value)
+    tags = client.get_model_version(MODEL, "1").tags
+    assert (tags["approval.status"], tags["approval.judged_against"]) == ("PENDING", "none")
+    with pytest.raises(StageError, match="version 1 is not approved"):  # the promotion step alone: refused
+        _deploy(spark, lakehouse, "promotion")
+    assert "champion" not in client.get_registered_model(MODEL).aliases
+
+    code, out, err = mlops("approve", "--model", MODEL, "--version", "1")
+    assert code == 0, err
+    tags = client.get_model_version(MODEL, "1").tags
+    assert (tags["approval"], tags["approval.status"]) == ("approved", "APPROVED")
+    assert "champion" not in client.get_registered_model(MODEL).aliases  # the deployment's promotion decides
+    assert _deploy(spark, lakehouse, "approval")["stages"]["approval"]["approval"] == "approved"
+    promoted = _deploy(spark, lakehouse, "promotion")["stages"]["promotion"]
+    assert promoted["decision"] == "first_champion"
+    assert promoted["challenger_rmse"] == round(checks["challenger_rmse"], 4)
+    assert str(client.get_registered_model(MODEL).aliases["champion"]) == "1"
+    assert mlflow.active_run() is None

@@ -69,7 +69,7 @@ def test_a_run_naming_a_deploy_time_parameter_is_refused_before_any_request(work
 
 
 def test_force_promote_on_prod_is_refused_naming_the_policy_before_any_request(workspace, mlops):
-    code, _, err = mlops("run", "training", "--target", "prod", "--param", "force_promote=true")
+    code, _, err = mlops("run", "deployment", "--target", "prod", "--param", "force_promote=true")
     assert code == 2
     assert ("force_promote: refused: target 'prod''s policy does not allow force promotion "
             "(allow_force_promote: false); promote with `mlops approve` instead") in err
@@ -89,13 +89,13 @@ def test_run_and_repair_that_loosen_a_gate_or_leave_the_target_are_refused_befor
         workspace, mlops, tmp_path, monkeypatch, param, message):
     strict_staging(workspace, tmp_path, monkeypatch)
     deployed(workspace, mlops)
-    code, _, err = mlops("run", "training", "--target", "staging", "--param", param)
+    code, _, err = mlops("run", "deployment", "--target", "staging", "--param", param)  # the gates' job
     assert code == 2 and message in err, err
     code, _, err = mlops("repair", "12345", "--target", "staging", "--param", param)
     assert code == 2 and message in err, err
     assert workspace.requests == []
     # tightening is allowed: the strict defaults run
-    code, _, err = mlops("run", "training", "--target", "staging", "--param", "require_approval=true")
+    code, _, err = mlops("run", "deployment", "--target", "staging", "--param", "require_approval=true")
     assert code == 0, err
     assert [r.json()["job_parameters"] for r in workspace.calls("POST", "/api/2.2/jobs/run-now")] == [
         {"require_approval": "true"}]

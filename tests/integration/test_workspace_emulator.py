@@ -106,7 +106,7 @@ def test_job_bodies_with_unknown_fields_wrong_types_bad_enums_or_missing_fields_
 
 def test_the_rendered_job_templates_are_accepted_as_they_are(emu, w):
     variables = target_variables("staging")
-    for job in ("training", "batch_scoring"):
+    for job in ("training", "batch_scoring", "deployment"):  # the deployment job with its model trigger
         settings = render_job(job, variables)
         job_id = w.jobs.create(**{k: getattr(JobSettings.from_dict(settings), k) for k in settings}).job_id
         assert emu.jobs[job_id] == settings
@@ -488,3 +488,48 @@ def test_a_run_job_task_must_start_an_existing_job(emu):
                      job_settings(name="starter", tasks=[{"task_key": "start",
                                                           "run_job_task": {"job_id": created["job_id"]}}]))
     assert status == 200
+
+
+MODEL_TRIGGER = {"condition": "MODEL_VERSION_READY", "securable_name": "staging.taxi_fares.taxi_fares",
+                 "min_time_between_triggers_seconds": 60, "wait_after_last_change_seconds": 60}
+
+
+@pytest.mark.parametrize("model, other, words", [
+    ({"condition": "MODEL_VERSION_UPDATED"}, {}, ("'trigger.model.condition'", "MODEL_VERSION_READY")),
+    ({"condition": None}, {}, ("trigger.model.condition",)),
+    ({"aliases": ["champion"]}, {}, ("trigger.model.aliases: only with condition MODEL_ALIAS_SET",)),
+    ({"condition": "MODEL_ALIAS_SET"}, {}, ("trigger.model.aliases: condition MODEL_ALIAS_SET needs",)),
+    ({"condition": "MODEL_ALIAS_SET", "aliases": [f"a{i}" for i in range(11)]}, {},
+     ("trigger.model.aliases: at most 10 aliases (got 11)",)),
+    ({"min_time_between_triggers_seconds": 59}, {}, ("trigger.model.min_time_between_triggers_seconds: must be at "
+                                                     "least 60 (got 59)",)),
+    ({"wait_after_last_change_seconds": 30}, {}, ("trigger.model.wait_after_last_change_seconds",)),
+    ({"securable_name": "taxi_fares"}, {}, ("trigger.model.securable_name: 'taxi_fares' is not a Unity Catalog",)),
+    ({"securable_name": "a.b.c.d"}, {}, ("trigger.model.securable_name",)),
+    ({}, {"periodic": {"interval": 1, "unit": "HOURS"}}, ("trigger: at most one of", "periodic, model")),
+    ({}, {"table_update": {"table_names": ["main.s.t"]}}, ("trigger: at most one of", "table_update, model")),
+    ({}, {"schedule": {"quartz_cron_expression": "0 0 3 ? * SUN", "timezone_id": "UTC"}},
+     ("schedule: a job has one of schedule, trigger and continuous",)),
+])
+def test_malformed_model_triggers_are_refused_naming_the_field(emu, model, other, words):
+    other = dict(other)
+    beside = {k: other.pop(k) for k in ("schedule",) if k in other}
+    trigger = {"model": {k: v for k, v in {**MODEL_TRIGGER, **model}.items() if v is not None}, **other}
+    refused(call(emu, "POST", "/api/2.2/jobs/create", job_settings(trigger=trigger, **beside)), 400,
+            "INVALID_PARAMETER_VALUE", *words)
+    assert emu.jobs == {}
+
+
+def test_model_triggers_the_api_takes_are_accepted_on_create_and_reset(emu, w):
+    """The deployment job's trigger, an alias trigger with ten aliases and a schema-level one; a reset that breaks
+    the trigger is refused and leaves the job as it was."""
+    status, created = call(emu, "POST", "/api/2.2/jobs/create", job_settings(trigger={"model": MODEL_TRIGGER}))
+    assert status == 200
+    aliases = {"condition": "MODEL_ALIAS_SET", "aliases": [f"a{i}" for i in range(10)], "securable_name": "main.s"}
+    assert call(emu, "POST", "/api/2.2/jobs/reset", {"job_id": created["job_id"], "new_settings": job_settings(
+        trigger={"pause_status": "PAUSED", "model": aliases})})[0] == 200
+    refused(call(emu, "POST", "/api/2.2/jobs/reset", {"job_id": created["job_id"], "new_settings": job_settings(
+        trigger={"model": {**MODEL_TRIGGER, "min_time_between_triggers_seconds": 1}})}), 400,
+        "INVALID_PARAMETER_VALUE", "trigger.model.min_time_between_triggers_seconds")
+    assert emu.jobs[created["job_id"]]["trigger"]["model"] == aliases
+    assert w.jobs.get(created["job_id"]).settings.trigger.model.aliases == aliases["aliases"]

@@ -110,6 +110,10 @@ def test_every_targets_bundle_is_valid_against_the_published_schema(target, dist
     assert list(config["targets"]) == [target] and config["targets"][target]["mode"] == "production"
     assert set(config["resources"]) >= {"jobs", "experiments"}
     assert set(config["resources"]["jobs"]) == {templates.load_template(job)["name"] for job in templates.JOBS}
+    # the deployment job, with its model trigger where the registry is Unity Catalog (validated with the rest)
+    trigger = config["resources"]["jobs"]["taxi_fares_deployment"].get("trigger")
+    uc = templates.target_variables(target)["mlflow_registry_uri"] == "databricks-uc"
+    assert (trigger["model"]["condition"] if uc else trigger) == ("MODEL_VERSION_READY" if uc else None)
     # nothing of the templates' own syntax survives, and every interpolation names what the bundle declares
     text = "\n".join(_strings(config))
     assert "{repo}" not in text and "{lakehouse}" not in text

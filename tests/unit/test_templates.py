@@ -14,6 +14,14 @@ from orchestrator.templates import (JOBS, TemplateError, load_targets, load_temp
 from taxi_fares_mlops.config import CONFIGS, DEPLOY_PARAMETERS, TargetPolicy
 
 TARGETS = sorted(load_targets())
+# Parameters a job's config reads that are neither job parameters nor deploy-time ones: fixed per task, as base
+# parameters (the deployment job's three tasks run one notebook, each its own step).
+TASK_PARAMETERS = {"deployment": ("deployment_task",)}
+# Parameters a job's config reads that its job does not define: the widgets keep their declared defaults, and the
+# Jobs API refuses a run naming a parameter the job does not define, so no run of the job sets them. The training
+# job leaves validation and promotion to the deployment job (they stay callable in-process).
+NOT_JOB_PARAMETERS = {"training": ("execute_promotion", "promotion_margin", "force_promote", "require_approval",
+                                   "model_validation", "max_rmse", "min_r2", "regression_margin")}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -26,18 +34,21 @@ def test_every_template_renders_fully_and_round_trips(job, target):
     assert validate(settings).as_dict() == settings
     assert settings["max_concurrent_runs"] == 1
     assert settings["queue"] == {"enabled": True}
-    assert settings["schedule"]["pause_status"] == "PAUSED"
+    # a scheduled job starts paused; the deployment job has a model trigger instead (workspace targets on UC)
+    assert settings["schedule"]["pause_status"] == "PAUSED" if "schedule" in settings else "trigger" in settings or (
+        job == "deployment" and target_variables(target)["mlflow_registry_uri"] != "databricks-uc")
     assert settings["timeout_seconds"] > 0
     # The wheels and the policy are fixed at deploy time: base parameters of every notebook task, never job
     # parameters (those override same-named task parameters, and a run may set them).
     assert not set(rendered.parameters) & set(DEPLOY_PARAMETERS)
     for task in rendered.tasks:
         if task.notebook_path:
-            assert list(task.base_parameters) == list(DEPLOY_PARAMETERS)
+            assert list(task.base_parameters)[:len(DEPLOY_PARAMETERS)] == list(DEPLOY_PARAMETERS)
+            assert set(task.base_parameters) - set(DEPLOY_PARAMETERS) <= set(TASK_PARAMETERS.get(job, ()))
             assert task.base_parameters["wheel_version"] == "9.9.9"
     policy = TargetPolicy.from_json(rendered.policy)
     assert (policy.target, policy.wheel_version) == (target, "9.9.9")
-    [path] = rendered.notebook_paths
+    [path] = set(rendered.notebook_paths)
     workspace_root = target_variables(target)["workspace_root"]
     relative = path[len(workspace_root):].lstrip("/")
     assert (REPO_ROOT / f"{relative}.py").exists(), f"{path} has no notebook in the repository"
@@ -80,8 +91,8 @@ def _template_parameters(job):
 
 
 def _notebook(job):
-    [path] = [t["notebook_task"]["notebook_path"].replace("${workspace_root}/", "")
-              for t in load_template(job)["tasks"] if "notebook_task" in t]
+    [path] = {t["notebook_task"]["notebook_path"].replace("${workspace_root}/", "")
+              for t in load_template(job)["tasks"] if "notebook_task" in t}
     return nb.load(REPO_ROOT / f"{path}.py")
 
 
@@ -118,9 +129,11 @@ def test_declared_widgets_are_labelled_and_fixed_choices_are_dropdowns(job):
         assert label and label != name, name
         if kind == "dropdown":
             assert default in choices, name
-    assert recording.widgets.declared["validation_mode"][:3] == ("dropdown", "quarantine", ["fail", "quarantine"])
-    if job != "scoring_stream":  # the incremental job has no range: each run takes what arrived since the last
-        assert recording.widgets.declared["start_date"][0] == "text"
+    if job != "deployment":  # a deployment judges a version on its training run's range and validation mode
+        choices = ["fail", "quarantine"]
+        assert recording.widgets.declared["validation_mode"][:3] == ("dropdown", "quarantine", choices)
+        if job != "scoring_stream":  # the incremental job has no range: each run takes what arrived since the last
+            assert recording.widgets.declared["start_date"][0] == "text"
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -128,7 +141,8 @@ def test_the_notebook_header_lists_exactly_the_jobs_parameters(job):
     header = _notebook(job)[0].source
     table = "\n".join(line.split(" | ")[0] for line in header.splitlines() if line.lstrip("# MAGIC").startswith("|"))
     listed = set(re.findall(r"`([a-z0-9_]+)`", table))
-    assert listed == set(DEPLOY_PARAMETERS) | {p.name for p in CONFIGS[job].parameters()}
+    assert listed == set(DEPLOY_PARAMETERS) | {p.name for p in CONFIGS[job].parameters()} - set(
+        NOT_JOB_PARAMETERS.get(job, ()))
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -136,8 +150,10 @@ def test_template_parameters_notebook_widgets_and_config_agree(job):
     template_params = _template_parameters(job)
     widgets = _widgets(job)
     config_params = {p.name: p.default for p in CONFIGS[job].parameters()}
-    assert set(template_params) == set(config_params)
-    assert list(widgets) == list(DEPLOY_PARAMETERS) + list(template_params)
+    not_job = set(TASK_PARAMETERS.get(job, ())) | set(NOT_JOB_PARAMETERS.get(job, ()))
+    assert set(template_params) | not_job == set(config_params)
+    assert not set(template_params) & set(NOT_JOB_PARAMETERS.get(job, ()))
+    assert [w for w in widgets if w not in not_job] == list(DEPLOY_PARAMETERS) + list(template_params)
     for name, default in template_params.items():
         if not placeholders(default) and not default.startswith("{{"):  # {{job.id}}: filled in by Databricks
             assert widgets[name] == default == config_params[name], name
@@ -171,7 +187,7 @@ def test_compute_choices_are_checked():
 
 
 def test_prod_policy_sets_the_gates_defaults_and_refuses_loosening():
-    rendered = read_job("training", target_variables("prod"))
+    rendered = read_job("deployment", target_variables("prod"))
     assert (rendered.parameters["require_approval"], rendered.parameters["model_validation"]) == ("true", "enabled")
     policy = TargetPolicy.from_json(rendered.policy)
     gates = (policy.require_approval, policy.allow_force_promote, policy.min_model_validation)
@@ -315,3 +331,25 @@ def test_a_workspace_target_without_well_formed_principals_is_refused(tmp_path, 
     monkeypatch.setenv("MLOPS_TARGETS_FILE", str(tmp_path / "targets.yml"))
     with pytest.raises(TemplateError, match=re.escape(message)):
         load_targets()
+
+
+def test_the_deployment_job_runs_on_each_new_version_of_a_unity_catalog_model_in_three_steps():
+    """trigger.model MODEL_VERSION_READY on the target's UC model, timers at the API's least (60 s), round-tripped by
+    the SDK's ModelTriggerConfiguration; validation -> approval -> promotion, each step its task's; the approval
+    task's name is the tag key `mlops approve` sets. The workspace registry has no model trigger: none rendered."""
+    from taxi_fares_mlops.tracking import APPROVAL_TASK, APPROVED_VALUE
+
+    staging = read_job("deployment", target_variables("staging", version="9.9.9"))
+    assert staging.settings["trigger"] == {"pause_status": "UNPAUSED", "model": {
+        "condition": "MODEL_VERSION_READY", "securable_name": "staging.taxi_fares.taxi_fares",
+        "min_time_between_triggers_seconds": 60, "wait_after_last_change_seconds": 60}}
+    assert validate(staging.settings).trigger.model.condition.value == "MODEL_VERSION_READY"
+    assert (staging.parameters["model_name"], staging.parameters["model_version"]) == (
+        "staging.taxi_fares.taxi_fares", "")
+    steps = [(t.key, t.depends_on, t.base_parameters["deployment_task"]) for t in staging.tasks]
+    assert steps == [("validation", (), "validation"), ("approval", (("validation", None),), "approval"),
+                     ("promotion", (("approval", None),), "promotion")]
+    assert (APPROVAL_TASK, APPROVED_VALUE) == ("approval", "approved")
+    assert {"schedule", "trigger"} & set(read_job("training", target_variables("staging")).settings) == {"schedule"}
+    for target in ("dev", "local"):  # the workspace registry: `mlops run deployment`, or the local runner
+        assert "trigger" not in read_job("deployment", target_variables(target, lakehouse="/tmp/l")).settings

@@ -21,7 +21,11 @@ from taxi_fares_mlops.config import PROMOTION, VALIDATION, TrainingConfig
 from taxi_fares_mlops.datasets import training_and_holdout
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.summary import SUCCESS
-from taxi_fares_mlops.tracking import APPROVAL_TAG, JUDGED_AGAINST_TAG, NO_CHAMPION, PENDING
+from taxi_fares_mlops.errors import RegistryError
+from taxi_fares_mlops.spark import get_spark
+from taxi_fares_mlops.stages.validation import recorded
+from taxi_fares_mlops.tracking import (APPROVAL_TAG, APPROVAL_TASK, APPROVED_VALUE, JUDGED_AGAINST_TAG,
+                                       NO_CHAMPION, PENDING)
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +46,22 @@ def decide(challenger_rmse: float, champion_rmse: float | None, margin: float, f
 @stage(PROMOTION)
 def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
     registry = context.tracking.registry(config.model_name)
-    challenger, champion = registry.contenders()
+    challenger, champion = registry.contenders(config.deployed_version)
     if champion is not None and champion.version == challenger.version:
         context.tracking.set_tags({"promotion.decision": ALREADY})
         return _outcome(ALREADY, champion.version, challenger.version, None, None)
 
     validation = context.results.get(VALIDATION)
     validated = validation.outputs if validation is not None and validation.status == SUCCESS else None
+    if validated is None and config.deployed_version is not None:  # the deployment's validation step, its own run
+        validated = recorded(registry.version_tags(challenger.version), challenger.version)
     if validated and validated["challenger_version"] == challenger.version and (
             validated["champion_version"] == (champion.version if champion else None)):
         challenger_rmse, champion_rmse = validated["challenger_rmse"], validated["champion_rmse"]
     else:
-        _, holdout = training_and_holdout(spark, context.lakehouse, config)
+        # a deployment's promotion step starts no Spark unless the recorded scores are stale
+        spark = spark or get_spark("taxi_fares.promotion", persistent_catalog=bool(config.table_schema))
+        _, holdout = training_and_holdout(spark, context.lakehouse.as_of(config.table_versions.as_dict()), config)
         holdout = holdout.cache()
         try:
             challenger_rmse = _rmse(spark, context, holdout, challenger)
@@ -67,7 +75,11 @@ def promotion(spark: SparkSession, config: TrainingConfig, context: StageContext
         logger.warning("promotion: challenger v%s failed validation (%s): the champion stays", challenger.version,
                        validated["failed"])
         decision = BLOCKED
-    if decision in (PROMOTED, FORCED, FIRST) and config.require_approval:
+    if config.deployed_version is not None and config.require_approval and not registry.is_approved(
+            challenger.version):  # the approval step passed, or this step was run alone: refused either way
+        raise RegistryError(f"model '{config.model_name}' version {challenger.version} is not approved (tag "
+                            f"{APPROVAL_TASK}={APPROVED_VALUE}): `mlops approve` it, then repair the run")
+    if decision in (PROMOTED, FORCED, FIRST) and config.require_approval and config.deployed_version is None:
         # What the decision rests on, written before the hold: `mlops approve` refuses it once the champion moved.
         registry.set_version_tag(challenger.version, JUDGED_AGAINST_TAG, champion.version if champion else NO_CHAMPION)
         registry.set_version_tag(challenger.version, "approval.decision", decision)

@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 
 PASSED, FAILED = "PASSED", "FAILED"
 STATUS_TAG = "validation.status"
+CHAMPION_TAG = "validation.champion_version"  # on a deployed version: the champion it was validated against
+
+
+def recorded(tags: dict[str, str], version: str) -> dict | None:
+    """A deployed version's validation as its tags record it, in the stage's output keys; None if not recorded."""
+    if STATUS_TAG not in tags or "validation.challenger_rmse" not in tags:
+        return None
+    return {"validation_status": tags[STATUS_TAG], "mode": tags.get("validation.mode", ""),
+            "failed": tags.get("validation.failed", ""), "challenger_version": version,
+            "champion_version": tags.get(CHAMPION_TAG) or None,
+            "challenger_rmse": float(tags["validation.challenger_rmse"]),
+            "champion_rmse": float(tags["validation.champion_rmse"]) if tags.get("validation.champion_rmse") else None}
+
+
 # Pickup-hour slices the challenger may not regress on: night, morning rush, midday, evening rush, evening.
 SLICES = (("night", 0, 6), ("morning_rush", 6, 10), ("midday", 10, 16), ("evening_rush", 16, 20),
           ("evening", 20, 24))
@@ -51,11 +65,13 @@ def slice_rmse(scored: DataFrame) -> dict[str, float]:
 
 @stage(VALIDATION)
 def validation(spark: SparkSession, config: TrainingConfig, context: StageContext) -> dict:
-    challenger, champion = context.tracking.registry(config.model_name).contenders()
+    registry = context.tracking.registry(config.model_name)
+    challenger, champion = registry.contenders(config.deployed_version)
     if champion is not None and champion.version == challenger.version:
         champion = None  # nothing to compare with: the challenger already is the champion
 
-    _, holdout = training_and_holdout(spark, context.lakehouse, config)
+    # the tables at the versions the config names (a deployment: those the version's training read)
+    _, holdout = training_and_holdout(spark, context.lakehouse.as_of(config.table_versions.as_dict()), config)
     holdout = holdout.cache()
     try:
         with telemetry.span("score holdout", model_version=challenger.version):
@@ -100,6 +116,11 @@ def validation(spark: SparkSession, config: TrainingConfig, context: StageContex
                                   for check, part, value, _, _ in checks})
     context.tracking.set_tags({STATUS_TAG: status, "validation.mode": config.model_validation,
                                "validation.failed": ",".join(failed)})
+    if config.deployed_version is not None:  # the deployment's promotion step, a run of its own, reads it there
+        registry.set_version_tags(challenger.version, {
+            STATUS_TAG: status, "validation.mode": config.model_validation, "validation.failed": ",".join(failed),
+            CHAMPION_TAG: champion.version if champion else "", "validation.challenger_rmse": repr(metrics["rmse"]),
+            "validation.champion_rmse": repr(theirs["rmse"]) if theirs else ""})
     for name in failed:
         logger.warning("validation of model %s version %s: check %s failed (%s)", config.model_name,
                        challenger.version, name, config.model_validation)
