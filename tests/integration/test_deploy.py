@@ -15,10 +15,17 @@ from fakes.databricks_workspace import TEST_TOKEN as TOKEN
 from orchestrator import build
 from orchestrator.cli import main
 from orchestrator.paths import DIST_DIR, REPO_ROOT, project_version
+from orchestrator.templates import JOBS, load_template
 
 VERSION = project_version()
-WHEELS = f"/Volumes/staging/taxi_fares/wheels/{VERSION}"
 ROOT = "/Workspace/Shared/taxi_fares/staging"
+# every job the templates define, by name: what deploy creates
+JOB_NAMES = sorted(load_template(job)["name"] for job in JOBS)
+# every notebook deploy imports: the jobs' and the notebook tests'
+NOTEBOOKS = [f"{ROOT}/orchestrator/notebooks/{name}" for name in ("batch_score", "deploy", "monitor", "scoring_stream",
+                                                                  "train")] + [
+    f"{ROOT}/tests/notebooks/{name}" for name in ("test_batch_score", "test_monitor", "test_train")]
+WHEELS = f"/Volumes/staging/taxi_fares/wheels/{VERSION}"
 
 
 def dry_run_plan(mlops):
@@ -32,7 +39,7 @@ def test_dry_run_calls_nothing_and_round_trips_through_jobsettings(workspace, ml
     assert code == 0
     plan = json.loads(out)
     assert workspace.requests == []
-    assert set(plan["jobs"]) == {"taxi_fares_training", "taxi_fares_batch_scoring", "taxi_fares_monitoring"}
+    assert sorted(plan["jobs"]) == JOB_NAMES
     for settings in plan["jobs"].values():
         assert JobSettings.from_dict(settings).as_dict() == settings
     assert [u["destination"] for u in plan["uploads"]][:2] == [
@@ -53,11 +60,7 @@ def test_first_deploy_uploads_imports_creates(workspace, mlops):
     assert workspace.files[f"{WHEELS}/SHA256SUMS"].decode().split()[0] == build.sha256(wheel)
 
     imports = [r.json() for r in workspace.calls("POST", "/api/2.0/workspace/import")]
-    assert sorted(i["path"] for i in imports) == [
-        f"{ROOT}/orchestrator/notebooks/batch_score", f"{ROOT}/orchestrator/notebooks/monitor",
-        f"{ROOT}/orchestrator/notebooks/train",
-        f"{ROOT}/tests/notebooks/test_batch_score", f"{ROOT}/tests/notebooks/test_monitor",
-        f"{ROOT}/tests/notebooks/test_train"]
+    assert sorted(i["path"] for i in imports) == NOTEBOOKS
     for body in imports:
         assert (body["format"], body["language"], body["overwrite"]) == ("SOURCE", "PYTHON", True)
     train = next(i for i in imports if i["path"].endswith("/train"))
@@ -86,13 +89,12 @@ def test_redeploy_of_the_same_version_uploads_nothing_and_keeps_one_job_per_name
     assert code == 0
     assert workspace.uploads() == []
     assert "wheels " + VERSION + ": unchanged, nothing uploaded" in err
-    assert "notebooks: 0 imported, 6 unchanged" in err
+    assert f"notebooks: 0 imported, {len(NOTEBOOKS)} unchanged" in err
     assert workspace.calls("POST", "/api/2.2/jobs/create") == []
     resets = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/reset")]
     assert sorted(r["job_id"] for r in resets) == sorted(jobs_before)
     assert workspace.jobs == jobs_before
-    assert sorted(s["name"] for s in workspace.jobs.values()) == ["taxi_fares_batch_scoring", "taxi_fares_monitoring",
-                                                                  "taxi_fares_training"]
+    assert sorted(s["name"] for s in workspace.jobs.values()) == JOB_NAMES
 
 
 def test_version_bump_uploads_to_a_new_folder_and_resets_the_jobs(workspace, mlops, tmp_path):
@@ -214,8 +216,8 @@ def test_throttling_and_unavailability_are_retried(workspace, mlops, status):
     code, _, err = mlops("deploy", "--target", "staging")
     assert code == 0, err
     # one refused, then per job one before its create and one after (a create the SDK sent twice left two)
-    assert len(workspace.calls("GET", "/api/2.2/jobs/list")) == 1 + 2 * 3
-    assert len(workspace.jobs) == 3
+    assert len(workspace.calls("GET", "/api/2.2/jobs/list")) == 1 + 2 * len(JOBS)
+    assert len(workspace.jobs) == len(JOBS)
 
 
 def test_401_names_authentication(workspace, mlops):

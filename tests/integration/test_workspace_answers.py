@@ -5,6 +5,8 @@ and FAILED, each with its line and exit code; a repaired run that still reads FA
 end; runs/list's short pages are followed; a host that is not a workspace is named as such."""
 import pytest
 
+from orchestrator.templates import JOBS, load_template
+
 
 def deployed(workspace, mlops):
     assert mlops("deploy", "--target", "staging")[0] == 0
@@ -36,9 +38,9 @@ def test_a_job_create_applied_and_then_unanswered_leaves_one_job(workspace, mlop
     workspace.drop_after_apply("POST", "/api/2.2/jobs/create")
     code, _, err = mlops("deploy", "--target", "staging")
     assert code == 0, err
-    assert len(workspace.calls("POST", "/api/2.2/jobs/create")) == 4  # one sent twice
-    assert sorted(s["name"] for s in workspace.jobs.values()) == [
-        "taxi_fares_batch_scoring", "taxi_fares_monitoring", "taxi_fares_training"]
+    names = sorted(load_template(job)["name"] for job in JOBS)
+    assert len(workspace.calls("POST", "/api/2.2/jobs/create")) == len(names) + 1  # one sent twice
+    assert sorted(s["name"] for s in workspace.jobs.values()) == names
     assert "deleted duplicate" in err and "(a create sent twice)" in err
 
 

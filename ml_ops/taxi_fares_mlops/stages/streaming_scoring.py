@@ -86,7 +86,7 @@ def _read_marker(path: str) -> Optional[dict]:
                 return None
             text = local.read_text(encoding="utf-8")
         else:  # pragma: no cover - a workspace's volume or cloud path, through dbutils' file system
-            from pyspark.dbutils import DBUtils  # type: ignore[import-not-found]
+            from pyspark.dbutils import DBUtils
 
             dbutils = DBUtils(SparkSession.getActiveSession())
             try:
@@ -108,7 +108,7 @@ def _write_marker(path: str, owner: dict) -> None:
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(text, encoding="utf-8")
         else:  # pragma: no cover - see _read_marker
-            from pyspark.dbutils import DBUtils  # type: ignore[import-not-found]
+            from pyspark.dbutils import DBUtils
 
             DBUtils(SparkSession.getActiveSession()).fs.put(path, text, overwrite=False)
     except OSError as exc:
@@ -234,7 +234,9 @@ def _in_current_span(fn: Callable[[DataFrame, int], object]) -> Callable[[DataFr
     try:
         from opentelemetry import context as otel
     except ImportError:  # pragma: no cover - telemetry is an optional dependency
-        return lambda batch, batch_id: None if fn(batch, batch_id) else None
+        def plain(batch: DataFrame, batch_id: int) -> None:
+            fn(batch, batch_id)
+        return plain
     parent = otel.get_current()
 
     def run(batch: DataFrame, batch_id: int) -> None:
