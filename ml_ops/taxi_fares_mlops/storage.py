@@ -21,10 +21,10 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, TimestampType
+from pyspark.sql.types import ArrayType, BinaryType, BooleanType, DateType, MapType, StructType, TimestampType
 
 from taxi_fares_mlops import environment
 from taxi_fares_mlops.errors import MissingTableError, StorageError, first_line
@@ -312,10 +312,11 @@ class Lakehouse:
         the write). A table that exists keeps its own setting.
         """
         types = {field.name: field.dataType for field in df.schema.fields}
-        kind = types.get(column)
-        condition = f"`{column}` >= {_literal(start, kind)} AND `{column}` < {_literal(end, kind)}"
+        kind = _nested_type(df.schema, column)
+        name = _quoted(column)  # a dotted name is a struct's field (Databricks' window.start)
+        condition = f"{name} >= {_literal(start, kind)} AND {name} < {_literal(end, kind)}"
         if with_nulls:
-            condition = f"({condition}) OR `{column}` IS NULL"
+            condition = f"({condition}) OR {name} IS NULL"
         if only:
             condition = " AND ".join([f"({condition})", *(f"{_quoted_column(name)} = {_literal(value, types.get(name))}"
                                                           for name, value in only.items())])
@@ -385,6 +386,15 @@ class Lakehouse:
 def _skippable(kind) -> bool:
     """Whether Delta keeps min/max statistics for a column of this type (it refuses to be told to otherwise)."""
     return not isinstance(kind, (ArrayType, BinaryType, BooleanType, MapType))
+
+
+def _nested_type(schema: StructType, column: str):
+    """The type of ``column`` in ``schema``, a dotted name reaching into structs (None if there is none)."""
+    kind: Any = schema
+    for part in column.split("."):
+        fields = {f.name: f.dataType for f in kind.fields} if isinstance(kind, StructType) else {}
+        kind = fields.get(part)
+    return kind
 
 
 def _literal(value, kind) -> str:

@@ -101,7 +101,8 @@ def summarize(df: DataFrame, detector: DriftDetector) -> Summary:
     rows = int(row["_rows"])
     numeric = {c: (int(row[f"{c}#n"]), [int(row[f"{c}#le{i}"]) for i in range(len(e))]) for c, e in edges.items()}
     categorical = _categories(df, detector.categorical) if rows else {c: {} for c in detector.categorical}
-    return Summary(rows, numeric, categorical)
+    moments = {c: (row[f"{c}#mean"], row[f"{c}#std"]) for c in edges}
+    return Summary(rows, numeric, categorical, moments)
 
 
 def compare(df: DataFrame,

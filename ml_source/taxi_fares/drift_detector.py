@@ -19,7 +19,7 @@ doubles: hour 13 is "13.0"); ``category_label`` gives the same text for a pandas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -37,11 +37,13 @@ OUTPUT_COLUMNS = ("feature", "kind", "psi", "ks", "chi2_pvalue", "null_share", "
 @dataclass(frozen=True)
 class Summary:
     """The counts drift is judged on: rows; per numeric column its non-null count and the count at or below each
-    of the reference's edges; per categorical column the count of each value (nulls left out)."""
+    of the reference's edges; per categorical column the count of each value (nulls left out). ``moments``: per
+    numeric column its mean and standard deviation where the counting had them (the profile tables report them)."""
 
     rows: int
     numeric: Mapping[str, tuple[int, Sequence[int]]]
     categorical: Mapping[str, Mapping[str, int]]
+    moments: Mapping[str, tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
