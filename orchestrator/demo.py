@@ -44,17 +44,24 @@ def _run(job: str, lakehouse: str, shared: dict, **params: str) -> JobSummary:
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
     started = time.monotonic()
     with runner.local_cluster("mlops-demo") as shared:
-        scored = _steps(root, rows, seed, shared)
+        scored, monitoring = _steps(root, rows, seed, shared)
     print(f"\nDemo finished in {time.monotonic() - started:.0f}s. Where to look:")
     print(f"  lakehouse tables   {root}/tables/")
     print("  MLflow runs        .venv/bin/mlops ui   (then open http://127.0.0.1:5000)")
     print(f"  telemetry          .venv/bin/mlops trace {scored.mlflow_run_id}")
     print(f"  blob output        {root}/azurite (Azurite's data folder)")
     print("  rerun a stage      .venv/bin/mlops run batch_scoring --local --param execute_feature_engineering=false")
+    print(f"  drift report       {drift_report_location(monitoring)}   (open it in a browser)")
     return 0
 
 
-def _steps(root: str, rows: int, seed: int, shared: dict) -> JobSummary:
+def drift_report_location(monitoring: JobSummary) -> str:
+    """Where the monitoring run's drift report is: its artifact URI (``file://`` for the local store)."""
+    uri = monitoring.stages["monitoring"].outputs.get("drift_report")
+    return str(uri) if uri else "none (the monitoring stage drew no report)"
+
+
+def _steps(root: str, rows: int, seed: int, shared: dict) -> tuple[JobSummary, JobSummary]:
     from taxi_fares.synthetic import generate_trips
     from orchestrator.local.spark import tuned_session
     from taxi_fares_mlops.storage import RAW_TRIPS, Lakehouse
@@ -93,4 +100,4 @@ def _steps(root: str, rows: int, seed: int, shared: dict) -> JobSummary:
     monitored = monitoring.stages["monitoring"].outputs
     print(f"monitoring: {monitored['monitoring_status']} (drifted: {monitored.get('drifted') or 'none'}); "
           f"retraining ran if the status was DRIFT or DEGRADED (see 'task retrain' above)")
-    return scored
+    return scored, monitoring

@@ -366,8 +366,11 @@ class Tracking:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
-    def log_artifact(self, path: Path, folder: str) -> None:
+    def log_artifact(self, path: Path, folder: str) -> str:
+        """Log the file ``path`` under ``folder``; return its URI among the run's artifacts (a ``file:`` URI for a
+        local store), which a person can open."""
         mlflow.log_artifact(str(path), artifact_path=folder)
+        return mlflow.get_artifact_uri(f"{folder}/{path.name}")
 
     def log_dict(self, data: dict, path: str) -> None:
         mlflow.log_dict(data, path)

@@ -1,6 +1,12 @@
 """Monitoring's companion models in process: a fare model's outlier and drift models must be its own (a
 mismatch is refused naming both versions), and the registered drift model judges a pandas frame of requests.
-The monitoring statuses themselves are tested through the CLI in tests/e2e/test_monitoring_job.py."""
+The monitoring statuses themselves are tested through the CLI in tests/e2e/test_monitoring_job.py; the drift report
+and the Databricks-shaped tables of a run here."""
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -92,3 +98,84 @@ def test_scoring_another_version_leaves_the_champions_rows_and_monitoring_reads_
     assert again["stages"]["monitoring"]["model_version"] == "2"
     assert again["stages"]["monitoring"]["rows"] == len(before)
     assertDataFrameEqual(trips_lakehouse.read(spark, PREDICTIONS), before)
+
+
+class _Report(HTMLParser):
+    """What a reader of the drift report sees: the per-feature table's rows and the inlined PNG figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.features, self.images, self.status, self._in_status = {}, [], None, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-feature" in attrs:
+            self.features[attrs["data-feature"]] = attrs
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        self._in_status = attrs.get("id") == "status"
+
+    def handle_data(self, data):
+        if self._in_status:
+            self.status, self._in_status = data, False
+
+
+def test_each_monitoring_run_logs_a_drift_report_a_browser_opens(
+        spark, trips_lakehouse, versions, scoring_config, tmp_path):
+    """The report names every profiled feature with the PSI the drift tables hold for the run, marks the drifted
+    ones, inlines valid PNGs, and the Databricks-shaped tables hold the same statistics. A PSI threshold below most
+    features' PSI on these (undrifted) trips makes some of them drifted and leaves others not."""
+    from pyspark.sql import functions as F
+
+    from taxi_fares.drift import CATEGORICAL, NUMERIC
+    from taxi_fares_mlops.storage import DRIFT_METRICS
+
+    summary = run_job(scoring_config(execute_feature_engineering="false", execute_monitoring="true",
+                                     psi_threshold="0.003", ks_threshold="0.02"), spark)
+    monitored = summary["stages"]["monitoring"]
+    run_id = summary["mlflow_run_id"]
+    artifact = f"runs:/{run_id}/monitoring/drift_report.html"
+    page = Path(mlflow.artifacts.download_artifacts(artifact, dst_path=str(tmp_path))).read_text(encoding="utf-8")
+    # What the stage (and `make demo`) says: the local store's file, a URL a browser opens.
+    assert monitored["drift_report"].startswith("file:///") and monitored["drift_report"].endswith(
+        "/monitoring/drift_report.html")
+    assert Path(urlparse(monitored["drift_report"]).path).read_text(encoding="utf-8") == page
+    report = _Report()
+    report.feed(page)
+
+    long = trips_lakehouse.read(spark, DRIFT_METRICS).filter(F.col("mlflow_run_id") == run_id).collect()
+    psi = {r["feature"]: r["value"] for r in long if r["metric"] == "psi"}
+    shaped = {r["column_name"]: r for r in trips_lakehouse.read(spark, "predictions_drift_metrics")
+              .filter(F.col("mlflow_run_id") == run_id).collect()}
+    assert set(report.features) == set(psi) == set(shaped) == {*NUMERIC, *CATEGORICAL}
+    for feature, row in report.features.items():
+        assert float(row["data-psi"]) == psi[feature] == shaped[feature]["population_stability_index"]
+        assert (row["data-drifted"] == "true") == (feature in monitored["drifted_features"]) \
+            == shaped[feature]["drifted"]
+    drifted = set(monitored["drifted_features"])
+    assert drifted and drifted != set(psi), "the thresholds should leave some features drifted and some not"
+    assert report.status == monitored["monitoring_status"]
+
+    # Databricks data profiling's columns: the window, the whole table (no slice), a baseline drift, the tests.
+    distance = shaped["trip_distance"]
+    assert (distance["window"]["start"].date().isoformat(), distance["window"]["end"].date().isoformat()) == \
+        ("2016-01-04", "2016-01-18")
+    assert distance["granularity"] == "2 weeks" and distance["drift_type"] == "BASELINE"
+    assert distance["slice_key"] is None and distance["slice_value"] is None and distance["model_id"] == "2"
+    ks = next(r["value"] for r in long if r["feature"] == "trip_distance" and r["metric"] == "ks")
+    assert distance["ks_test"]["statistic"] == ks and 0 <= distance["ks_test"]["pvalue"] <= 1
+    assert distance["chi_squared_test"] is None and distance["wasserstein_distance"] is None
+    assert 0 <= distance["js_distance"] <= 1
+    zone = shaped["pickup_zip"]
+    assert zone["ks_test"] is None and 0 <= zone["chi_squared_test"]["pvalue"] <= 1
+    profile = {(r["column_name"], r["log_type"]): r for r in trips_lakehouse.read(spark, "predictions_profile_metrics")
+               .filter(F.col("mlflow_run_id") == run_id).collect()}
+    assert profile[(":table", "INPUT")]["count"] == monitored["rows"]
+    assert profile[(":table", "INPUT")]["root_mean_squared_error"] == pytest.approx(monitored["performance"]["rmse"],
+                                                                                    abs=1e-4)
+
+    assert all(src.startswith("data:image/png;base64,") for src in report.images)
+    assert len(report.images) == len(psi) + 2  # a figure per feature, the statistics, the recent windows
+    for src in report.images:
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2_000

@@ -9,7 +9,10 @@ rows of ``predictions`` by default, another version's rows of ``shadow_predictio
 model version in ``drift_metrics`` and ``performance_metrics`` (one row per window, model version, feature and
 metric; a rerun never duplicates, another version's rows are left alone), go to MLflow as metrics and the
 ``monitoring.status`` tag, and to telemetry: the stage's span carries the summary and each drifted feature is a
-warning log with its statistic, which Log Analytics can chart and alert on.
+warning log with its statistic, which Log Analytics can chart and alert on. The same statistics also replace the
+window's rows of ``<table>_drift_metrics`` and ``<table>_profile_metrics`` (Databricks data profiling's columns,
+``taxi_fares.profile_tables``), and the run logs ``monitoring/drift_report.html`` (``drift_report``), drawn from
+the same counts: the stage's output ``drift_report`` is its artifact URI.
 
 Drift is judged by the drift model registered with the model version (``<model>_drift``: the training profile
 and the rule of ``taxi_fares.drift_detector``, with this run's thresholds); the outlier detector registered with
@@ -26,23 +29,26 @@ else ``OK``.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any, Union
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from taxi_fares import drift
+from taxi_fares import drift, profile_tables
 from taxi_fares.features import LABEL, MODEL_FEATURES, in_range, model_input_columns
 from taxi_fares.model import spark_regression_metrics
 from taxi_fares.outliers import OUTLIER
 from taxi_fares.schema import PICKUP_TS
-from taxi_fares_mlops import telemetry
+from taxi_fares_mlops import drift_report, telemetry
 from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
 from taxi_fares_mlops.datasets import with_features
 from taxi_fares_mlops.errors import DataError, RegistryError
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.stages.batch_scoring import predictions_table
-from taxi_fares_mlops.storage import DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS
+from taxi_fares_mlops.storage import (DRIFT_METRICS, DRIFT_METRICS_SUFFIX, OUTLIER_METRICS, PERFORMANCE_METRICS,
+                                      PROFILE_METRICS_SUFFIX)
 from taxi_fares_mlops.tracking import DRIFT as DRIFT_MODEL, REFERENCE_PROFILE
 
 logger = logging.getLogger(__name__)
@@ -66,7 +72,7 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     current = (with_features(spark, context.lakehouse, config, scored)
                .select(*model_input_columns(), "prediction", F.col(LABEL).cast("double").alias(LABEL)).cache())
     try:
-        return _judge(spark, config, context, model, judge, current)
+        return _judge(spark, config, context, model, judge, current, table)
     finally:
         current.unpersist()
 
@@ -84,11 +90,12 @@ def _drift_detector(context: StageContext, registry, model) -> drift.DriftDetect
     return drift.DriftDetector(reference)
 
 
-def _judge(spark, config, context: StageContext, model, judge: drift.DriftDetector, current) -> dict:
+def _judge(spark, config, context: StageContext, model, judge: drift.DriftDetector, current, table: str) -> dict:
 
     detector = context.tracking.registry(config.model_name).outlier_companion(model)
     with telemetry.span("compare with the training profile", model_version=model.version) as step:
-        rows, features = drift.compare(current, judge)
+        summary = drift.summarize(current, judge)
+        rows, features = summary.rows, judge.judge(summary)
         step.set_attribute("rows", rows)
     outliers: dict[str, Any] = {}
     if detector is not None and rows:
@@ -128,17 +135,27 @@ def _judge(spark, config, context: StageContext, model, judge: drift.DriftDetect
     _replace(spark, context, DRIFT_METRICS, metric_rows, window, config)
     _replace(spark, context, OUTLIER_METRICS, outlier_rows, window, config)
     _replace(spark, context, PERFORMANCE_METRICS, perf_rows, window, config)
+    _replace_profiling(spark, context, table, config, str(model.version), [
+        (DRIFT_METRICS_SUFFIX, profile_tables.DRIFT_SCHEMA,
+         profile_tables.drift_rows(judge, summary, features, [f.feature for f in drifted], config.start_date,
+                                   config.end_date, str(model.version))),
+        (PROFILE_METRICS_SUFFIX, profile_tables.PROFILE_SCHEMA,
+         profile_tables.profile_rows(judge, summary, config.start_date, config.end_date, str(model.version),
+                                     performance, outliers.get("outlier_share")))])
     context.tracking.log_metrics({f"drift.{f.feature}.{name}": value for f in features
                                   for name, value in f.metrics().items() if drift.finite(value) is not None})
     context.tracking.log_metrics({f"performance.{k}": v for k, v in performance.items() if v is not None})
     if outliers:
         context.tracking.log_metrics({"outliers.share": outliers["outlier_share"]})
     context.tracking.set_tags({STATUS_TAG: status})
+    with telemetry.span("draw the drift report", model_version=model.version):
+        report = _log_drift_report(spark, config, context, model, judge, summary, features, drifted, status)
     logger.info("monitoring status %s for %s..%s (model version %s, %d rows)", status, config.start_date,
                 config.end_date, model.version, rows)
     # The stage's span carries the scalar outputs: status, rows, version and the drifted features' names.
     return {"monitoring_status": status, "rows": rows, "model_version": model.version,
             "drifted": ",".join(f.feature for f in drifted), "drifted_features": [f.feature for f in drifted],
+            "drift_report": report,
             **({"rmse_ratio": round(performance["rmse_ratio"], 4)} if performance.get("rmse_ratio") else {}),
             **({"outlier_share": round(outliers["outlier_share"], 4)} if outliers else {}),
             "performance": {k: round(v, 4) for k, v in performance.items() if v is not None}}
@@ -173,6 +190,49 @@ def _replace(spark, context: StageContext, table: str, rows, window: dict, confi
     context.lakehouse.replace_range(spark, df, table, "window_start", config.start_date, config.end_date,
                                     only={"model_version": str(window["model_version"])})
     context.wrote(table)
+
+
+def _replace_profiling(spark, context: StageContext, monitored: str, config, model_id: str, outputs) -> None:
+    """The window's rows of the model version in ``<monitored>_drift_metrics`` and ``<monitored>_profile_metrics``
+    (Databricks data profiling's columns, ``taxi_fares.profile_tables``) replaced, one commit per table."""
+    start, end = config.time_range
+    for suffix, schema, rows in outputs:
+        df = (spark.createDataFrame(rows, schema).withColumn("mlflow_run_id", F.lit(context.mlflow_run_id))
+              .withColumn("computed_at", F.current_timestamp()))
+        context.lakehouse.replace_range(spark, df, monitored + suffix, "window.start", start, end,
+                                        only={"model_id": model_id})
+        context.wrote(monitored + suffix)
+
+
+RECENT_WINDOWS = 8
+
+
+def _recent_windows(spark, context: StageContext, model) -> list[drift_report.WindowResult]:
+    """The model version's last ``RECENT_WINDOWS`` windows with a realized error or an outlier share (this one
+    included): a few rows of the stage's own tables."""
+    metrics: list[Any] = ["rmse", "holdout_rmse", "mae", "outlier_share"]
+    rows = (context.lakehouse.read(spark, PERFORMANCE_METRICS).unionByName(
+                context.lakehouse.read(spark, OUTLIER_METRICS))
+            .filter((F.col("model_name") == model.name) & (F.col("model_version") == str(model.version))
+                    & F.col("metric").isin(metrics))
+            .groupBy("window_start", "window_end").pivot("metric", metrics).agg(F.first("value"))
+            .orderBy(F.desc("window_start")).limit(RECENT_WINDOWS).collect())
+    return [drift_report.WindowResult(str(r["window_start"]), str(r["window_end"]), r["rmse"], r["holdout_rmse"],
+                                      r["mae"], r["outlier_share"]) for r in reversed(rows)]
+
+
+def _log_drift_report(spark, config, context: StageContext, model, judge: drift.DriftDetector, summary, features,
+                      drifted, status: str) -> str:
+    """Draw the report from the counts already made, log it to the run; return its artifact URI."""
+    header = drift_report.ReportHeader(
+        model.name, str(model.version), str(config.start_date), str(config.end_date), status, summary.rows,
+        judge.psi_threshold, judge.ks_threshold, config.outlier_rate_threshold, context.mlflow_run_id)
+    page = drift_report.render(header, features, [f.feature for f in drifted],
+                               profile_tables.distributions(judge, summary), _recent_windows(spark, context, model))
+    with tempfile.TemporaryDirectory(prefix="drift-report-") as folder:
+        path = Path(folder) / drift_report.REPORT_NAME
+        path.write_text(page, encoding="utf-8")
+        return context.tracking.log_artifact(path, drift_report.REPORT_FOLDER)
 
 
 RETRAIN_ON = (DRIFT, DEGRADED)
