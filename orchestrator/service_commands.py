@@ -230,11 +230,9 @@ def cmd_serve(args: argparse.Namespace, root: str) -> int:
 
 def cmd_serving_compare(args: argparse.Namespace, root: str) -> int:
     """The served variants' errors side by side, from the inference table and the fares that arrived since."""
-    import mlflow
-
     from orchestrator.local.spark import tuned_session
     from orchestrator.registry import use_registry
-    from taxi_fares_mlops.online_traffic import compare_variants
+    from taxi_fares_mlops.online_traffic import compare_variants, log_comparison
     from taxi_fares_mlops.storage import INFERENCE_REQUESTS, VARIANT_COMPARISON, Lakehouse
 
     if not args.local:
@@ -256,18 +254,14 @@ def cmd_serving_compare(args: argparse.Namespace, root: str) -> int:
     if not rows:
         progress("no answered requests in the inference table" + (f" since {args.since}" if since else ""))
         return 1
-    mlflow.set_experiment(args.experiment)
-    with mlflow.start_run(run_name="variant-comparison"):
-        for row in rows:
-            prefix = f"{row['variant']}_v{row['model_version']}"
-            mlflow.log_metrics({f"{prefix}_{k}": float(row[k]) for k in ("trips", "trips_with_fare", "rmse", "mae",
-                                                                         "mean_prediction") if row[k] is not None})
+    run_id = log_comparison(rows, args.experiment)
     print(f"{'variant':<11} {'version':>7} {'trips':>7} {'with fare':>9} {'rmse':>8} {'mae':>8} {'mean':>8}")
     for row in rows:
         print(f"{row['variant']:<11} {row['model_version']:>7} {row['trips']:>7} {row['trips_with_fare']:>9} "
               + " ".join(f"{row[k]:>8.3f}" if row[k] is not None else f"{'-':>8}"
                          for k in ("rmse", "mae", "mean_prediction")))
-    progress(f"written to {lakehouse.location(VARIANT_COMPARISON)} and MLflow experiment '{args.experiment}'")
+    progress(f"written to {lakehouse.location(VARIANT_COMPARISON)} and MLflow experiment '{args.experiment}' "
+             f"(run {run_id})")
     return 0
 
 

@@ -25,6 +25,7 @@ from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_T
 from taxi_fares_mlops.storage import INFERENCE_REQUESTS, RAW_TRIPS, VARIANT_COMPARISON, Lakehouse
 
 PREDICTION = "prediction"
+FIGURES = ("trips", "trips_with_fare", "rmse", "mae", "mean_prediction")
 REQUEST = T.StructType([T.StructField("trips", T.ArrayType(T.StructType([
     T.StructField("pickup_time", T.StringType()), T.StructField("dropoff_time", T.StringType()),
     T.StructField("pickup_zip", T.LongType()), T.StructField("dropoff_zip", T.LongType()),
@@ -101,3 +102,16 @@ def compare_variants(spark: SparkSession, lakehouse: Lakehouse, since: Optional[
     if rows:
         lakehouse.write(spark.createDataFrame(rows, summary.schema), VARIANT_COMPARISON, mode="append")
     return rows
+
+
+def log_comparison(rows: list[dict], experiment: str) -> str:
+    """The comparison's figures as one MLflow run of ``experiment`` (metrics ``<variant>_v<version>_<figure>``);
+    returns the run id."""
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="variant-comparison") as run:
+        for row in rows:
+            prefix = f"{row['variant']}_v{row['model_version']}"
+            mlflow.log_metrics({f"{prefix}_{k}": float(row[k]) for k in FIGURES if row[k] is not None})
+    return run.info.run_id

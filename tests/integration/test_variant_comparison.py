@@ -21,7 +21,7 @@ def bundle(tmp_path_factory):
     return build_bundle(tmp_path_factory.mktemp("comparison"), with_challenger=True)
 
 
-def test_the_variants_errors_side_by_side_equal_the_answers_against_the_fares(spark, lakehouse, bundle):
+def test_the_variants_errors_side_by_side_equal_the_answers_against_the_fares(spark, lakehouse, bundle, capsys):
     app = loaded_app(Settings(bundle=str(bundle[0]), trusted_key=str(bundle[1]), challenger_mode="shadow",
                               inference_table=lakehouse.table_path(INFERENCE_REQUESTS)))
     requests = [sample_trips(4, seed=10 + i) for i in range(5)]
@@ -62,6 +62,19 @@ def test_the_variants_errors_side_by_side_equal_the_answers_against_the_fares(sp
     assert sorted(written["variant"]) == ["champion", "shadow"] and written["compared_at"].notna().all()
     # nothing since the future
     assert compare_variants(spark, lakehouse, since=dt.datetime(2100, 1, 1)) == []
+    # the operator's command: the same figures, printed, appended and logged to MLflow
+    from orchestrator.cli import main as mlops_main
+
+    assert mlops_main(["serving", "compare", "--local", "--since", "2016-01-01"]) == 0
+    printed = capsys.readouterr()
+    assert "shadow" in printed.out and f"{compared['shadow']['rmse']:>8.3f}" in printed.out
+    assert "variant_comparison" in printed.err and "MLflow experiment 'taxi_fares_variant_comparison'" in printed.err
+    assert len(lakehouse.read(spark, VARIANT_COMPARISON).toPandas()) == 4
+    import mlflow
+
+    run = mlflow.search_runs(experiment_names=["taxi_fares_variant_comparison"], output_format="list")[0]
+    assert math.isclose(run.data.metrics["shadow_v2_rmse"], compared["shadow"]["rmse"], abs_tol=1e-9)
+    assert mlops_main(["serving", "compare", "--local", "--since", "last tuesday"]) == 2
 
 
 def spark_int(column):
