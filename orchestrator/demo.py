@@ -1,9 +1,10 @@
 """``mlops demo`` (what ``make demo`` runs): the jobs end to end on the embedded default.
 
 1. Generate synthetic trips into the local lakehouse.
-2. Run the training job on January: the first model becomes champion (there is none yet).
-3. Run the training job again on January and February with other hyperparameters: the promotion gate
-   compares the new challenger with the champion on the same holdout and decides.
+2. Run the training job on January: it registers version 1, and the deployment job runs on it (as the model
+   trigger would on a workspace): validation, approval, promotion; the first model becomes champion.
+3. Run the training job again on January and February with other hyperparameters, show what made the new version
+   (``mlops lineage``), and let its deployment job's promotion gate compare it with the champion and decide.
 4. Run the batch-scoring job on February with the champion, publishing to a local Azurite Blob endpoint.
 5. Add a March whose trip distances drifted (x1.5), score it, and run the monitoring job on it: monitoring
    reports DRIFT, and the job's run-job task starts the training job, whose validation and promotion gate
@@ -33,12 +34,42 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", file=sys.stderr, flush=True)
 
 
+_DEPLOYMENTS: dict[str, dict[str, dict]] = {}  # training MLflow run -> its deployment's last step's outputs
+
+
 def _run(job: str, lakehouse: str, shared: dict, **params: str) -> JobSummary:
     result = runner.run_local(job, params, lakehouse, shared)
     print(runner.describe(result, job, lakehouse), flush=True)
     if result.status != "SUCCESS" or result.job_summary is None:
         raise JobFailed(f"demo stopped: the {job} job failed")
+    if result.deployment is not None:  # the version it registered went through the deployment job
+        if result.deployment.status != "SUCCESS" or result.deployment.job_summary is None:
+            raise JobFailed(f"demo stopped: the deployment job failed on the version {job} registered")
+        _DEPLOYMENTS[result.job_summary.mlflow_run_id] = {
+            name: stage.outputs for name, stage in result.deployment.job_summary.stages.items()}
     return result.job_summary
+
+
+def _deployed(trained: JobSummary, step: str) -> dict:
+    """The outputs of the deployment job's last step (promotion) on the version ``trained`` registered."""
+    return _DEPLOYMENTS[trained.mlflow_run_id][step]
+
+
+def _validation_status(model: str, version: str) -> str:
+    """The deployment's validation step's outcome, as it tags the version (each step is a run of its own)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_model_version(model, version).tags.get("validation.status", "not recorded")
+
+
+def _lineage(root: str, model: str, version: int) -> str:
+    """What ``mlops lineage --local --model M --version N`` prints."""
+    from orchestrator.lineage import describe
+    from orchestrator.registry import use_registry
+    from taxi_fares_mlops.tracking import read_lineage
+
+    use_registry(root, None)
+    return f"$ mlops lineage --local --model {model} --version {version}\n{describe(read_lineage(model, version))}"
 
 
 def run_demo(root: str, rows: int = 200_000, seed: int = 42) -> int:
@@ -70,14 +101,19 @@ def _steps(root: str, rows: int, seed: int, shared: dict) -> tuple[JobSummary, J
     spark = tuned_session("mlops-demo")  # the cluster's
     Lakehouse(root).write(generate_trips(spark, rows, DATA_START, DATA_END, seed=seed), RAW_TRIPS)
 
-    _banner("2/5 training job on January (no champion yet: the first model is promoted)")
+    _banner("2/5 training job on January, then the deployment job on the version it registered (the first "
+            "model is promoted)")
     _run("training", root, shared, start_date="2016-01-01", end_date="2016-02-01", max_iter="60")
 
-    _banner("3/5 training job on January and February, more boosting iterations: the promotion gate decides")
+    _banner("3/5 training job on January and February, more boosting iterations; its version's lineage; the "
+            "deployment job's promotion gate decides")
     second = _run("training", root, shared, start_date="2016-01-01", end_date="2016-03-01", max_iter="200")
-    promotion = second.stages["promotion"].outputs
-    print(f"promotion gate: {promotion['decision']} (challenger v{promotion['challenger_version']} rmse "
-          f"{promotion['challenger_rmse']}, previous champion rmse {promotion['champion_rmse']})")
+    version = second.stages["training"].outputs["model_version"]
+    print(_lineage(root, second.model_name, int(version)))
+    promotion = _deployed(second, "promotion")
+    print(f"deployment job on v{version}: validation {_validation_status(second.model_name, version)}, "
+          f"promotion gate {promotion['decision']} (challenger rmse {promotion['challenger_rmse']}, previous "
+          f"champion rmse {promotion['champion_rmse']})")
 
     _banner("4/5 batch scoring job on February with the champion, publishing to Azurite (local Blob storage)")
     with Azurite(Path(root) / "azurite") as azurite:

@@ -117,6 +117,8 @@ class RunResult:
     error: Optional[str]
     seconds: float
     task_values: Mapping[str, object] = field(default_factory=dict)
+    # the deployment job the run's registration started (locally, what the model trigger does on a workspace)
+    deployment: Optional["RunResult"] = None
 
     @property
     def summary(self) -> Optional[dict]:
@@ -157,7 +159,7 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
         result = _run_tasks(rendered, params, lakehouse, env, started, shared)
     registered = registered_version(result)
     if registered is not None and job != DEPLOYMENT_JOB:
-        deploy_registered(registered, lakehouse, shared)
+        return replace(result, deployment=deploy_registered(registered, lakehouse, shared))
     return result
 
 

@@ -24,7 +24,7 @@ from fakes.ingestion import INSTRUMENTATION_KEY, IngestionCapture
 from orchestrator.local import cluster, runner
 from orchestrator.local.azurite import ACCOUNT_KEY, Azurite
 from orchestrator.templates import read_job, target_variables
-from taxi_fares_mlops.config import WHEEL_PARAMETERS
+from taxi_fares_mlops.config import WHEEL_PARAMETERS, TrainingConfig
 
 START, END = "2016-01-04", "2016-01-18"
 RANGE = [f"start_date={START}", f"end_date={END}", "mlflow_experiment=e2e"]
@@ -110,7 +110,9 @@ def test_training_run_records_params_metrics_artifacts_and_model(root, client, t
     run = client.get_run(trained["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     defaults = read_job("training", target_variables("local", lakehouse=str(root))).parameters
-    given = {**defaults, **dict(p.split("=", 1) for p in (*RANGE, "max_iter=40", "learning_rate=0.2"))}
+    # the job's parameters over the notebook's widget defaults (the gates the job leaves to the deployment job)
+    given = {**TrainingConfig.defaults(), **defaults,
+             **dict(p.split("=", 1) for p in (*RANGE, "max_iter=40", "learning_rate=0.2"))}
     expected = {k: v for k, v in given.items() if k not in WHEEL_PARAMETERS}
     assert run.data.params == expected
     for metric in ("rmse", "mae", "r2", "baseline_rmse", "baseline_mae", "baseline_r2", "train_rows"):
@@ -118,14 +120,26 @@ def test_training_run_records_params_metrics_artifacts_and_model(root, client, t
     assert run.data.metrics["rmse"] < 0.7 * run.data.metrics["baseline_rmse"]
     reports = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reports")}
     assert reports == {"feature_statistics.csv", "predicted_vs_actual.png", "residuals.png"}
+    # the training job trains and registers; validation and promotion are the deployment job's
     assert {t: run.data.tags[f"stage.{t}"] for t in ("feature_engineering", "training", "promotion")} == {
-        "feature_engineering": "SUCCESS", "training": "SUCCESS", "promotion": "SUCCESS"}
+        "feature_engineering": "SUCCESS", "training": "SUCCESS", "promotion": "SKIPPED"}
     versions = client.search_model_versions("name='taxi_fares'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+    assert trained["model"]["aliases"] == {"challenger": "1"}
+
+
+def test_registering_a_version_runs_the_deployment_job_for_it_as_its_trigger_would(root, client, trained):
+    """The local runner, after the training run registered version 1: the deployment job's three tasks, each a run
+    of its own, with model_name and model_version of the new version; the version is validated and promoted."""
+    runs = client.search_runs([client.get_experiment_by_name("taxi_fares").experiment_id],
+                              "tags.job = 'deployment'", order_by=["attributes.start_time ASC"])
+    assert [(r.data.params["deployment_task"], r.data.params["model_version"], r.info.status) for r in runs] == [
+        ("validation", "1", "FINISHED"), ("approval", "1", "FINISHED"), ("promotion", "1", "FINISHED")]
+    assert runs[-1].data.tags["promotion.decision"] == "first_champion"
+    assert client.get_model_version("taxi_fares", "1").tags["validation.status"] == "PASSED"
     aliases = client.get_registered_model("taxi_fares").aliases
     assert {a: str(v) for a, v in aliases.items()} == {"champion": "1", "challenger": "1"}
-    assert trained["stages"]["promotion"]["decision"] == "first_champion"
-    assert trained["model"]["aliases"] == {"champion": "1", "challenger": "1"}
+    assert any("running the deployment job for it (as its trigger would)" in c for c in CONSOLE)
 
 
 # Loads a registered model's pickle in a process where this project's packages cannot be imported, as where

@@ -412,9 +412,8 @@ def test_a_serverless_target_deploys_jobs_the_workspace_accepts(workspace, mlops
         settings = workspace.jobs[job_id]
         assert "job_clusters" not in settings
         # notebook tasks run in the environment; condition and run-job tasks run on no compute of the job's
-        assert {t.get("environment_key") for t in settings["tasks"]} == {"taxi_fares"} | (
-            {None} if len(settings["tasks"]) > 1 else set())
-        assert all("environment_key" in t for t in settings["tasks"] if "notebook_task" in t)
+        assert {t.get("environment_key") for t in settings["tasks"] if "notebook_task" in t} == {"taxi_fares"}
+        assert not any("environment_key" in t for t in settings["tasks"] if "notebook_task" not in t)
         assert settings["environments"][0]["spec"]["dependencies"] == [
             f"{WHEELS}/taxi_fares-{VERSION}-py3-none-any.whl", f"{WHEELS}/taxi_fares_mlops-{VERSION}-py3-none-any.whl"]
 

@@ -5,6 +5,7 @@ import shutil
 
 from orchestrator import build
 from orchestrator.paths import DIST_DIR, project_version
+from orchestrator.templates import JOBS
 
 VERSION = project_version()
 WHEELS = f"/Volumes/staging/taxi_fares/wheels/{VERSION}"
@@ -13,7 +14,7 @@ FOREIGN = {"name": "taxi_fares_training", "tags": {"owner": "another-team"}, "ma
 
 def test_deployed_jobs_carry_the_project_and_the_target(workspace, mlops):
     assert mlops("deploy", "--target", "staging")[0] == 0
-    assert len(workspace.jobs) == 3
+    assert len(workspace.jobs) == len(JOBS)
     for settings in workspace.jobs.values():
         assert settings["tags"]["project"] == "taxi_fares" and settings["tags"]["target"] == "staging"
 
@@ -41,7 +42,7 @@ def test_a_same_named_job_the_tool_did_not_deploy_is_left_alone(workspace, mlops
 def test_a_job_of_another_target_in_the_same_workspace_is_left_alone(workspace, mlops):
     workspace.jobs[9002] = {**FOREIGN, "tags": {"project": "taxi_fares", "target": "dev"}}
     assert mlops("deploy", "--target", "staging")[0] == 0
-    assert workspace.jobs[9002]["tags"]["target"] == "dev" and len(workspace.jobs) == 4
+    assert workspace.jobs[9002]["tags"]["target"] == "dev" and len(workspace.jobs) == len(JOBS) + 1
 
 
 def test_a_job_someone_else_tagged_as_the_projects_is_neither_reset_nor_deleted(workspace, mlops):

@@ -7,7 +7,7 @@ import json
 from databricks.sdk import WorkspaceClient
 
 from fakes.databricks_workspace import TEST_TOKEN as TOKEN
-from orchestrator.templates import load_targets
+from orchestrator.templates import JOBS, load_targets
 
 STAGING = load_targets()["staging"]
 RUN_AS = {"service_principal_name": STAGING["run_as_service_principal"]}
@@ -24,7 +24,7 @@ def deployed(workspace, mlops):
 def test_a_first_deploy_creates_jobs_that_run_as_the_target_principal_with_its_grants(workspace, mlops):
     err = deployed(workspace, mlops)
     created = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/create")]
-    assert len(created) == 3
+    assert len(created) == len(JOBS)
     for body in created:
         assert body["run_as"] == RUN_AS and body["access_control_list"] == GRANTS
     for job_id, settings in workspace.jobs.items():
@@ -60,7 +60,7 @@ def test_a_redeploy_puts_the_grants_back_and_drops_a_grant_made_by_hand(workspac
     workspace.requests.clear()
     deployed(workspace, mlops)
     resets = [r.json() for r in workspace.calls("POST", "/api/2.2/jobs/reset")]
-    assert len(resets) == 3 and all("access_control_list" not in r["new_settings"] for r in resets)
+    assert len(resets) == len(JOBS) and all("access_control_list" not in r["new_settings"] for r in resets)
     assert all(r["new_settings"]["run_as"] == RUN_AS for r in resets)
     puts = workspace.calls("PUT", "/api/2.0/permissions/jobs/")
     assert sorted(int(r.path.rsplit("/", 1)[1]) for r in puts) == sorted(workspace.jobs)

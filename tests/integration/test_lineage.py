@@ -211,7 +211,8 @@ def _deploy(spark, lakehouse, task: str, **changes) -> dict:
 
     values = {p.name: p.default for p in DEPLOYMENT_PARAMETERS}
     values.update(model_name=MODEL, model_version="1", deployment_task=task, lakehouse_root=lakehouse.root,
-                  mlflow_experiment="tests", require_approval="true", model_validation="enabled", **changes)
+                  mlflow_experiment="tests", require_approval="true", model_validation="enabled")
+    values.update(changes)
     return run_job(DeploymentConfig.from_mapping(values), spark)
 
 
@@ -220,11 +221,24 @@ def test_the_deployment_job_judges_holds_and_promotes_the_version_it_was_started
     """The deployment job's three steps for version 1, each a run of its own as each task is: validation judges it
     on its own training holdout (the recorded table versions, whatever the tables hold now: the same rmse as its
     training run); approval holds it until `mlops approve` tags it approval=approved, and promotion refuses it until
-    then; approved, promotion reuses the validation's scores and makes it champion."""
+    then; approved, promotion reuses the validation's scores and makes it champion. A version that failed validation
+    (enabled) is kept out by the promotion step, which reads the failure recorded on the version."""
+    from delta.tables import DeltaTable
+
     from taxi_fares_mlops.errors import StageError
 
-    run, _, _ = trained
+    run, _, versions = trained
     client = MlflowClient()
+    if lakehouse.version(spark, RAW_TRIPS) == versions[RAW_TRIPS]:  # the tables change after training
+        DeltaTable.forPath(spark, lakehouse.location(RAW_TRIPS)).delete("trip_id % 7 = 0")
+    # a version that fails validation under model_validation=enabled: the promotion step, a run of its own, reads
+    # the failure the validation step recorded on the version and keeps it out
+    failing = _deploy(spark, lakehouse, "validation", max_rmse="0.001")["stages"]["validation"]
+    assert (failing["validation_status"], failing["failed"]) == ("FAILED", "max_rmse")
+    blocked = _deploy(spark, lakehouse, "promotion", require_approval="false")["stages"]["promotion"]
+    assert blocked["decision"] == "blocked_by_validation"
+    assert "champion" not in client.get_registered_model(MODEL).aliases
+
     validated = _deploy(spark, lakehouse, "validation")
     checks = validated["stages"]["validation"]
     assert list(validated["stages"]) == ["validation"]
