@@ -285,10 +285,14 @@ SCORING_PARAMETERS = COMMON + (_toggle("execute_batch_scoring", "Run batch scori
     Parameter("execute_monitoring", _bool, "false", "Run monitoring on the scored range", ("true", "false")),
 ) + MONITORING_THRESHOLDS
 
+MONITORED_SOURCES = ("predictions", "inference_requests")
 MONITORING_PARAMETERS = COMMON + (_toggle("execute_monitoring", "Run monitoring"),) + MODEL_CHOICE + \
     MONITORING_THRESHOLDS + (
         Parameter("retrain_on_drift", _bool, "true", "Start the training job when the status is DRIFT or DEGRADED",
                   ("true", "false")),
+        Parameter("monitored_source", _choice(*MONITORED_SOURCES), "predictions",
+                  "What is monitored: batch scoring's predictions table, or the online service's inference table "
+                  "(the trips the version answered online)", MONITORED_SOURCES),
     )
 
 # The incremental scoring job has no date range: each run scores the trips committed to raw_trips since the last.
@@ -638,6 +642,7 @@ class MonitoringConfig(JobConfig):
     rmse_degradation: float
     min_rows: int
     retrain_on_drift: bool
+    monitored_source: str
 
     job: str = field(init=False, default=MONITORING_JOB)
     STAGES = (MONITORING,)

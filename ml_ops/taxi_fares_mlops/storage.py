@@ -44,11 +44,11 @@ MODEL_VALIDATIONS = "model_validations"
 # The monitoring stage's results per monitored table in Databricks data profiling's shape (<table>_profile_metrics,
 # <table>_drift_metrics), beside the long tables above.
 PROFILE_METRICS_SUFFIX, DRIFT_METRICS_SUFFIX = "_profile_metrics", "_drift_metrics"
-PROFILING_TABLES = tuple(t + suffix for t in (PREDICTIONS, SHADOW_PREDICTIONS)
-                         for suffix in (PROFILE_METRICS_SUFFIX, DRIFT_METRICS_SUFFIX))
 # The online service's requests (Databricks' inference-table columns) and the A/B comparison read from them.
 INFERENCE_REQUESTS = "inference_requests"
 VARIANT_COMPARISON = "variant_comparison"
+PROFILING_TABLES = tuple(t + suffix for t in (PREDICTIONS, SHADOW_PREDICTIONS, INFERENCE_REQUESTS)
+                         for suffix in (PROFILE_METRICS_SUFFIX, DRIFT_METRICS_SUFFIX))
 TABLES = (RAW_TRIPS, PICKUP_FEATURES, DROPOFF_FEATURES, PREDICTIONS, SHADOW_PREDICTIONS, QUARANTINED_TRIPS,
           DRIFT_METRICS, OUTLIER_METRICS, PERFORMANCE_METRICS, MODEL_VALIDATIONS, *PROFILING_TABLES,
           INFERENCE_REQUESTS, VARIANT_COMPARISON)

@@ -23,6 +23,7 @@
 # MAGIC | `outlier_rate_threshold` | share of trips the outlier detector flags above which the range is DRIFT |
 # MAGIC | `rmse_degradation`, `min_rows` | rmse excess over the holdout that is DEGRADED; fewer rows: no verdict |
 # MAGIC | `retrain_on_drift` | start the training job when the status is `DRIFT` or `DEGRADED` |
+# MAGIC | `monitored_source` | `predictions` (batch scoring) or `inference_requests` (what was answered online) |
 
 # COMMAND ----------
 

@@ -179,3 +179,49 @@ def test_each_monitoring_run_logs_a_drift_report_a_browser_opens(
     for src in report.images:
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2_000
+
+
+def test_online_traffic_is_monitored_from_the_inference_table_as_batch_predictions_are(
+        spark, trips_lakehouse, versions, tmp_path):
+    """The champion packaged and served (in process) with its inference table in the lakehouse; the range's trips
+    sent as requests; the monitoring job over `inference_requests` judges the trips the champion answered online,
+    with their realized error (the fares are in raw_trips), and writes the profiling tables of that table."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from pyspark.sql import functions as F
+
+    from fakes.serving import call_asgi, loaded_app
+    from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, PICKUP_TS, PICKUP_ZIP
+    from taxi_fares_mlops.config import MONITORING_PARAMETERS, MonitoringConfig
+    from taxi_fares_mlops.serving.app import Settings
+    from taxi_fares_mlops.serving.package import package
+    from taxi_fares_mlops.signing import public_pem
+    from taxi_fares_mlops.storage import INFERENCE_REQUESTS, RAW_TRIPS
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "trusted.pub").write_bytes(public_pem(key))
+    package(spark, trips_lakehouse, tmp_path / "bundle", "taxi_fares", lookback_hours=15 * 24, signing_key=key)
+    app = loaded_app(Settings(bundle=str(tmp_path / "bundle"), trusted_key=str(tmp_path / "trusted.pub"),
+                              lookback_hours=15 * 24, inference_table=trips_lakehouse.table_path(INFERENCE_REQUESTS)))
+    rows = (trips_lakehouse.read(spark, RAW_TRIPS).filter(F.col(DISTANCE).between(0.1, 50))
+            .orderBy("trip_id").limit(1200).collect())
+    trips = [{"pickup_time": r[PICKUP_TS].isoformat(), "dropoff_time": r[DROPOFF_TS].isoformat(),
+              "pickup_zip": r[PICKUP_ZIP], "dropoff_zip": r[DROPOFF_ZIP], "trip_distance": r[DISTANCE]} for r in rows]
+    answered = 0
+    for start in range(0, len(trips), 200):
+        status, body, _ = call_asgi(app, "POST", "/v1/predict", {"trips": trips[start:start + 200]})
+        answered += len(body["predictions"]) if status == 200 else 0
+    assert app.state.service.inference_log.flush()
+    app.state.service.stop()
+    assert answered > 1000
+
+    values = {p.name: p.default for p in MONITORING_PARAMETERS}
+    values.update(start_date="2016-01-04", end_date="2016-01-18", lakehouse_root=trips_lakehouse.root,
+                  mlflow_experiment="tests", monitored_source="inference_requests", min_rows="500",
+                  retrain_on_drift="false", execute_feature_engineering="false")
+    summary = run_job(MonitoringConfig.from_mapping(values), spark)
+    monitored = summary["stages"]["monitoring"]
+    assert monitored["rows"] == answered
+    assert monitored["monitoring_status"] in ("OK", "DRIFT") and monitored["performance"]["rmse"] > 0
+    shaped = trips_lakehouse.read(spark, "inference_requests_drift_metrics").filter(
+        F.col("mlflow_run_id") == summary["mlflow_run_id"])
+    assert shaped.count() > 0

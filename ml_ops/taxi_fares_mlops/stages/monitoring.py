@@ -45,10 +45,11 @@ from taxi_fares_mlops import drift_report, telemetry
 from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
 from taxi_fares_mlops.datasets import with_features
 from taxi_fares_mlops.errors import DataError, RegistryError
+from taxi_fares_mlops.online_traffic import online_scored
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.stages.batch_scoring import predictions_table
-from taxi_fares_mlops.storage import (DRIFT_METRICS, DRIFT_METRICS_SUFFIX, OUTLIER_METRICS, PERFORMANCE_METRICS,
-                                      PROFILE_METRICS_SUFFIX)
+from taxi_fares_mlops.storage import (DRIFT_METRICS, DRIFT_METRICS_SUFFIX, INFERENCE_REQUESTS, OUTLIER_METRICS,
+                                      PERFORMANCE_METRICS, PROFILE_METRICS_SUFFIX)
 from taxi_fares_mlops.tracking import DRIFT as DRIFT_MODEL, REFERENCE_PROFILE
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,18 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     judge = _drift_detector(context, registry, model).with_thresholds(config.psi_threshold, config.ks_threshold)
     start, end = config.time_range
     table, _, _ = predictions_table(registry, model)
-    if not context.lakehouse.exists(spark, table):
-        raise DataError(f"table '{table}' does not exist: run the job with execute_batch_scoring=true")
-    scored = (context.lakehouse.read(spark, table)
-              .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
+    if getattr(config, "monitored_source", "predictions") == INFERENCE_REQUESTS:
+        # online traffic, monitored as batch predictions are: the trips this version answered, with their fares
+        if not context.lakehouse.exists(spark, INFERENCE_REQUESTS):
+            raise DataError(f"table '{INFERENCE_REQUESTS}' does not exist: serve with an inference table "
+                            f"(mlops serve --local writes one) before monitoring it")
+        table = INFERENCE_REQUESTS
+        scored = online_scored(spark, context.lakehouse, model.version, start, end)
+    else:
+        if not context.lakehouse.exists(spark, table):
+            raise DataError(f"table '{table}' does not exist: run the job with execute_batch_scoring=true")
+        scored = (context.lakehouse.read(spark, table)
+                  .filter(in_range(F.col(PICKUP_TS), start, end) & (F.col("model_version") == model.version)))
     # Read by several aggregations below (profile comparison, category counts, outliers, error): joined once.
     current = (with_features(spark, context.lakehouse, config, scored)
                .select(*model_input_columns(), "prediction", F.col(LABEL).cast("double").alias(LABEL)).cache())
