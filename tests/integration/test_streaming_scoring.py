@@ -17,6 +17,7 @@ from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.jobs import run_job
 from taxi_fares_mlops.storage import (DROPOFF_FEATURES, PICKUP_FEATURES, PREDICTIONS, QUARANTINED_TRIPS, RAW_TRIPS,
                                       Lakehouse)
+from taxi_fares_mlops.telemetry import read_local
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +134,17 @@ def test_a_replayed_micro_batch_changes_nothing(spark, champion, stream_lakehous
     for name in (str(last), f".{last}.crc"):  # the batch's writes are done, its commit is not
         (checkpoint / "commits" / name).unlink(missing_ok=True)
 
-    replayed = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
+    summary = run_job(stream_config(stream_lakehouse), spark)
+    replayed = summary["stages"]["streaming_scoring"]
     assert (replayed["micro_batches"], replayed["replayed"], replayed["rows"]) == (1, 1, 0)
+    # one MLflow run per job run, with its totals; a telemetry span per micro-batch, under the job's, with its counts
+    metrics = MlflowClient().get_run(summary["mlflow_run_id"]).data.metrics
+    assert (metrics["streaming.micro_batches"], metrics["streaming.replayed"]) == (1.0, 1.0)
+    spans = [r for r in read_local(Path(stream_lakehouse.path("runs", summary["mlflow_run_id"], "telemetry.jsonl")))
+             if r["type"] == "span"]
+    [batch] = [r for r in spans if r["name"] == "micro-batch"]
+    assert batch["attributes"]["rows"] == 0 and batch["attributes"]["rows_read"] > 0
+    assert batch["parent_id"] in {r["span_id"] for r in spans if r["name"] == "stage streaming_scoring"}
     rows = stream_lakehouse.read(spark, PREDICTIONS)
     assert rows.count() == predictions == trips_between(spark, champion, START, START + dt.timedelta(hours=14)
                                                         ).count() - _invalid(spark, champion)

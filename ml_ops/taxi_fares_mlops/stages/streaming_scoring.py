@@ -163,6 +163,9 @@ def streaming_scoring(spark: SparkSession, config: ScoringStreamConfig, context:
     context.wrote(table)
     if totals["quarantined"]:
         context.wrote(QUARANTINED_TRIPS)
+    # the run's totals, as a batch run's stage outputs are: a stream's MLflow run reads like a batch one
+    context.tracking.log_metrics({f"streaming.{name}": float(totals[name])
+                                  for name in ("micro_batches", "rows", "quarantined", "replayed")})
     return {"model_name": model.name, "model_version": model.version, "table": table, "checkpoint": checkpoint,
             "micro_batches": totals["micro_batches"], "rows": totals["rows"], "quarantined": totals["quarantined"],
             "replayed": totals["replayed"]}
