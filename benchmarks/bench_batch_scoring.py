@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     print(f"[bench] training the model on {args.train_rows:,} rows", file=sys.stderr)
     train_home = work / "train"
     Lakehouse(str(train_home)).write(generate_trips(spark, args.train_rows, START, END, seed=1), RAW_TRIPS)
-    run_job(config(TrainingConfig, TRAINING_PARAMETERS, train_home, max_iter="100"), spark)
+    run_job(config(TrainingConfig, TRAINING_PARAMETERS, train_home, max_iter="100", execute_promotion="true"), spark)
     model_uri = "models:/taxi_fares@champion"
     model = mlflow.sklearn.load_model(model_uri)
 

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     print("[bench] training the model the two servers serve", file=sys.stderr)
     lakehouse.write(generate_trips(spark, 20_000, START, END, seed=5), RAW_TRIPS)
     values = {**{p.name: p.default for p in TRAINING_PARAMETERS}, "start_date": START, "end_date": END,
-              "lakehouse_root": lakehouse.root, "mlflow_experiment": "bench", "max_iter": "40"}
+              "lakehouse_root": lakehouse.root, "mlflow_experiment": "bench", "max_iter": "40",
+              "execute_promotion": "true"}  # the first version becomes champion in the same run
     version = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
