@@ -517,8 +517,8 @@ class Registry:
                 return {None: "an unrecorded champion", NO_CHAMPION: "no champion"}.get(v, f"version {v}")
             raise RegistryError(f"model '{self.name}' version {version} was judged against {shown(judged_against)} "
                                 f"but the champion now is {shown(current)}: re-validate it against the current "
-                                f"champion (the training job with execute_training=false while it is the "
-                                f"'{CHALLENGER}'), or retrain")
+                                f"champion (run the deployment job for version {version} again: `mlops run "
+                                f"deployment --param model_version={version}`), or retrain")
         if HELD_BY_DEPLOYMENT_TAG not in tags:  # held by promotion after judging it a winner
             self.promote(fare)
         for key, value in ((APPROVAL_TAG, APPROVED), ("approval.by", approver), ("approval.at", when),

@@ -183,7 +183,14 @@ def deploy_registered(registered: tuple[str, str], lakehouse: str,
     name, version = registered
     progress(f"model {name} version {version} registered: running the deployment job for it (as its trigger would)")
     deployed = run_local(DEPLOYMENT_JOB, {"model_name": name, "model_version": version}, lakehouse, shared)
-    progress(describe(deployed, DEPLOYMENT_JOB, lakehouse))
+    line = f"deployment job on {name} version {version}: {deployed.status} in {deployed.seconds:.1f}s"
+    summary = deployed.job_summary
+    if deployed.status != "SUCCESS":
+        line += f" ({deployed.error})"
+    elif summary is not None and "promotion" in summary.stages:  # the last task's run: promotion
+        aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(summary.aliases.items())) or "none"
+        line += f", promotion: {summary.stages['promotion'].outputs.get('decision')}; {aliases}"
+    progress(line)
     return deployed
 
 

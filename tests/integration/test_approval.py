@@ -67,8 +67,9 @@ def test_an_approval_judged_against_a_champion_that_has_moved_is_refused(
     code, _, err = mlops("approve", "--model", "taxi_fares", "--version", version)
     assert code == 2
     assert (f"mlops approve: model 'taxi_fares' version {version} was judged against version {judged_against} but "
-            f"the champion now is version {champion}: re-validate it against the current champion (the training "
-            f"job with execute_training=false while it is the 'challenger'), or retrain") in err
+            f"the champion now is version {champion}: re-validate it against the current champion (run the "
+            f"deployment job for version {version} again: `mlops run deployment --param model_version={version}`), "
+            f"or retrain") in err
     assert str(client.get_registered_model("taxi_fares").aliases["champion"]) == champion
     assert client.get_model_version("taxi_fares", version).tags["approval.status"] == "PENDING"
 
