@@ -46,7 +46,7 @@ def _run(job: str, lakehouse: str, shared: dict, **params: str) -> JobSummary:
         if result.deployment.status != "SUCCESS" or result.deployment.job_summary is None:
             raise JobFailed(f"demo stopped: the deployment job failed on the version {job} registered")
         _DEPLOYMENTS[result.job_summary.mlflow_run_id] = {
-            name: stage.outputs for name, stage in result.deployment.job_summary.stages.items()}
+            name: dict(stage.outputs) for name, stage in result.deployment.job_summary.stages.items()}
     return result.job_summary
 
 
