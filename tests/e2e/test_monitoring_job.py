@@ -91,7 +91,8 @@ def scored(spark, tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        for job, start, end, extra in (("training", START, END, {"max_iter": "40"}),
+        # in process, the training run promotes its version itself (no deployment job runs after run_job)
+        for job, start, end, extra in (("training", START, END, {"max_iter": "40", "execute_promotion": "true"}),
                                        ("batch_scoring", SAME_WEEK[0], OUTLIER_WEEK[1], {})):
             values = {p.name: p.default for p in CONFIGS[job].parameters()}
             values.update(start_date=start, end_date=end, lakehouse_root=str(root), mlflow_experiment="e2e", **extra)

@@ -102,7 +102,8 @@ def served(spark, tmp_path_factory):
         mlflow.set_registry_uri(uri)
         lakehouse.write(generate_trips(spark, 20_000, START, END, seed=5), RAW_TRIPS)
         common = dict(start_date=START, end_date=END, lakehouse_root=lakehouse.root, mlflow_experiment="serving")
-        training = {**{p.name: p.default for p in TRAINING_PARAMETERS}, **common, "max_iter": "40"}
+        training = {**{p.name: p.default for p in TRAINING_PARAMETERS}, **common, "max_iter": "40",
+                    "execute_promotion": "true"}  # in process: promoted by this run, not a deployment job
         version = run_job(TrainingConfig.from_mapping(training), spark)["stages"]["training"]["model_version"]
         scoring = {**{p.name: p.default for p in SCORING_PARAMETERS}, **common}
         run_job(ScoringConfig.from_mapping(scoring), spark)
@@ -445,7 +446,7 @@ def test_a_new_champion_reaches_the_service_by_repackaging_and_a_restart(spark, 
         mlflow.set_registry_uri(served["mlflow"])
         values = {**{p.name: p.default for p in TRAINING_PARAMETERS}, "start_date": START, "end_date": END,
                   "lakehouse_root": served["lakehouse"], "mlflow_experiment": "serving", "max_iter": "30",
-                  "execute_feature_engineering": "false", "force_promote": "true"}
+                  "execute_feature_engineering": "false", "force_promote": "true", "execute_promotion": "true"}
         new = run_job(TrainingConfig.from_mapping(values), spark)["stages"]["training"]["model_version"]
         package(spark, Lakehouse(served["lakehouse"]), served["bundle"], "taxi_fares", lookback_hours=LOOKBACK_HOURS,
                 signing_key=load_private_key(development_key(served["lakehouse"])))

@@ -2,9 +2,9 @@
 # MAGIC %md
 # MAGIC # Notebook tests (Nutter): the batch scoring job
 # MAGIC
-# MAGIC Trains a small champion with `orchestrator/notebooks/train`, then runs `orchestrator/notebooks/batch_score`
-# MAGIC and asserts on its exit summary and the predictions table. Runs locally with `mlops test-notebooks --local`,
-# MAGIC and on a workspace with `nutter run`.
+# MAGIC Trains a small champion with `orchestrator/notebooks/train` (promoted by `deploy`), then runs
+# MAGIC `orchestrator/notebooks/batch_score` and asserts on its exit summary and the predictions table. Runs locally
+# MAGIC with `mlops test-notebooks --local`, and on a workspace with `nutter run`.
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
@@ -60,7 +60,11 @@ class BatchScoringNotebookTest(NutterFixture):
     def before_all(self):
         LAKEHOUSE.write(generate_trips(spark, 20_000, START, END, seed=12), RAW_TRIPS)
         trained = json.loads(dbutils.notebook.run(f"{FOLDER}/train", 3600, dict(PARAMS, max_iter="30")))
-        self.champion = trained["model"]["aliases"]["champion"]
+        self.champion = trained["stages"]["training"]["model_version"]
+        # what the deployment job does for a new version: its promotion step makes the first one champion
+        deploy = {name: PARAMS[name] for name in SHARED}
+        dbutils.notebook.run(f"{FOLDER}/deploy", 3600, dict(deploy, model_version=self.champion,
+                                                            deployment_task="promotion"))
         raw = spark.read.format("delta").load(LAKEHOUSE.table_path(RAW_TRIPS))
         self.trips_in_range = raw.filter((F.col("tpep_pickup_datetime") >= START)
                                          & (F.col("tpep_pickup_datetime") < END)).count()

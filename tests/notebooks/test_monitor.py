@@ -2,10 +2,10 @@
 # MAGIC %md
 # MAGIC # Notebook tests (Nutter): the monitoring job's notebook
 # MAGIC
-# MAGIC Trains a small champion with `orchestrator/notebooks/train` on two weeks, scores a third week whose trip
-# MAGIC distances drifted (x1.5) with `orchestrator/notebooks/batch_score`, then runs `orchestrator/notebooks/monitor`
-# MAGIC and asserts on its exit summary and the monitoring tables. Runs locally with `mlops test-notebooks --local`,
-# MAGIC and on a workspace with `nutter run`.
+# MAGIC Trains a small champion with `orchestrator/notebooks/train` (promoted by `deploy`) on two weeks, scores a third
+# MAGIC week whose trip distances drifted (x1.5) with `orchestrator/notebooks/batch_score`, then runs
+# MAGIC `orchestrator/notebooks/monitor` and asserts on its exit summary and the monitoring tables. Runs locally with
+# MAGIC `mlops test-notebooks --local`, and on a workspace with `nutter run`.
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
@@ -63,7 +63,11 @@ class MonitoringNotebookTest(NutterFixture):
         history = generate_trips(spark, 20_000, START, END, seed=12)
         drifted = generate_trips(spark, 10_000, *WEEK, seed=13, shift={"trip_distance": 1.5})
         LAKEHOUSE.write(history.unionByName(drifted.withColumn("trip_id", F.col("trip_id") + 20_000)), RAW_TRIPS)
-        dbutils.notebook.run(f"{FOLDER}/train", 3600, dict(PARAMS, start_date=START, end_date=END, max_iter="30"))
+        trained = json.loads(dbutils.notebook.run(f"{FOLDER}/train", 3600,
+                                                  dict(PARAMS, start_date=START, end_date=END, max_iter="30")))
+        # what the deployment job does for a new version: its promotion step makes the first one champion
+        version = trained["stages"]["training"]["model_version"]
+        dbutils.notebook.run(f"{FOLDER}/deploy", 3600, dict(PARAMS, deployment_task="promotion", model_version=version))
         dbutils.notebook.run(f"{FOLDER}/batch_score", 3600, DRIFTED)
 
     def run_a_monitoring_a_drifted_week(self):
