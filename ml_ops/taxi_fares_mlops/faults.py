@@ -25,6 +25,7 @@ POINTS = (
     "training.after_fare_model_registered",   # a fare-model version exists; its companions and aliases do not
     "batch_scoring.after_predictions_commit",  # the range's predictions are committed; nothing is published
     "batch_scoring.during_part_uploads",      # a first Parquet part is in Blob storage; the manifest is not
+    "streaming_scoring.after_predictions_append",  # a micro-batch's predictions appended, its checkpoint commit not
 )
 POLL_SECONDS = 0.002
 

@@ -3,7 +3,11 @@ shapes, a replayed micro-batch that changes nothing, an upstream schema change a
 refused by name. One champion (trained once for the module) scores every stream."""
 import datetime as dt
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from taxi_fares.schema import PICKUP_TS
+from taxi_fares.schema import PICKUP_TS, valid_rows
 from taxi_fares_mlops.config import SCORING_STREAM_PARAMETERS, ScoringStreamConfig
 from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.jobs import run_job
@@ -180,3 +184,31 @@ def test_a_checkpoint_of_another_target_is_refused_by_name(spark, champion, stre
     shutil.rmtree(marker.parent)  # removing the folder starts over: every trip is scored again, under a new id
     again = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
     assert again["rows"] == summary["stages"]["streaming_scoring"]["rows"] > 0
+
+
+# The job in a process of its own, with the stream config's parameters (JSON) as its argument.
+JOB = """
+import json, sys
+from taxi_fares_mlops.config import ScoringStreamConfig
+from taxi_fares_mlops.jobs import run_job
+run_job(ScoringStreamConfig.from_mapping({**ScoringStreamConfig.defaults(), **json.loads(sys.argv[1])}))
+"""
+
+
+def test_a_job_killed_mid_micro_batch_then_rerun_scores_each_trip_once(spark, champion, stream_lakehouse):
+    """SIGKILL after a micro-batch's predictions are appended and before its checkpoint commit (no finally, no
+    atexit), then the job again: the batch is replayed and skipped, and every trip has one prediction."""
+    stream_lakehouse.write(trips_between(spark, champion, START, START + dt.timedelta(hours=6)), RAW_TRIPS)
+    env = {**os.environ, "MLOPS_CRASH_AT": "streaming_scoring.after_predictions_append"}
+    done = subprocess.run([sys.executable, "-c", JOB, json.dumps({"lakehouse_root": stream_lakehouse.root,
+                                                                  "mlflow_experiment": "tests"})],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    appended = stream_lakehouse.read(spark, PREDICTIONS).count()
+    assert appended > 0
+
+    again = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
+    assert (again["micro_batches"], again["replayed"], again["rows"]) == (1, 1, 0)
+    rows = stream_lakehouse.read(spark, PREDICTIONS)
+    trips = valid_rows(trips_between(spark, champion, START, START + dt.timedelta(hours=6))).count()
+    assert rows.count() == appended == rows.select("trip_id").distinct().count() == trips

@@ -36,6 +36,7 @@ from taxi_fares.schema import FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidation
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import AVAILABLE_NOW, SCORING_STREAM_JOB, STREAMING_SCORING, ScoringStreamConfig
 from taxi_fares_mlops.errors import DataError, StorageError
+from taxi_fares_mlops.faults import crash_point
 from taxi_fares_mlops.spark import session_conf
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.stages.batch_scoring import SCORING_CONF, predict_trips, predictions_table
@@ -193,6 +194,7 @@ def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context:
                 predictions = predict_trips(spark, config, context, model, validated.valid, dates)
                 with session_conf(spark, SCORING_CONF):
                     counts["rows"] = context.lakehouse.append_once(predictions, table, writer_id, batch_id)
+                crash_point("streaming_scoring.after_predictions_append")
                 if not counts["rows"]:
                     counts["replayed"] = 1
                     logger.info("micro-batch %d was written before (a replay): nothing appended", batch_id)
