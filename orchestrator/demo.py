@@ -57,9 +57,9 @@ def _deployed(trained: JobSummary, step: str) -> dict:
 
 def _validation_status(model: str, version: str) -> str:
     """The deployment's validation step's outcome, as it tags the version (each step is a run of its own)."""
-    from mlflow.tracking import MlflowClient
+    from taxi_fares_mlops.tracking import Registry
 
-    return MlflowClient().get_model_version(model, version).tags.get("validation.status", "not recorded")
+    return Registry(model).version_tags(version).get("validation.status", "not recorded")
 
 
 def _lineage(root: str, model: str, version: int) -> str:

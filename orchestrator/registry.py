@@ -14,15 +14,19 @@ def use_registry(root: str, target: Optional[str], local: bool = True) -> dict:
     from orchestrator.local.runner import tracking_uri
     from orchestrator.templates import target_variables
 
+    from taxi_fares_mlops.tracking import use_store
+
     if target:
         variables = target_variables(target)
-        os.environ.update({"MLFLOW_TRACKING_URI": "databricks",
-                           "MLFLOW_REGISTRY_URI": variables.get("mlflow_registry_uri") or "databricks"})
+        registry = variables.get("mlflow_registry_uri") or "databricks"
+        os.environ.update({"MLFLOW_TRACKING_URI": "databricks", "MLFLOW_REGISTRY_URI": registry})
+        use_store("databricks", registry)
         return variables
     if not local:
         raise UsageError("say where the registry is: --local or --target T")
     uri = tracking_uri(root)
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
+    use_store(uri, uri)
     return {}
 
 

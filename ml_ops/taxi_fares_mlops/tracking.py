@@ -45,6 +45,13 @@ HOST_TAG, PID_TAG = "mlops.host", "mlops.pid"
 BY_VALUE = (taxi_fares.model, taxi_fares.binned_predict)
 
 
+def use_store(tracking_uri: str, registry_uri: str) -> None:
+    """Point this process's MLflow at a tracking store and a registry (the environment variables say the same for
+    child processes; a URI set earlier in the process would otherwise win over them)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+
+
 def setup_experiment(name: str) -> str:
     """Use the experiment ``name``, creating it if missing. Returns its id. The job's first call to the tracking
     store: a store that is unreachable or locked is a ``TrackingError`` naming it, before anything is written."""
@@ -382,6 +389,12 @@ class Tracking:
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(MlflowClient().get_run(run_id).data.metrics)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(MlflowClient().get_run(run_id).data.tags)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(MlflowClient().get_run(run_id).data.params)
 
     def load_dict(self, run_id: str, path: str) -> Optional[dict]:
         """The JSON artifact ``path`` of run ``run_id``, or None when the run has no such artifact."""

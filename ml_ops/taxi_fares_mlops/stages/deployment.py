@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 
-from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from taxi_fares_mlops import provenance
@@ -40,7 +39,7 @@ def judging_config(config: DeploymentConfig, tracking: Tracking) -> TrainingConf
     registry = tracking.registry(config.model_name)
     version = config.model_version or registry.newest_version()
     lineage = read_lineage(config.model_name, version)
-    trained = MlflowClient().get_run(lineage.run_id).data.params
+    trained = tracking.run_params(lineage.run_id)
     values = {p.name: trained.get(p.name, p.default) for p in TRAINING_PARAMETERS}
     own = config.as_params()
     values.update({name: own[name] for name in _DEPLOYMENT_OWN}, **config.gates(),
@@ -75,4 +74,4 @@ def approval(spark: SparkSession, config: TrainingConfig, context: StageContext)
 
 def config_run_id(context: StageContext) -> str:
     """The Databricks run of this deployment, as the run's provenance tags record it ("" locally)."""
-    return MlflowClient().get_run(context.mlflow_run_id).data.tags.get(provenance.RUN_ID, "")
+    return context.tracking.run_tags(context.mlflow_run_id).get(provenance.RUN_ID, "")
