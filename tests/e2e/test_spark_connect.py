@@ -50,7 +50,9 @@ def test_training_and_scoring_run_unchanged_over_spark_connect(spark, server, tm
     trained = mlops(root, server, "run", "training", "--local", "--json", *params, "--param=max_iter=20")
     assert f"connecting to Spark Connect at {server.url}" in trained.stderr
     summary = json.loads(trained.stdout)
-    assert summary["status"] == "SUCCESS" and summary["model"]["aliases"]["champion"] == "1"
+    assert summary["status"] == "SUCCESS" and summary["stages"]["training"]["model_version"] == "1"
+    # the version it registered went through the deployment job (as the model trigger would start it): champion
+    assert "deployment job on taxi_fares version 1: SUCCESS" in trained.stderr, trained.stderr[-3000:]
     scored = json.loads(mlops(root, server, "run", "batch_scoring", "--local", "--json", *params).stdout)
     assert scored["status"] == "SUCCESS"
     trips = spark.read.format("delta").load(f"{root}/tables/raw_trips")

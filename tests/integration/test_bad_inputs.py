@@ -60,7 +60,7 @@ def test_job_parameters(lakehouse, mlops, job, params, message):
 
 CLI = [
     (["run", "scoring", "--local"], "argument job: invalid choice: 'scoring' (choose from 'training', "
-                                    "'batch_scoring', 'monitoring')"),
+                                    "'batch_scoring', 'monitoring', 'scoring_stream', 'deployment')"),
     (["run", "training", "--local", "--target", "dev"], "argument --target: not allowed with argument --local"),
     (["run", "training"], "one of the arguments --local --target is required"),
     (["data", "generate", "--rows", "0"], "argument --rows: '0' must be at least 1"),
@@ -495,7 +495,9 @@ def test_workspace_5xx(workspace, mlops):
     # deploy is idempotent: once the workspace answers again, a rerun completes it
     workspace.faults.clear()
     assert mlops("deploy", "--target", "staging")[0] == 0
-    assert len(workspace.jobs) == 3
+    from orchestrator.templates import JOBS
+
+    assert len(workspace.jobs) == len(JOBS)
 
 
 # --- the failure page's catalogue names exactly these cases -------------------------------------------------------

@@ -61,7 +61,7 @@ class Site:
     def params(self, **changes):
         values = {"start_date": START, "end_date": END, "lakehouse_root": self.lakehouse.root,
                   "mlflow_experiment": EXPERIMENT, "max_iter": "10", "execute_feature_engineering": "false",
-                  "blob_container": CONTAINER}
+                  "blob_container": CONTAINER, "execute_promotion": "true"}  # training promotes in the same run
         values.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in changes.items()})
         return values
 
