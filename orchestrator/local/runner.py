@@ -159,11 +159,14 @@ def run_local(job: str, overrides: Mapping[str, str], lakehouse: str,
         result = _run_tasks(rendered, params, lakehouse, env, started, shared)
     registered = registered_version(result)
     if registered is not None and job != DEPLOYMENT_JOB:
-        return replace(result, deployment=deploy_registered(registered, lakehouse, shared))
+        # where the version's data and registry are: the registering run's (tables by name, another experiment)
+        inherited = {k: params[k] for k in INHERITED if params.get(k)}
+        return replace(result, deployment=deploy_registered(registered, lakehouse, shared, inherited))
     return result
 
 
 DEPLOYMENT_JOB = "deployment"
+INHERITED = ("lakehouse_root", "table_schema", "mlflow_experiment", "mlflow_registry_uri", "model_name")
 
 
 def registered_version(result: RunResult) -> Optional[tuple[str, str]]:
@@ -175,14 +178,15 @@ def registered_version(result: RunResult) -> Optional[tuple[str, str]]:
     return summary.model_name, str(training.outputs["model_version"])
 
 
-def deploy_registered(registered: tuple[str, str], lakehouse: str,
-                      shared: Optional[Mapping[str, str]] = None) -> RunResult:
+def deploy_registered(registered: tuple[str, str], lakehouse: str, shared: Optional[Mapping[str, str]] = None,
+                      inherited: Optional[Mapping[str, str]] = None) -> RunResult:
     """What the deployment job's model trigger does on a workspace (a new version READY starts it with the model's
     name and the version): the local deployment job, run for the version just registered. Its outcome is its own
     run's, as on Databricks: the registering run stays a success whatever the deployment decides."""
     name, version = registered
     progress(f"model {name} version {version} registered: running the deployment job for it (as its trigger would)")
-    deployed = run_local(DEPLOYMENT_JOB, {"model_name": name, "model_version": version}, lakehouse, shared)
+    deployed = run_local(DEPLOYMENT_JOB, {**(inherited or {}), "model_name": name, "model_version": version},
+                         lakehouse, shared)
     line = f"deployment job on {name} version {version}: {deployed.status} in {deployed.seconds:.1f}s"
     summary = deployed.job_summary
     if deployed.status != "SUCCESS":
