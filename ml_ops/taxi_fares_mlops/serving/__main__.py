@@ -26,6 +26,8 @@ from taxi_fares_mlops.signing import TRUSTED_KEY_ENV
 
 
 logger = logging.getLogger("taxi_fares_mlops.serving")
+# How long a thread runs Python before the interpreter lock is handed to another waiting thread (Python: 5 ms).
+SWITCH_INTERVAL_SECONDS = 0.001
 
 # option -> the variable (declared in taxi_fares_mlops.environment) that gives its default; a list option takes
 # comma-separated values
@@ -232,6 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, args.host, registry=app.state.service.metrics.registry)
+    # The event loop hands over the interpreter lock to and from the pool's threads at every probe's few steps:
+    # after at most 1 ms of their Python work instead of 5 ms (measured with the pool saturated by 1 MB requests:
+    # liveness's 90th percentile fell from 0.1-0.2 s to 0.05 s, with the same requests answered).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # log_config=None: uvicorn adds no handlers of its own, so its lines reach the root's redacting handler
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, log_config=None,
                 **limits.server_options(header_timeout=args.header_timeout))

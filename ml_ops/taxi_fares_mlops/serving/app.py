@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import hashlib
 import json
 import logging
@@ -684,4 +685,9 @@ def _load_then_refresh(service: Service) -> None:
         service.load()
     except Exception:  # reported by /health/ready
         return
+    # What is loaded now lives as long as the process (about 200k objects the cyclic collector tracks, in the models
+    # and features): out of its reach, a full collection no longer walks them for 90 ms holding the interpreter
+    # lock, which made the probes wait behind a large request's allocations.
+    gc.collect()
+    gc.freeze()
     service.refresh_loop()
