@@ -131,7 +131,7 @@ def test_training_run_records_params_metrics_artifacts_and_model(root, client, t
 def test_registering_a_version_runs_the_deployment_job_for_it_as_its_trigger_would(root, client, trained):
     """The local runner, after the training run registered version 1: the deployment job's three tasks, each a run
     of its own, with model_name and model_version of the new version; the version is validated and promoted."""
-    runs = client.search_runs([client.get_experiment_by_name("taxi_fares").experiment_id],
+    runs = client.search_runs([trained["mlflow_experiment_id"]],
                               "tags.job = 'deployment'", order_by=["attributes.start_time ASC"])
     assert [(r.data.params["deployment_task"], r.data.params["model_version"], r.info.status) for r in runs] == [
         ("validation", "1", "FINISHED"), ("approval", "1", "FINISHED"), ("promotion", "1", "FINISHED")]
