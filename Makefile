@@ -70,9 +70,11 @@ dist: install
 	$(VENV)/bin/mlops build --dist $(DIST)
 
 # Batch-scoring throughput, its stage breakdown and driver memory at 1M and 4M rows, and on a standalone
-# cluster (prints figures; asserts nothing). BENCH_ARGS=--with-16m adds 16M rows.
+# cluster; the incremental scoring job on 1M new trips beside the batch job on the same trips; the online service
+# (prints figures; asserts nothing). BENCH_ARGS=--with-16m adds 16M rows to the batch benchmark.
 bench: install
 	$(PY) benchmarks/bench_batch_scoring.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_serving.py
 
 bench-serving: install
