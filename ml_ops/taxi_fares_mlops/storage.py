@@ -329,7 +329,9 @@ class Lakehouse:
             if skippable:
                 writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
             self._save(spark, writer, table)
-        written = self._last_metrics(spark, table, commit=commit, written="numOutputRows")["written"]
+        # A file that held rows of the range and others is rewritten: its other rows count as output, copied.
+        metrics = self._last_metrics(spark, table, commit=commit, output="numOutputRows", copied="numCopiedRows")
+        written = metrics["output"] - metrics["copied"]
         logger.info("replaced %s in table %s with %d rows", condition, table, written)
         return written
 
