@@ -1,8 +1,9 @@
 """The rules a raw trip's values must keep: one rule set for batch validation and the online service.
 
 Batch validation (``taxi_fares.schema``) evaluates each rule on Spark columns, the online service
-(``taxi_fares_mlops.serving.app``) on one request's trip: the same functions, since Spark's ``Column`` and Python's
-numbers share the comparison and arithmetic operators. Times are given as whole microseconds since the epoch in
+(``taxi_fares_mlops.serving.app``) on a request's trips as numpy arrays and, to word a refusal, on one trip's
+values: the same functions, since Spark's ``Column``, numpy's arrays and Python's numbers share the comparison and
+arithmetic operators. Times are given as whole microseconds since the epoch in
 both worlds (Spark's ``unix_micros``), so the trip-length rule is an exact duration there and here. No Spark
 import here, so an online service can use it.
 
@@ -87,3 +88,15 @@ def broken_rules(values: Mapping[str, Any]) -> list[RowRule]:
             value = plain[column]
             plain[key] = isinstance(value, float) and math.isnan(value)
     return [r for r in ROW_RULES if all(c in plain for c in r.reads) and r.breaks(plain)]
+
+
+def rows_breaking(columns: Mapping[str, Any]) -> Any:
+    """Which rows break a rule, of those whose columns ``columns`` has: one truth value per row, for columns given
+    as arrays that share the comparison and ``|`` operators (numpy's), NaN-ness of a float column under
+    ``nan_key``; None when no rule reads only the columns given. ``broken_rules`` words a row's rules."""
+    broken = None
+    for rule in ROW_RULES:
+        if all(c in columns for c in rule.reads):
+            hit = rule.breaks(columns)
+            broken = hit if broken is None else broken | hit
+    return broken

@@ -1,5 +1,7 @@
 """Validation of raw trips: every kind of bad schema and bad row, named with its column and count."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -151,3 +153,29 @@ def test_valid_rows_are_the_rows_quarantine_mode_keeps(make_trips):
 def test_valid_rows_refuse_a_schema_problem(make_trips):
     with pytest.raises(TripValidationError, match="column 'fare_amount': is missing"):
         valid_rows(make_trips([GOOD]).drop("fare_amount"))
+
+
+_DAY_US = 24 * 3600 * 10**6
+_micros = st.integers(min_value=-3 * _DAY_US, max_value=3 * _DAY_US)
+_distances = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1000.0, 1000.5]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_micros, st.one_of(_micros, st.sampled_from([_DAY_US, _DAY_US + 1, -1, 0])), _distances),
+                min_size=1, max_size=30))
+def test_rules_on_arrays_flag_exactly_the_rows_the_per_row_rules_break(rows):
+    """The online service checks a request's trips as numpy arrays (``rows_breaking``) and words a refusal row by
+    row (``broken_rules``): both must read the same rules the same way, NaN and the bounds included."""
+    import numpy as np
+
+    from taxi_fares.columns import DISTANCE, DROPOFF_TS, PICKUP_TS
+    from taxi_fares.trip_rules import broken_rules, nan_key, rows_breaking
+
+    pickup = np.array([p for p, _, _ in rows], dtype=np.int64)
+    dropoff = pickup + np.array([d for _, d, _ in rows], dtype=np.int64)
+    distance = np.array([x for _, _, x in rows], dtype=np.float64)
+    flagged = rows_breaking({PICKUP_TS: pickup, DROPOFF_TS: dropoff, DISTANCE: distance,
+                             nan_key(DISTANCE): np.isnan(distance)})
+    expected = [bool(broken_rules({PICKUP_TS: int(p), DROPOFF_TS: int(d), DISTANCE: float(x)}))
+                for p, d, x in zip(pickup, dropoff, distance)]
+    assert flagged.tolist() == expected

@@ -59,7 +59,7 @@ from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, MODEL_FEATURES
 from taxi_fares.binned_predict import predict_inputs
 from taxi_fares.online import keys_of_seconds
 from taxi_fares.outliers import OutlierScorer
-from taxi_fares.trip_rules import broken_rules
+from taxi_fares.trip_rules import broken_rules, nan_key, rows_breaking
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.serving.auth import AuthSettings, Authenticator, Caller
 from taxi_fares_mlops.serving.bundle import Bundle, load_bundle
@@ -144,6 +144,8 @@ FIELD_OF = {PICKUP_TS: "pickup_time", DROPOFF_TS: "dropoff_time", DISTANCE: "tri
 
 
 class Trip(BaseModel):
+    """A trip as a request gives it: each field's type and range. Batch validation's rules, which read several
+    fields, are checked on a request's trips at once (``Trips.breaking_rules``) and worded by ``CheckedTrip``."""
     model_config = ConfigDict(extra="forbid")
 
     pickup_time: dt.datetime
@@ -165,8 +167,14 @@ class Trip(BaseModel):
                 "dropoff_time": self.dropoff_time.replace(tzinfo=None).isoformat(),
                 "pickup_zip": self.pickup_zip, "dropoff_zip": self.dropoff_zip, "trip_distance": self.trip_distance}
 
+
+class CheckedTrip(Trip):
+    """A trip with batch validation's rules checked one by one, each broken rule worded in its 422: the request
+    model of the API's schema, and of a request whose trips did not all pass the quicker checks."""
+    model_config = ConfigDict(extra="forbid", title="Trip")
+
     @model_validator(mode="after")
-    def _valid_for_batch(self) -> "Trip":
+    def _valid_for_batch(self) -> "CheckedTrip":
         broken = broken_rules({PICKUP_TS: _micros(self.pickup_time), DROPOFF_TS: _micros(self.dropoff_time),
                                DISTANCE: self.trip_distance})
         if broken:
@@ -175,15 +183,34 @@ class Trip(BaseModel):
         return self
 
 
+class Trips(list):
+    """A request's validated trips, with the columns prediction and the rules read, as numpy arrays made once."""
+
+    def __init__(self, trips):
+        super().__init__(trips)
+        count = len(self)
+        self.pickup_us = np.fromiter((_micros(t.pickup_time) for t in self), dtype=np.int64, count=count)
+        self.dropoff_us = np.fromiter((_micros(t.dropoff_time) for t in self), dtype=np.int64, count=count)
+        self.pickup_zip = np.fromiter((t.pickup_zip for t in self), dtype=np.int64, count=count)
+        self.dropoff_zip = np.fromiter((t.dropoff_zip for t in self), dtype=np.int64, count=count)
+        self.distance = np.fromiter((t.trip_distance for t in self), dtype=np.float64, count=count)
+
+    def breaking_rules(self) -> bool:
+        """Whether any trip breaks one of batch validation's rules (read from ``taxi_fares.trip_rules`` now)."""
+        broken = rows_breaking({PICKUP_TS: self.pickup_us, DROPOFF_TS: self.dropoff_us, DISTANCE: self.distance,
+                                nan_key(DISTANCE): np.isnan(self.distance)})
+        return broken is not None and bool(np.any(broken))
+
+
 def _micros(value: dt.datetime) -> int:
     """Whole microseconds since the epoch (Spark's ``unix_micros``), the time unit of the shared rules."""
     return (value - EPOCH) // dt.timedelta(microseconds=1)
 
 
-def request_model(max_trips: int) -> type[BaseModel]:
+def request_model(max_trips: int, trip: type[Trip] = CheckedTrip) -> type[BaseModel]:
     """The predict request: 1..``max_trips`` trips (a longer list is refused before its trips are validated)."""
     return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
-                        trips=(list[Trip], Field(min_length=1, max_length=max_trips)))
+                        trips=(list[trip], Field(min_length=1, max_length=max_trips)))  # type: ignore[valid-type]
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -319,6 +346,7 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="predict",
                                        initializer=one_openmp_thread)
         self.request_model = request_model(settings.max_trips)
+        self.quick_model = request_model(settings.max_trips, Trip)
         self.inference_log: Optional[InferenceLog] = None
         if settings.inference_table:
             self.inference_log = InferenceLog(
@@ -444,25 +472,29 @@ class Service:
         drawn = int.from_bytes(digest[:8], "big") / 2 ** 64
         return CHALLENGER_VARIANT if drawn < self.settings.challenger_share else CHAMPION_VARIANT
 
-    def parse(self, body: bytes) -> list[Trip]:
-        """The trips of a predict request's body (JSON); a pydantic ValidationError for anything else."""
-        trips: list[Trip] = self.request_model.model_validate_json(body).trips  # type: ignore[attr-defined]
-        return trips
+    def parse(self, body: bytes) -> Trips:
+        """The trips of a predict request's body (JSON); a pydantic ValidationError for anything else. Each field
+        is checked by pydantic, batch validation's rules on all the trips at once; a request that fails either is
+        validated again trip by trip, so its 422 names every problem of every trip, rules included."""
+        try:
+            trips = Trips(self.quick_model.model_validate_json(body).trips)  # type: ignore[attr-defined]
+        except ValidationError:
+            trips = None
+        if trips is not None and not trips.breaking_rules():
+            return trips
+        return Trips(self.request_model.model_validate_json(body).trips)  # type: ignore[attr-defined]
 
     def predict(self, trips: list[Trip], variant: str = CHAMPION_VARIANT) -> tuple[dict, Optional[np.ndarray]]:
         # Arrays straight from the validated trips: a request's few rows cost less in numpy than in pandas frames.
-        pickup_us = np.fromiter((_micros(t.pickup_time) for t in trips), dtype=np.int64, count=len(trips))
-        dropoff_us = np.fromiter((_micros(t.dropoff_time) for t in trips), dtype=np.int64, count=len(trips))
+        trips = trips if isinstance(trips, Trips) else Trips(trips)
+        pickup_us, dropoff_us = trips.pickup_us, trips.dropoff_us
         snapshot = self.features.snapshot  # one snapshot per request, whatever a refresh swaps in meanwhile
         pickup_s, dropoff_s = pickup_us // 1_000_000, dropoff_us // 1_000_000  # rounded down, as Spark does
         outside = snapshot.outside_keys(*keys_of_seconds(pickup_s, dropoff_s), lambda i, column: getattr(
             trips[i], "pickup_time" if column == PICKUP_TS else "dropoff_time"))
         if outside:
             raise FeaturesNotHeld(outside)
-        values = snapshot.inputs.matrix(
-            pickup_s, dropoff_s, np.fromiter((t.pickup_zip for t in trips), dtype=np.int64, count=len(trips)),
-            np.fromiter((t.dropoff_zip for t in trips), dtype=np.int64, count=len(trips)),
-            np.fromiter((t.trip_distance for t in trips), dtype=np.float64, count=len(trips)))
+        values = snapshot.inputs.matrix(pickup_s, dropoff_s, trips.pickup_zip, trips.dropoff_zip, trips.distance)
         answering = self.bundle.challenger_model if variant == CHALLENGER_VARIANT else self.bundle.fare_model
         fares = predict_inputs(answering, values, MODEL_FEATURES)
         shadow = None
