@@ -4,7 +4,7 @@ Batch validation (``taxi_fares.schema``) evaluates each rule on Spark columns, t
 (``taxi_fares_mlops.serving.app``) on a request's trips as numpy arrays and, to word a refusal, on one trip's
 values: the same functions, since Spark's ``Column``, numpy's arrays and Python's numbers share the comparison and
 arithmetic operators. Times are given as whole microseconds since the epoch in
-both worlds (Spark's ``unix_micros``), so the trip-length rule is an exact duration there and here. No Spark
+every world (Spark's ``unix_micros``), so the trip-length rule is an exact duration in each. No Spark
 import here, so an online service can use it.
 
 Bounds are beyond any real taxi trip (a typo or a unit error, not an outlier): such rows are invalid, while
