@@ -325,10 +325,7 @@ class Lakehouse:
             commit = uuid.uuid4().hex  # finds this write's commit in the history, whoever committed after it
             writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
                       .option("userMetadata", commit))
-            skippable = [c for c in stats_columns or () if c in types and _skippable(types[c])]
-            if skippable:
-                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
-            self._save(spark, writer, table)
+            self._save(spark, _with_stats_columns(writer, df, stats_columns), table)
         # A file that held rows of the range and others is rewritten: its other rows count as output, copied.
         metrics = self._last_metrics(spark, table, commit=commit, output="numOutputRows", copied="numCopiedRows")
         written = metrics["output"] - metrics["copied"]
@@ -336,16 +333,17 @@ class Lakehouse:
         return written
 
     @_retried_on_conflict("append to")
-    def append_once(self, df: DataFrame, table: str, app_id: str, version: int) -> int:
+    def append_once(self, df: DataFrame, table: str, app_id: str, version: int,
+                    stats_columns: Optional[Sequence[str]] = None) -> int:
         """Append ``df`` to ``table`` unless this (``app_id``, ``version``) was appended before: Delta's idempotent
         writes (``txnAppId``/``txnVersion``; the table's log keeps each application's last version), so a
         streaming micro-batch replayed after a crash (the same batch id) changes nothing. Returns the rows
-        appended: 0 for a replay."""
+        appended: 0 for a replay. ``stats_columns``: as for ``replace_range``, for a table this append creates."""
         with self._wrapped("append to", table):
             commit = uuid.uuid4().hex
             writer = (df.write.format("delta").mode("append").option("txnAppId", app_id)
                       .option("txnVersion", int(version)).option("userMetadata", commit))
-            self._save(df.sparkSession, writer, table)
+            self._save(df.sparkSession, _with_stats_columns(writer, df, stats_columns), table)
         appended = self._last_metrics(df.sparkSession, table, commit=commit, rows="numOutputRows")["rows"]
         logger.info("appended %d rows to table %s (%s, batch %d)", appended, table, app_id, version)
         return appended
@@ -383,6 +381,16 @@ class Lakehouse:
             row = history.select("operationMetrics").first()
         metrics = (row["operationMetrics"] if row else None) or {}
         return {key: int(metrics.get(name, 0)) for key, name in names.items()}
+
+
+def _with_stats_columns(writer, df: DataFrame, stats_columns: Optional[Sequence[str]]):
+    """``writer`` with ``delta.dataSkippingStatsColumns`` set to those of ``stats_columns`` that ``df`` has and Delta
+    keeps statistics for (applied by a write that creates the table)."""
+    types = {field.name: field.dataType for field in df.schema.fields}
+    skippable = [c for c in stats_columns or () if c in types and _skippable(types[c])]
+    if skippable:
+        writer = writer.option("delta.dataSkippingStatsColumns", ",".join(_quoted_column(c) for c in skippable))
+    return writer
 
 
 def _skippable(kind) -> bool:

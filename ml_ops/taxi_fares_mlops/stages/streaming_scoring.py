@@ -192,8 +192,12 @@ def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context:
             dates = _pickup_days(validated.valid)
             if dates is not None:
                 predictions = predict_trips(spark, config, context, model, validated.valid, dates)
-                with session_conf(spark, SCORING_CONF):
-                    counts["rows"] = context.lakehouse.append_once(predictions, table, writer_id, batch_id)
+                # on the micro-batch's own session (Spark runs each on a copy of the job's): set on the job's,
+                # the model was called on Spark's default 10k-row batches instead of batch scoring's
+                with session_conf(predictions.sparkSession, SCORING_CONF):
+                    counts["rows"] = context.lakehouse.append_once(
+                        predictions, table, writer_id, batch_id,
+                        stats_columns=[*validated.valid.columns, "prediction", "scored_at"])  # as batch scoring
                 crash_point("streaming_scoring.after_predictions_append")
                 if not counts["rows"]:
                     counts["replayed"] = 1
