@@ -97,6 +97,9 @@ def latest_rows(features: pd.DataFrame, since: Any) -> pd.DataFrame:
     return pd.concat([last, recent]).sort_values([ZIP, TS]).reset_index(drop=True)
 
 
+NANOS_PER_SECOND = 1_000_000_000
+
+
 def lookup_keys(trips: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each trip's pickup and dropoff lookup keys, as UTC nanoseconds since the epoch: its pickup time rounded down
     to the 15-minute grid, its dropoff time to the 30-minute grid (the keys ``model_inputs`` looks up)."""
@@ -105,9 +108,8 @@ def lookup_keys(trips: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def keys_of_seconds(pickup_s: np.ndarray, dropoff_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``lookup_keys`` of times given as whole UTC seconds since the epoch (rounded down)."""
-    second = 1_000_000_000
-    return (pickup_s // PICKUP_SLIDE_SECONDS * PICKUP_SLIDE_SECONDS * second,
-            dropoff_s // DROPOFF_WINDOW_SECONDS * DROPOFF_WINDOW_SECONDS * second)
+    return (pickup_s // PICKUP_SLIDE_SECONDS * PICKUP_SLIDE_SECONDS * NANOS_PER_SECOND,
+            dropoff_s // DROPOFF_WINDOW_SECONDS * DROPOFF_WINDOW_SECONDS * NANOS_PER_SECOND)
 
 
 def _as_double(values: pd.Series) -> np.ndarray:
@@ -117,32 +119,44 @@ def _as_double(values: pd.Series) -> np.ndarray:
 
 
 class FeatureLookup:
-    """One table's feature rows arranged for the as-of rule without a merge: per zip, the sorted row times (UTC
-    nanoseconds) and the feature values. ``model_inputs`` merges with pandas, which costs milliseconds however
-    few the trips; this answers a request's few trips with one binary search each, and gives the same values."""
+    """One table's feature rows arranged for the as-of rule without a merge: ``model_inputs`` merges with pandas,
+    which costs milliseconds however few the trips; this answers all of a request's trips with one binary search.
+
+    Each row gets one sortable key: its zip's position among the table's zips times the table's span of seconds,
+    plus its time in whole seconds after the first row's, rounded up (a lookup key is a whole second, and a row is
+    at or before a whole second exactly when its time rounded up to seconds is). Rows sorted by that key hold each
+    zip's rows together, by time; a trip's latest row is the last one at or before its own key, if it is of its zip.
+    """
 
     def __init__(self, features: pd.DataFrame, columns: Sequence[str]):
-        rows = prepare(features)
+        rows = prepare(features)  # sorted by time: a stable sort by the key keeps equal seconds in time order
         self.columns = tuple(columns)
         values = np.column_stack([_as_double(rows[c]) for c in columns]) if len(rows) else \
             np.empty((0, len(columns)))
-        times = rows[TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        nanos = rows[TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        seconds = -(-nanos // NANOS_PER_SECOND)
         zips = rows[ZIP].to_numpy(dtype=np.int64)
-        self.by_zip = {}
-        for z in np.unique(zips):
-            mine = np.flatnonzero(zips == z)  # rows are sorted by time, so each zip's rows are too
-            self.by_zip[int(z)] = (times[mine], values[mine])
+        self.zips = np.unique(zips)
+        self.first = int(seconds.min()) if len(seconds) else 0
+        self.span = int(seconds.max()) - self.first + 1 if len(seconds) else 1
+        position = np.searchsorted(self.zips, zips)
+        keys = position * self.span + (seconds - self.first)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.row_zip, self.values = keys[order], position[order], values[order]
 
     def lookup(self, zips: np.ndarray, keys_ns: np.ndarray) -> np.ndarray:
-        """The latest row at or before each key, of the key's zip; NaN rows where there is none."""
+        """The latest row at or before each key (whole seconds, in nanoseconds), of the key's zip; NaN rows where
+        there is none."""
         out = np.full((len(zips), len(self.columns)), np.nan)
-        for i, (z, key) in enumerate(zip(zips.tolist(), keys_ns.tolist())):
-            entry = self.by_zip.get(z)
-            if entry is None:
-                continue
-            j = int(np.searchsorted(entry[0], key, side="right")) - 1
-            if j >= 0:
-                out[i] = entry[1][j]
+        if not len(self.keys):
+            return out
+        position = np.searchsorted(self.zips, zips)
+        known = self.zips[np.minimum(position, len(self.zips) - 1)] == zips
+        # before the first row: the slot before the zip's (another zip's, or none); after the last: the zip's last
+        offset = np.clip(np.asarray(keys_ns, dtype=np.int64) // NANOS_PER_SECOND - self.first, -1, self.span - 1)
+        at = np.searchsorted(self.keys, position * self.span + offset, side="right") - 1
+        found = known & (at >= 0) & (self.row_zip[np.maximum(at, 0)] == position)
+        out[found] = self.values[at[found]]
         return out
 
 

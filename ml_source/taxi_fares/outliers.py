@@ -42,7 +42,8 @@ class OutlierScorer:
     every tree at once, one level per numpy step (isolation trees are at most ``ceil(log2(max_samples))`` deep:
     8 for 256 samples), with the tree's own test (``x <= threshold``, x as float32 as scikit-learn casts it,
     leaves keeping their node); for more rows it calls each tree's ``apply``. The depths are then summed tree by
-    tree and the arithmetic is scikit-learn's, in its order, so the scores are identical (a test compares them,
+    tree (one running sum down a trees-by-rows array, not a numpy step per tree) and the arithmetic is
+    scikit-learn's, in its order, so the scores are identical (a test compares them,
     on values at and beside every threshold). Flags follow ``predict``: an
     outlier scores below ``offset_``.
     """
@@ -86,13 +87,15 @@ class OutlierScorer:
 
     def score_samples(self, X: Any) -> np.ndarray:
         rows = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-        depths = np.zeros(int(rows.shape[0]), order="F")
         if rows.shape[0] <= FLAT_WALK_ROWS:
-            for reached in self.leaf_depth[self.leaves(rows)]:  # tree by tree, in scikit-learn's order
-                depths += reached
+            leaves = self.leaves(rows)
         else:  # many rows: each tree's own apply costs less than walking them all level by level
-            for tree, root in zip(self.trees, self.roots):
-                depths += self.leaf_depth[tree.apply(rows) + root]
+            leaves = np.empty((len(self.trees), rows.shape[0]), dtype=np.intp)
+            for index, tree in enumerate(self.trees):
+                leaves[index] = tree.apply(rows)
+            leaves += self.roots[:, None]
+        # summed tree by tree, in scikit-learn's order: a running sum down the trees, not numpy's pairwise sum
+        depths = np.cumsum(self.leaf_depth[leaves], axis=0)[-1] if len(self.trees) else np.zeros(rows.shape[0])
         scores = 2 ** (-np.divide(depths, self.denominator, out=np.ones_like(depths),
                                   where=self.denominator != 0))
         return -scores

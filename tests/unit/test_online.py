@@ -69,3 +69,38 @@ def test_trips_without_a_needed_column_are_refused():
     with pytest.raises(ValueError, match=r"trips are missing column\(s\) \['trip_distance'\]"):
         model_inputs(pd.DataFrame({"tpep_pickup_datetime": [], "tpep_dropoff_datetime": [], "pickup_zip": [],
                                    "dropoff_zip": []}), pd.DataFrame(), pd.DataFrame())
+
+
+def test_one_binary_search_finds_the_row_a_scan_of_the_rows_finds():
+    """The request path's lookup (one binary search for all trips) against a scan: zips the table lacks, keys before
+    a zip's first row and after its last, keys on a row's second, rows at fractions of a second, equal times."""
+    from taxi_fares.columns import TS, ZIP
+    from taxi_fares.online import NANOS_PER_SECOND, FeatureLookup, prepare
+
+    rng = np.random.default_rng(3)
+    base = pd.Timestamp("2016-01-04")
+    seconds = rng.integers(0, 3 * 86400, 400)
+    seconds[:40] = seconds[40:80]  # equal times
+    features = pd.DataFrame({
+        ZIP: rng.choice([10001, 10002, 10003, 20000], 400),
+        TS: base + pd.to_timedelta(seconds * NANOS_PER_SECOND + rng.choice([0, 0, 1, NANOS_PER_SECOND - 1], 400),
+                                   unit="ns"),
+        "a": rng.normal(size=400), "b": rng.normal(size=400)})
+    lookup = FeatureLookup(features, ["a", "b"])
+    rows = prepare(features)
+    row_ns = rows[TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    zips = rng.choice([10001, 10002, 10003, 20000, 5, 99999], 3000)
+    keys = (base.value + rng.integers(-86400, 4 * 86400, 3000) * NANOS_PER_SECOND).astype(np.int64)
+    keys[:400] = -(-row_ns // NANOS_PER_SECOND) * NANOS_PER_SECOND  # each row's own second
+    zips[:400] = rows[ZIP].to_numpy()
+    expected = np.full((3000, 2), np.nan)
+    for i, (z, key) in enumerate(zip(zips, keys)):
+        earlier = np.flatnonzero((rows[ZIP].to_numpy() == z) & (row_ns <= key))
+        if len(earlier):
+            expected[i] = rows.loc[earlier[-1], ["a", "b"]].to_numpy(dtype=float)
+    got = lookup.lookup(zips, keys)
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(lookup.lookup(np.array([10001]), np.array([0]))).all()  # 1970: before every row
+    empty = FeatureLookup(features.iloc[:0], ["a", "b"])
+    assert np.isnan(empty.lookup(zips[:5], keys[:5])).all()
