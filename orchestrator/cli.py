@@ -102,6 +102,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
     from orchestrator.registry import use_registry, workspace_identity
     from taxi_fares_mlops.errors import RegistryError
+    from taxi_fares_mlops.online_traffic import describe_comparison
     from taxi_fares_mlops.tracking import Registry
 
     if not (args.model or args.target):
@@ -119,8 +120,13 @@ def cmd_approve(args: argparse.Namespace) -> int:
     approver = (workspace_identity(args.target, getattr(args, "host", None)) if args.target
                 else environment.APPROVER.get() or getpass.getuser())
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    registry = Registry(model)
     try:
-        fare = Registry(model).approve(args.version, approver, when)
+        # what the version did online against the champion (recorded by monitoring of the inference table): shown
+        # before the approval is recorded, so the approver sees the evidence it approves on
+        tags = registry.version_tags(registry.by_version(args.version).version)
+        progress(f"model {model} version {args.version}: {describe_comparison(tags)}")
+        fare = registry.approve(args.version, approver, when)
     except RegistryError as exc:
         raise UsageError(str(exc)) from exc
     if Registry(model).aliases().get("champion") == fare.version:

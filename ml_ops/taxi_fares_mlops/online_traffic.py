@@ -83,13 +83,22 @@ def online_scored(spark: SparkSession, lakehouse: Lakehouse, model_version: str,
 
 
 def compare_variants(spark: SparkSession, lakehouse: Lakehouse, since: Optional[dt.datetime] = None,
-                     requests: Optional[DataFrame] = None) -> list[dict]:
+                     requests: Optional[DataFrame] = None, start: Optional[dt.datetime] = None,
+                     end: Optional[dt.datetime] = None, model_name: Optional[str] = None) -> list[dict]:
     """Per variant and version: trips scored, trips whose fare arrived, rmse, mae, mean prediction; written to
-    ``variant_comparison`` (appended, one set per comparison, stamped with its time) and returned."""
+    ``variant_comparison`` (appended, one set per comparison, stamped with its time) and returned. ``since``: the
+    requests answered from then on; ``start``/``end``: the trips picked up in [start, end) (a monitoring window);
+    ``model_name``: only that model's answers (``served_entity_id`` ``<model>/<version>``)."""
     requests = requests if requests is not None else lakehouse.read(spark, INFERENCE_REQUESTS)
     if since is not None:
         requests = requests.filter(F.col("request_time") >= F.lit(since))
+    if model_name is not None:
+        requests = requests.filter(F.col("served_entity_id").startswith(f"{model_name}/"))
     scored = inference_predictions(spark, requests)
+    if start is not None:
+        scored = scored.filter(F.col(PICKUP_TS) >= F.lit(start))
+    if end is not None:
+        scored = scored.filter(F.col(PICKUP_TS) < F.lit(end))
     joined = scored.join(_fares(spark, lakehouse), on=list(KEYS), how="left")
     error = F.col(PREDICTION) - F.col(FARE)
     summary = (joined.groupBy("variant", "model_version").agg(
@@ -115,3 +124,56 @@ def log_comparison(rows: list[dict], experiment: str) -> str:
             prefix = f"{row['variant']}_v{row['model_version']}"
             mlflow.log_metrics({f"{prefix}_{k}": float(row[k]) for k in FIGURES if row[k] is not None})
     return run.info.run_id
+
+
+# The tags a compared version carries in the registry (the approval step and `mlops approve` show them): its own
+# figures and the champion's of the same comparison.
+ONLINE_TAG_PREFIX = "online."
+
+
+def comparison_tags(rows: list[dict], champion_version: Optional[str]) -> dict[str, dict[str, str]]:
+    """Version -> the registry tags recording its latest online comparison against ``champion_version``, for each
+    version a comparison's ``rows`` (``compare_variants``) show answering as challenger or in shadow."""
+    champion = next((r for r in rows if r["variant"] == "champion" and str(r["model_version"]) == str(
+        champion_version)), None)
+    tags: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if row["variant"] == "champion" or str(row["model_version"]) == str(champion_version):
+            continue
+        # every key, each time: a comparison without the champion must not leave an earlier one's figures
+        recorded = {"variant": row["variant"], "compared_at": _text(row.get("compared_at")),
+                    **{figure: _text(row.get(figure)) for figure in FIGURES},
+                    "champion_version": str(champion["model_version"]) if champion is not None else "none",
+                    **{f"champion_{figure}": _text(champion.get(figure) if champion is not None else None)
+                       for figure in FIGURES}}
+        tags[str(row["model_version"])] = {ONLINE_TAG_PREFIX + k: v for k, v in recorded.items()}
+    return tags
+
+
+NO_ONLINE_COMPARISON = ("no online comparison recorded yet (serve it beside the champion: `mlops serving package "
+                        "--with-challenger`, shadow or A/B; the monitoring job on inference_requests records one)")
+
+
+def describe_comparison(tags: dict[str, str]) -> str:
+    """One line a person reads before approving, from a version's tags (``NO_ONLINE_COMPARISON`` without)."""
+    if ONLINE_TAG_PREFIX + "rmse" not in tags:
+        return NO_ONLINE_COMPARISON
+    line = (f"online ({tags.get('online.variant')}, compared {tags.get('online.compared_at')}): rmse "
+            f"{tags.get('online.rmse')} on {tags.get('online.trips_with_fare')} trips with a fare of "
+            f"{tags.get('online.trips')} scored")
+    if tags.get("online.champion_version", "none") != "none":
+        line += (f"; champion version {tags['online.champion_version']}: rmse {tags.get('online.champion_rmse')} on "
+                 f"{tags.get('online.champion_trips_with_fare')} of {tags.get('online.champion_trips')}")
+    else:
+        line += "; the champion answered none of that traffic"
+    return line
+
+
+def _text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)

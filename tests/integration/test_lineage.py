@@ -252,14 +252,24 @@ def test_the_deployment_job_judges_holds_and_promotes_the_version_it_was_started
         _deploy(spark, lakehouse, "approval")
     assert (f"model '{MODEL}' version 1 waits for approval (tag approval=approved): approve it with `mlops approve "
             f"--model {MODEL} --version 1`") in str(held.value)
+    assert "no online comparison recorded yet" in str(held.value)
     tags = client.get_model_version(MODEL, "1").tags
     assert (tags["approval.status"], tags["approval.judged_against"]) == ("PENDING", "none")
+    # what the monitoring of online traffic records on a version served in shadow; `mlops approve` shows it
+    from taxi_fares_mlops.online_traffic import comparison_tags
+
+    compared = [{"variant": "shadow", "model_version": "1", "trips": 50, "trips_with_fare": 40, "rmse": 2.5,
+                 "mae": 1.9, "mean_prediction": 14.2, "compared_at": "2016-02-02T10:00:00"}]
+    for key, value in comparison_tags(compared, None)["1"].items():
+        client.set_model_version_tag(MODEL, "1", key, value)
     with pytest.raises(StageError, match="version 1 is not approved"):  # the promotion step alone: refused
         _deploy(spark, lakehouse, "promotion")
     assert "champion" not in client.get_registered_model(MODEL).aliases
 
     code, out, err = mlops("approve", "--model", MODEL, "--version", "1")
     assert code == 0, err
+    assert ("online (shadow, compared 2016-02-02T10:00:00): rmse 2.5000 on 40 trips with a fare of 50 scored"
+            in err), err
     tags = client.get_model_version(MODEL, "1").tags
     assert (tags["approval"], tags["approval.status"]) == ("approved", "APPROVED")
     assert "champion" not in client.get_registered_model(MODEL).aliases  # the deployment's promotion decides

@@ -222,6 +222,11 @@ def test_online_traffic_is_monitored_from_the_inference_table_as_batch_predictio
     monitored = summary["stages"]["monitoring"]
     assert monitored["rows"] == answered
     assert monitored["monitoring_status"] in ("OK", "DRIFT") and monitored["performance"]["rmse"] > 0
+    # the comparison the approval step reads: here the champion alone answered, all of it
+    [compared] = monitored["variant_comparison"]
+    assert (compared["variant"], compared["trips"]) == ("champion", answered)
+    metrics = MlflowClient().get_run(summary["mlflow_run_id"]).data.metrics
+    assert metrics[f"comparison.champion_v{monitored['model_version']}.trips"] == answered
     shaped = trips_lakehouse.read(spark, "inference_requests_drift_metrics").filter(
         F.col("mlflow_run_id") == summary["mlflow_run_id"])
     assert shaped.count() > 0

@@ -11,7 +11,8 @@ import pytest
 
 from fakes.serving import build_bundle, call_asgi, loaded_app, sample_trips
 from taxi_fares.columns import DISTANCE, DROPOFF_TS, DROPOFF_ZIP, FARE, PICKUP_TS, PICKUP_ZIP
-from taxi_fares_mlops.online_traffic import compare_variants, inference_predictions
+from taxi_fares_mlops.online_traffic import (compare_variants, comparison_tags, describe_comparison,
+                                             inference_predictions)
 from taxi_fares_mlops.serving.app import Settings
 from taxi_fares_mlops.storage import INFERENCE_REQUESTS, RAW_TRIPS, VARIANT_COMPARISON
 
@@ -60,8 +61,27 @@ def test_the_variants_errors_side_by_side_equal_the_answers_against_the_fares(sp
     assert compared["shadow"]["mean_prediction"] > compared["champion"]["mean_prediction"]  # trained on +20% fares
     written = lakehouse.read(spark, VARIANT_COMPARISON).toPandas()
     assert sorted(written["variant"]) == ["champion", "shadow"] and written["compared_at"].notna().all()
-    # nothing since the future
+    # nothing since the future, nor picked up in a window without these trips
     assert compare_variants(spark, lakehouse, since=dt.datetime(2100, 1, 1)) == []
+    assert compare_variants(spark, lakehouse, start=dt.datetime(2016, 6, 1), end=dt.datetime(2016, 7, 1)) == []
+    # what the approval step and `mlops approve` show: the shadow version's figures beside the champion's
+    tags = comparison_tags(list(compared.values()), "1")
+    assert list(tags) == ["2"]
+    assert tags["2"]["online.variant"] == "shadow" and tags["2"]["online.champion_version"] == "1"
+    assert tags["2"]["online.rmse"] == f"{compared['shadow']['rmse']:.4f}"
+    assert tags["2"]["online.champion_rmse"] == f"{compared['champion']['rmse']:.4f}"
+    assert tags["2"]["online.trips_with_fare"] == str(len(arrived))
+    line = describe_comparison(tags["2"])
+    assert f"rmse {compared['shadow']['rmse']:.4f} on {len(arrived)} trips with a fare" in line
+    assert f"champion version 1: rmse {compared['champion']['rmse']:.4f}" in line
+    assert describe_comparison({}).startswith("no online comparison recorded yet")
+    assert comparison_tags(list(compared.values()), "2") == {}
+    # without the champion's row, its figures are written as none (never left from an earlier comparison)
+    alone = comparison_tags([compared["shadow"]], "1")["2"]
+    assert (alone["online.champion_version"], alone["online.champion_rmse"]) == ("none", "none")
+    assert "the champion answered none of that traffic" in describe_comparison(alone)
+    # another model's answers in the same table are not this model's
+    assert compare_variants(spark, lakehouse, model_name="another_model") == []
     # the operator's command: the same figures, printed, appended and logged to MLflow
     from orchestrator.cli import main as mlops_main
 

@@ -9,7 +9,9 @@ The approval step follows Databricks' deployment-job example: it passes once the
 is the task's name (``approval``) and whose value is ``approved``. Until then it records the hold on the version
 (``approval.status`` PENDING, the champion it waits against) and fails the task: an operator approves with
 ``mlops approve --model M --version N`` (which sets the tag) and repairs the run, whose promotion step then judges
-and promotes. With ``require_approval`` false it passes at once.
+and promotes. With ``require_approval`` false it passes at once. Both the hold and the pass name what the version
+did online against the champion, when the monitoring job on the inference table recorded it (its ``online.*``
+tags: a shadow or A/B comparison), so the person approving sees it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from taxi_fares_mlops import provenance
 from taxi_fares_mlops.config import (APPROVAL, CHAMPION, TRAINING_PARAMETERS, DeploymentConfig, TrainingConfig,
                                      known)
 from taxi_fares_mlops.errors import RegistryError
+from taxi_fares_mlops.online_traffic import describe_comparison
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.tracking import (APPROVAL_TAG, APPROVAL_TASK, APPROVED_VALUE, HELD_BY_DEPLOYMENT_TAG,
                                        JUDGED_AGAINST_TAG, NO_CHAMPION, PENDING, Tracking, read_lineage)
@@ -59,17 +62,19 @@ def approval(spark: SparkSession, config: TrainingConfig, context: StageContext)
     version = str(config.deployed_version)
     if not config.require_approval:
         return {"approval": NOT_REQUIRED, "model_version": version}
+    # what the version did online against the champion, as the monitoring of online traffic recorded it
+    online = describe_comparison(registry.version_tags(version))
     if registry.is_approved(version):
-        logger.info("approval: model %s version %s carries %s=%s", config.model_name, version, APPROVAL_TASK,
-                    APPROVED_VALUE)
-        return {"approval": APPROVED, "model_version": version}
+        logger.info("approval: model %s version %s carries %s=%s; %s", config.model_name, version, APPROVAL_TASK,
+                    APPROVED_VALUE, online)
+        return {"approval": APPROVED, "model_version": version, "online": online}
     champion = registry.aliases().get(CHAMPION) or NO_CHAMPION
     registry.set_version_tags(version, {JUDGED_AGAINST_TAG: champion, APPROVAL_TAG: PENDING,
                                         HELD_BY_DEPLOYMENT_TAG: known(config_run_id(context)) or "local"})
     raise RegistryError(f"model '{config.model_name}' version {version} waits for approval (tag "
                         f"{APPROVAL_TASK}={APPROVED_VALUE}): approve it with `mlops approve --model "
                         f"{config.model_name} --version {version}`, then repair this run (its promotion step "
-                        f"judges and promotes it)")
+                        f"judges and promotes it); {online}")
 
 
 def config_run_id(context: StageContext) -> str:

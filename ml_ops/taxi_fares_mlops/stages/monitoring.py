@@ -14,6 +14,11 @@ window's rows of ``<table>_drift_metrics`` and ``<table>_profile_metrics`` (Data
 ``taxi_fares.profile_tables``), and the run logs ``monitoring/drift_report.html`` (``drift_report``), drawn from
 the same counts: the stage's output ``drift_report`` is its artifact URI.
 
+With ``monitored_source=inference_requests`` it reads the online service's inference table instead, and also
+compares the served variants over the range (``online_traffic.compare_variants``: ``variant_comparison``, the
+run's ``comparison.*`` metrics, and each challenger's figures on its version's ``online.*`` tags, which the
+deployment job's approval step names).
+
 Drift is judged by the drift model registered with the model version (``<model>_drift``: the training profile
 and the rule of ``taxi_fares.drift_detector``, with this run's thresholds); the outlier detector registered with
 it (``<model>_outliers``) flags trips, and their share goes to ``outlier_metrics``. Both are linked to the fare
@@ -28,6 +33,7 @@ else ``OK``.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import tempfile
 from pathlib import Path
@@ -42,14 +48,14 @@ from taxi_fares.model import spark_regression_metrics
 from taxi_fares.outliers import OUTLIER
 from taxi_fares.schema import PICKUP_TS
 from taxi_fares_mlops import drift_report, telemetry
-from taxi_fares_mlops.config import MONITORING, MonitoringConfig, ScoringConfig
+from taxi_fares_mlops.config import CHAMPION, MONITORING, MonitoringConfig, ScoringConfig
 from taxi_fares_mlops.datasets import with_features
 from taxi_fares_mlops.errors import DataError, RegistryError
-from taxi_fares_mlops.online_traffic import online_scored
+from taxi_fares_mlops.online_traffic import FIGURES, compare_variants, comparison_tags, online_scored
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.stages.batch_scoring import predictions_table
 from taxi_fares_mlops.storage import (DRIFT_METRICS, DRIFT_METRICS_SUFFIX, INFERENCE_REQUESTS, OUTLIER_METRICS,
-                                      PERFORMANCE_METRICS, PROFILE_METRICS_SUFFIX)
+                                      PERFORMANCE_METRICS, PROFILE_METRICS_SUFFIX, VARIANT_COMPARISON)
 from taxi_fares_mlops.tracking import DRIFT as DRIFT_MODEL, REFERENCE_PROFILE
 
 logger = logging.getLogger(__name__)
@@ -65,7 +71,8 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     judge = _drift_detector(context, registry, model).with_thresholds(config.psi_threshold, config.ks_threshold)
     start, end = config.time_range
     table, _, _ = predictions_table(registry, model)
-    if getattr(config, "monitored_source", "predictions") == INFERENCE_REQUESTS:
+    online = getattr(config, "monitored_source", "predictions") == INFERENCE_REQUESTS
+    if online:
         # online traffic, monitored as batch predictions are: the trips this version answered, with their fares
         if not context.lakehouse.exists(spark, INFERENCE_REQUESTS):
             raise DataError(f"table '{INFERENCE_REQUESTS}' does not exist: serve with an inference table "
@@ -81,9 +88,32 @@ def monitoring(spark: SparkSession, config: Union[ScoringConfig, MonitoringConfi
     current = (with_features(spark, context.lakehouse, config, scored)
                .select(*model_input_columns(), "prediction", F.col(LABEL).cast("double").alias(LABEL)).cache())
     try:
-        return _judge(spark, config, context, model, judge, current, table)
+        outputs = _judge(spark, config, context, model, judge, current, table)
     finally:
         current.unpersist()
+    if online:
+        outputs["variant_comparison"] = _compare_variants(spark, context, registry, start, end)
+    return outputs
+
+
+def _compare_variants(spark, context: StageContext, registry, start, end) -> list[dict]:
+    """The served variants' errors side by side over the window's online traffic (``variant_comparison`` and the
+    run's metrics ``comparison.<variant>_v<version>.<figure>``), and each compared challenger's figures on its
+    version's tags (``online.*``), where the approval step and ``mlops approve`` show them."""
+    with telemetry.span("compare the served variants"):
+        rows = compare_variants(spark, context.lakehouse, start=start, end=end, model_name=registry.name)
+    if rows:
+        context.wrote(VARIANT_COMPARISON)
+    context.tracking.log_metrics({f"comparison.{row['variant']}_v{row['model_version']}.{figure}": float(row[figure])
+                                  for row in rows for figure in FIGURES if row[figure] is not None})
+    for version, tags in comparison_tags(rows, registry.aliases().get(CHAMPION)).items():
+        try:
+            registry.by_version(int(version))
+        except (RegistryError, ValueError) as exc:  # answers of a version the registry no longer holds
+            logger.warning("online comparison: version %s of model %s not tagged: %s", version, registry.name, exc)
+            continue
+        registry.set_version_tags(version, tags)
+    return [{k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()} for row in rows]
 
 
 def _drift_detector(context: StageContext, registry, model) -> drift.DriftDetector:
