@@ -64,7 +64,9 @@ def main(argv=None) -> int:
     lakehouse = Lakehouse(str(home))
     stream_changes = {} if args.max_files_per_trigger is None else {
         "max_files_per_trigger": str(args.max_files_per_trigger)}
-    stream = config(ScoringStreamConfig, SCORING_STREAM_PARAMETERS, home, **stream_changes)
+    # scoring beside scoring: both jobs find the features computed over the range first
+    stream = config(ScoringStreamConfig, SCORING_STREAM_PARAMETERS, home, execute_feature_engineering="false",
+                    **stream_changes)
 
     def features(start: str, end: str) -> None:
         run_job(config(ScoringConfig, SCORING_PARAMETERS, home, start_date=start, end_date=end,

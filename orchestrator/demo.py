@@ -9,8 +9,8 @@
    trip ``raw_trips`` holds.
 5. Run the batch-scoring job on February with the champion, publishing to a local Azurite Blob endpoint (it
    replaces the range's rows the stream wrote, with the same predictions).
-6. A March whose trip distances drifted (x1.5) lands in ``raw_trips``; its features are computed, and the
-   incremental scoring job's second run scores only those new trips.
+6. A March whose trip distances drifted (x1.5) lands in ``raw_trips``; the incremental scoring job's second run
+   computes the feature windows of those new trips and scores only them.
 7. The monitoring job on March: monitoring reports DRIFT, and the job's run-job task starts the training job,
    whose deployment job decides on the retrained model.
 8. The champion packaged (a signed serving bundle), served on loopback by the online service with its inference
@@ -122,8 +122,8 @@ def _set_aside_stream_progress(root: str) -> None:
 def _streamed(summary: JobSummary) -> str:
     out = summary.stages["streaming_scoring"].outputs
     return (f"{out['rows']:,} trips scored in {out['micro_batches']} micro-batch(es) by {out['model_name']} "
-            f"version {out['model_version']}, {out['quarantined']:,} quarantined; progress kept in "
-            f"{out['checkpoint']}")
+            f"version {out['model_version']}, {out['quarantined']:,} quarantined, {out['feature_rows_merged']:,} "
+            f"feature rows merged; progress kept in {out['checkpoint']}")
 
 
 def _steps(root: str, rows: int, seed: int, shared: dict) -> tuple[JobSummary, JobSummary, JobSummary]:
@@ -166,12 +166,11 @@ def _steps(root: str, rows: int, seed: int, shared: dict) -> tuple[JobSummary, J
     print(f"published {published.get('rows')} rows in {published.get('files')} Parquet part(s): container "
           f"{published.get('container')}, {published.get('manifest')}")
 
-    _banner("6/8 a drifted March (trip distances x1.5) lands in raw_trips; its features, then the incremental "
-            "scoring job's second run: only the new trips")
+    _banner("6/8 a drifted March (trip distances x1.5) lands in raw_trips; the incremental scoring job's second "
+            "run computes its features and scores only the new trips")
     drifted = generate_trips(spark, rows // 2, *DRIFTED, seed=seed + 1, shift={"trip_distance": 1.5})
     offset = rows  # the first step's trip ids are 0..rows-1
     Lakehouse(root).write(drifted.withColumn("trip_id", drifted["trip_id"] + offset), RAW_TRIPS, mode="append")
-    _run("batch_scoring", root, shared, start_date=DRIFTED[0], end_date=DRIFTED[1], execute_batch_scoring="false")
     print(_streamed(_run("scoring_stream", root, shared)))
 
     _banner("7/8 monitoring job on March, which retrains on drift")

@@ -58,7 +58,7 @@ def _bool(text: str) -> bool:
     raise _Invalid(f"'{text}' is not 'true' or 'false'")
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -66,6 +66,8 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise _Invalid(f"'{text}' is not a whole number") from None
         if value < minimum:
             raise _Invalid(f"{value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise _Invalid(f"{value} is above the maximum {maximum:,}")
         return value
     return parse
 
@@ -296,13 +298,16 @@ MONITORING_PARAMETERS = COMMON + (_toggle("execute_monitoring", "Run monitoring"
     )
 
 # The incremental scoring job has no date range: each run scores the trips committed to raw_trips since the last.
-_NO_RANGE = ("start_date", "end_date", "execute_feature_engineering")
+_NO_RANGE = ("start_date", "end_date")
 SCORING_STREAM_PARAMETERS = tuple(p for p in COMMON if p.name not in _NO_RANGE) + MODEL_CHOICE + (
     Parameter("trigger_mode", _choice(*TRIGGER_MODES), AVAILABLE_NOW,
               "available_now: score what arrived and stop; continuous: keep scoring every processing interval",
               TRIGGER_MODES),
     Parameter("processing_interval_seconds", _int(1), "60", "Seconds between micro-batches (continuous mode)"),
     Parameter("max_files_per_trigger", _int(1), "1000", "Files of raw_trips read per micro-batch at most"),
+    Parameter("feature_watermark_hours", _int(1, 87_600), "168",
+              "How late a trip may arrive and still update its feature windows: hours before the newest feature "
+              "row held (later trips are scored with the features held)"),
 )
 
 # The deployment job judges one registered version: the one that triggered it (job parameters model_name and
@@ -655,15 +660,17 @@ class MonitoringConfig(JobConfig):
 @dataclass(frozen=True)
 class ScoringStreamConfig(JobConfig):
     """The incremental scoring job: the trips committed to ``raw_trips`` since its last run (a Delta stream and
-    its checkpoint), scored by the model the alias or version names. ``start_date``/``end_date`` are None: the
-    job has no range; ``target`` is the deployment target whose policy the run carries (``local`` without one),
-    recorded with the checkpoint so that another target's is refused."""
+    its checkpoint), their feature windows recomputed (``execute_feature_engineering``), scored by the model the
+    alias or version names. ``start_date``/``end_date`` are None: the job has no range; ``target`` is the
+    deployment target whose policy the run carries (``local`` without one), recorded with the checkpoint so that
+    another target's is refused."""
 
     model_alias: str
     model_version: Optional[int]
     trigger_mode: str
     processing_interval_seconds: int
     max_files_per_trigger: int
+    feature_watermark_hours: int
 
     job: str = field(init=False, default=SCORING_STREAM_JOB)
     target: str = field(init=False, default=EMBEDDED_TARGET)
@@ -695,8 +702,7 @@ class ScoringStreamConfig(JobConfig):
 
     @classmethod
     def _from_values(cls, values, problems):
-        return cls(**{name: None for name in ("start_date", "end_date")}, execute_feature_engineering=False,
-                   **values)
+        return cls(**{name: None for name in ("start_date", "end_date")}, **values)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,7 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
     """
     start, end = config.time_range
     if with_lookback:
-        rows = (in_range(F.col(PICKUP_TS), start - dt.timedelta(seconds=PICKUP_WINDOW_SECONDS), end)
-                | in_range(F.col(DROPOFF_TS), start - dt.timedelta(seconds=DROPOFF_WINDOW_SECONDS), end))
+        rows = feature_window_trips(start, end)
     else:
         rows = in_range(F.col(PICKUP_TS), start, end)
     rows = rows | F.col(PICKUP_TS).isNull()
@@ -49,6 +48,13 @@ def validated_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig
     for violation in result.violations:
         logger.warning("quarantining invalid trips: %s", violation.message())
     return result
+
+
+def feature_window_trips(start: dt.datetime, end: dt.datetime):
+    """The trips the feature windows ending in [start, end) hold: picked up from one pickup window before
+    ``start``, or dropped off from one dropoff window before it, until ``end`` (a filter on raw_trips)."""
+    return (in_range(F.col(PICKUP_TS), start - dt.timedelta(seconds=PICKUP_WINDOW_SECONDS), end)
+            | in_range(F.col(DROPOFF_TS), start - dt.timedelta(seconds=DROPOFF_WINDOW_SECONDS), end))
 
 
 def valid_trips(spark: SparkSession, lakehouse: Lakehouse, config: JobConfig) -> DataFrame:

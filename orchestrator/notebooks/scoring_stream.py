@@ -3,9 +3,9 @@
 # MAGIC # Taxi fares: incremental scoring job
 # MAGIC
 # MAGIC Scores the trips committed to `raw_trips` since the last run (a Delta stream with its checkpoint under the
-# MAGIC lakehouse), with the batch scoring job's code, and stops (`available_now`) or keeps going (`continuous`).
-# MAGIC Deployed with a `table_update` trigger on `raw_trips` where the tables are in Unity Catalog. All logic lives in
-# MAGIC the wheels.
+# MAGIC lakehouse), their feature windows recomputed first, with the batch jobs' code, and stops (`available_now`)
+# MAGIC or keeps going (`continuous`). Deployed with a `table_update` trigger on `raw_trips` where the tables are in
+# MAGIC Unity Catalog. All logic lives in the wheels.
 # MAGIC
 # MAGIC | parameter | meaning |
 # MAGIC |---|---|
@@ -14,6 +14,7 @@
 # MAGIC | `model_name`, `mlflow_experiment`, `mlflow_registry_uri` | the registered model and the MLflow runs |
 # MAGIC | `lakehouse_root` | where the tables and the stream's checkpoint are |
 # MAGIC | `table_schema` | `<catalog>.<schema>`: keep the tables by name there (empty: folders under `lakehouse_root`) |
+# MAGIC | `execute_feature_engineering` | recompute the feature windows each micro-batch's trips fall in, first |
 # MAGIC | `validation_mode` | `fail` the job on invalid trips, or `quarantine` them (kept in `quarantined_trips`) |
 # MAGIC | `secret_scope` | secret scope with `appinsights-connection-string` |
 # MAGIC | `databricks_job_id`, `databricks_run_id` | set by the job (`{{job.id}}`, `{{job.run_id}}`) for telemetry |
@@ -21,6 +22,7 @@
 # MAGIC | `trigger_mode` | `available_now`: score what arrived, then stop; `continuous`: keep scoring |
 # MAGIC | `processing_interval_seconds` | seconds between micro-batches in `continuous` mode |
 # MAGIC | `max_files_per_trigger` | files of `raw_trips` one micro-batch reads at most |
+# MAGIC | `feature_watermark_hours` | how late a trip may arrive and still update its feature windows |
 
 # COMMAND ----------
 

@@ -68,8 +68,11 @@ def stream_lakehouse(spark, champion, tmp_path):
 
 
 def stream_config(lakehouse, **changes):
+    """The job's config on ``lakehouse``; its features are the test's (copied from the champion's lakehouse, which
+    had the trips before the range too) unless ``execute_feature_engineering`` says otherwise."""
     values = {p.name: p.default for p in SCORING_STREAM_PARAMETERS}
-    values.update(lakehouse_root=lakehouse.root, mlflow_experiment="tests", **changes)
+    values.update(lakehouse_root=lakehouse.root, mlflow_experiment="tests", execute_feature_engineering="false")
+    values.update(changes)
     return ScoringStreamConfig.from_mapping(values)
 
 
@@ -115,6 +118,62 @@ def test_streaming_in_any_commit_shape_gives_the_batch_predictions(
     # a run with nothing new scores nothing and writes nothing
     again = run_job(stream_config(lakehouse), spark)["stages"]["streaming_scoring"]
     assert (again["micro_batches"], again["rows"]) == (0, 0)
+
+
+def test_features_computed_as_trips_arrive_equal_batch_features_and_a_late_trip_updates_its_windows(
+        spark, champion, tmp_path):
+    """A lakehouse with no features: the job computes them micro-batch by micro-batch (its default), each the feature
+    windows its trips fall in, from raw_trips, with feature engineering's code; after commits of a day before the
+    range, then of the range day by day, the features of the range are what batch feature engineering gives, and
+    every trip has one prediction. A trip of the first day arriving last updates the windows it falls in; one older
+    than the watermark is scored with the features held and counted late."""
+    from pyspark.sql import DataFrame
+
+    from taxi_fares.features import dropoff_features, pickup_features
+
+    lakehouse = Lakehouse(str(tmp_path / "incremental"))
+    day = dt.timedelta(days=1)
+
+    def batch_features(source: DataFrame) -> dict:
+        valid = valid_rows(source)
+        return {PICKUP_FEATURES: pickup_features(valid, START, END),
+                DROPOFF_FEATURES: dropoff_features(valid, START, END)}
+
+    def held(table):
+        return lakehouse.read(spark, table).filter((F.col("ts") >= START) & (F.col("ts") < END))
+
+    source = trips_between(spark, champion, START - day, END)
+    bounds = [(START - day, START), (START, START + day), (START + day, END)]
+    late = valid_rows(source).filter((F.col(PICKUP_TS) >= START) & (F.col(PICKUP_TS) < START + dt.timedelta(hours=8))
+                                     ).orderBy("trip_id").limit(1).collect()[0]
+    first_commits = source.filter(F.col("trip_id") != late["trip_id"])
+    for start, end in bounds:
+        lakehouse.write(first_commits.filter((F.col(PICKUP_TS) >= start) & (F.col(PICKUP_TS) < end)), RAW_TRIPS,
+                        mode="append")
+        summary = run_job(stream_config(lakehouse, execute_feature_engineering="true"), spark)
+        assert summary["stages"]["streaming_scoring"]["feature_rows_merged"] > 0
+    expected = batch_features(first_commits)
+    for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
+        assertDataFrameEqual(held(table), expected[table])
+
+    # the first day's trip arrives last: its windows are recomputed with it, as batch would compute them now
+    lakehouse.write(spark.createDataFrame([late], source.schema), RAW_TRIPS, mode="append")
+    updated = run_job(stream_config(lakehouse, execute_feature_engineering="true"), spark)["stages"]
+    assert (updated["streaming_scoring"]["rows"], updated["streaming_scoring"]["late"]) == (1, 0)
+    expected = batch_features(source)
+    for table in (PICKUP_FEATURES, DROPOFF_FEATURES):
+        assertDataFrameEqual(held(table), expected[table])
+    rows = lakehouse.read(spark, PREDICTIONS)
+    assert rows.count() == rows.select("trip_id").distinct().count() == valid_rows(source).count()
+
+    # a trip older than the watermark (1 hour before the newest features): scored, its windows left as they were
+    older = valid_rows(source).filter(F.col(PICKUP_TS) < START).orderBy("trip_id").limit(1).collect()[0].asDict()
+    lakehouse.write(spark.createDataFrame([{**older, "trip_id": 10**9}], source.schema), RAW_TRIPS, mode="append")
+    before = lakehouse.read(spark, PICKUP_FEATURES).collect()
+    watermarked = run_job(stream_config(lakehouse, execute_feature_engineering="true", feature_watermark_hours="1"),
+                          spark)["stages"]["streaming_scoring"]
+    assert (watermarked["rows"], watermarked["late"]) == (1, 1)
+    assert sorted(lakehouse.read(spark, PICKUP_FEATURES).collect()) == sorted(before)
 
 
 def _copy_features(spark, source, root):
@@ -223,8 +282,11 @@ def test_a_job_killed_mid_micro_batch_then_rerun_scores_each_trip_once(spark, ch
     appended = stream_lakehouse.read(spark, PREDICTIONS).count()
     assert appended > 0
 
-    again = run_job(stream_config(stream_lakehouse), spark)["stages"]["streaming_scoring"]
+    # the killed run computed the batch's features first (the job's default), and so does the replay
+    again = run_job(stream_config(stream_lakehouse, execute_feature_engineering="true"), spark
+                    )["stages"]["streaming_scoring"]
     assert (again["micro_batches"], again["replayed"], again["rows"]) == (1, 1, 0)
+    assert again["feature_rows_merged"] == 0  # merged before the kill: the same rows again change nothing
     rows = stream_lakehouse.read(spark, PREDICTIONS)
     trips = valid_rows(trips_between(spark, champion, START, START + dt.timedelta(hours=6))).count()
     assert rows.count() == appended == rows.select("trip_id").distinct().count() == trips

@@ -14,8 +14,10 @@ def values(**changes):
 def test_the_job_has_no_range_and_runs_available_now_by_default():
     config = ScoringStreamConfig.from_mapping(values())
     names = {p.name for p in ScoringStreamConfig.parameters()}
-    assert not names & {"start_date", "end_date", "execute_feature_engineering"}
+    assert not names & {"start_date", "end_date"}
     assert (config.start_date, config.end_date, config.trigger_mode) == (None, None, "available_now")
+    # its micro-batches' feature windows recomputed, a week late at most
+    assert (config.execute_feature_engineering, config.feature_watermark_hours) == (True, 168)
     assert config.run_range == "incremental (available_now)" and config.target == "local"
 
 
@@ -32,3 +34,5 @@ def test_a_bad_trigger_mode_or_interval_is_refused_with_every_problem():
         ScoringStreamConfig.from_mapping(values(trigger_mode="sometimes", processing_interval_seconds="0"))
     assert "trigger_mode: 'sometimes' is not one of available_now, continuous" in str(excinfo.value)
     assert "processing_interval_seconds: 0 is below the minimum 1" in str(excinfo.value)
+    with pytest.raises(ConfigError, match="feature_watermark_hours: 20000000 is above the maximum 87,600"):
+        ScoringStreamConfig.from_mapping(values(feature_watermark_hours="20000000"))

@@ -2,11 +2,13 @@
 by micro-batch with the batch stage's own code (``predict_trips``).
 
 Each micro-batch (``score_micro_batch``, the query's ``foreachBatch``) validates its trips, appends the invalid
-ones to ``quarantined_trips`` with the rules they break (or fails the job, ``validation_mode=fail``), scores the
+ones to ``quarantined_trips`` with the rules they break (or fails the job, ``validation_mode=fail``), recomputes the
+feature windows the valid ones fall in from ``raw_trips`` and merges them by key (``refresh_features``, with
+``execute_feature_engineering``; a late trip updates its windows, within ``feature_watermark_hours``), scores the
 valid ones over the days they were picked up on, and appends the predictions to the model's table (``predictions``
 for the champion, ``shadow_predictions`` for another version, as in batch). Both appends are Delta's idempotent
 writes (``txnAppId`` = the checkpoint's id, ``txnVersion`` = the batch id): a micro-batch replayed after a crash,
-which Spark does with the same id and the same trips, changes nothing.
+which Spark does with the same id and the same trips, changes nothing; so does merging its features again.
 
 The query's progress (which commits of ``raw_trips`` it has read) is its checkpoint,
 ``<lakehouse>/checkpoints/scoring_stream/<model>.<alias or version>/query``, with ``owner.json`` beside it naming
@@ -31,20 +33,25 @@ from typing import Callable, Optional
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from taxi_fares.schema import FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError, schema_violations, \
-    validate_trips
+from taxi_fares.columns import PICKUP_WINDOW_SECONDS, TS
+from taxi_fares.schema import DROPOFF_TS, FAIL, PICKUP_TS, VIOLATIONS_COLUMN, TripValidationError, \
+    schema_violations, valid_rows, validate_trips
 from taxi_fares_mlops import telemetry
 from taxi_fares_mlops.config import AVAILABLE_NOW, SCORING_STREAM_JOB, STREAMING_SCORING, ScoringStreamConfig
+from taxi_fares_mlops.datasets import feature_window_trips
 from taxi_fares_mlops.errors import DataError, StorageError
 from taxi_fares_mlops.faults import crash_point
 from taxi_fares_mlops.spark import session_conf
 from taxi_fares_mlops.stage import StageContext, stage
 from taxi_fares_mlops.stages.batch_scoring import SCORING_CONF, predict_trips, predictions_table
-from taxi_fares_mlops.storage import QUARANTINED_TRIPS, RAW_TRIPS, Lakehouse
+from taxi_fares_mlops.stages.feature_engineering import merge_features
+from taxi_fares_mlops.storage import PICKUP_FEATURES, QUARANTINED_TRIPS, RAW_TRIPS, Lakehouse
 
 logger = logging.getLogger(__name__)
 
 OWNER_FILE = "owner.json"
+# A run's totals over its micro-batches: its outputs and its MLflow metrics (``streaming.<name>``).
+TOTALS = ("micro_batches", "rows", "quarantined", "replayed", "feature_rows_merged", "late")
 QUERY_FOLDER = "query"
 
 
@@ -165,11 +172,9 @@ def streaming_scoring(spark: SparkSession, config: ScoringStreamConfig, context:
     if totals["quarantined"]:
         context.wrote(QUARANTINED_TRIPS)
     # the run's totals, as a batch run's stage outputs are: a stream's MLflow run reads like a batch one
-    context.tracking.log_metrics({f"streaming.{name}": float(totals[name])
-                                  for name in ("micro_batches", "rows", "quarantined", "replayed")})
+    context.tracking.log_metrics({f"streaming.{name}": float(totals[name]) for name in TOTALS})
     return {"model_name": model.name, "model_version": model.version, "table": table, "checkpoint": checkpoint,
-            "micro_batches": totals["micro_batches"], "rows": totals["rows"], "quarantined": totals["quarantined"],
-            "replayed": totals["replayed"]}
+            **{name: totals[name] for name in TOTALS}}
 
 
 def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context: StageContext, model, table: str,
@@ -189,7 +194,10 @@ def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context:
                 return counts
             if config.validation_mode != FAIL and validated.violations:
                 counts["quarantined"] = _quarantine(context, validated.quarantined, writer_id, batch_id)
-            dates = _pickup_days(validated.valid)
+            days = _trip_days(validated.valid)
+            dates = (days[0]["day"], days[-1]["day"] + dt.timedelta(days=1)) if days else None
+            if days and config.execute_feature_engineering:
+                counts.update(refresh_features(spark, config, context, days))
             if dates is not None:
                 predictions = predict_trips(spark, config, context, model, validated.valid, dates)
                 # on the micro-batch's own session (Spark runs each on a copy of the job's): set on the job's,
@@ -202,7 +210,8 @@ def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context:
                 if not counts["rows"]:
                     counts["replayed"] = 1
                     logger.info("micro-batch %d was written before (a replay): nothing appended", batch_id)
-            step.set_attributes({"rows": counts["rows"], "quarantined": counts["quarantined"]})
+            step.set_attributes({"rows": counts["rows"], "quarantined": counts["quarantined"],
+                                 "feature_rows_merged": counts["feature_rows_merged"], "late": counts["late"]})
             if dates is not None:
                 lag = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
                        - dt.datetime.combine(dates[1], dt.time())).total_seconds()
@@ -213,12 +222,76 @@ def score_micro_batch(spark: SparkSession, config: ScoringStreamConfig, context:
     return counts
 
 
-def _pickup_days(trips: DataFrame) -> Optional[tuple[dt.date, dt.date]]:
-    """[first pickup day, day after the last) of ``trips`` (one small aggregation), or None when there are none."""
-    row = trips.agg(F.min(PICKUP_TS).alias("first"), F.max(PICKUP_TS).alias("last")).first()
-    if row is None or row["first"] is None:
+def refresh_features(spark: SparkSession, config: ScoringStreamConfig, context: StageContext,
+                     days: list) -> Counter:
+    """The feature windows a micro-batch's trips fall in, recomputed from ``raw_trips`` and merged by key with
+    feature engineering's own code (``merge_features``), so a trip that arrives late updates the windows it falls
+    in, and the predictions that follow read them. ``days``: ``_trip_days`` of the micro-batch's valid trips. For
+    each run of consecutive pickup days, the windows ending from the first day's midnight to the midnight after its
+    last drop-off plus a pickup window (every window a trip is in ends within a window's length of it): days
+    without trips are not recomputed, however far apart the trips are.
+
+    The watermark: windows ending more than ``feature_watermark_hours`` before the newest feature row held (rows
+    later than a day from now are not taken for the newest: a trip dated in the future cannot freeze the rest)
+    are left as they are where there are any, and the trips picked up before then are counted as ``late``: scored
+    with the windows held. Days before it that hold no window at all are computed (their trips need features)."""
+    counts: Counter = Counter()
+    newest = _newest_feature_time(spark, context)
+    floor = _day(newest - dt.timedelta(hours=config.feature_watermark_hours)) if newest is not None else None
+    for start, end, by_day in _day_runs(days):
+        if floor is not None and start < floor and _features_held(spark, context, start, min(end, floor)):
+            counts["late"] += sum(trips for day, trips in by_day if day < floor)
+            start = floor
+        if start >= end:
+            continue
+        raw = context.lakehouse.read(spark, RAW_TRIPS).filter(feature_window_trips(start, end))
+        merged = merge_features(spark, context, valid_rows(raw), start, end)
+        counts["feature_rows_merged"] += sum(m["inserted"] + m["updated"] for m in merged.values())
+    if counts["late"]:
+        logger.warning("%d trip(s) picked up before %s, feature_watermark_hours=%d before the newest feature row "
+                       "(%s): scored with the feature windows held, which were not recomputed", counts["late"],
+                       floor, config.feature_watermark_hours, newest)
+    return counts
+
+
+def _trip_days(trips: DataFrame) -> list:
+    """Per pickup day of ``trips``, in order: the day (``day``), its trips (``trips``) and the latest of their
+    pickups and drop-offs (``last``). One small aggregation: a row per day."""
+    return (trips.groupBy(F.to_date(PICKUP_TS).alias("day"))
+            .agg(F.count(F.lit(1)).alias("trips"), F.max(F.greatest(PICKUP_TS, DROPOFF_TS)).alias("last"))
+            .orderBy("day").collect())
+
+
+def _day_runs(days: list) -> list[tuple[dt.datetime, dt.datetime, list[tuple[dt.datetime, int]]]]:
+    """The ranges of feature windows ``days`` touch, overlapping ones joined: (start, end, [(day, trips)])."""
+    runs: list = []
+    for row in days:
+        start = dt.datetime.combine(row["day"], dt.time())
+        end = _day(row["last"] + dt.timedelta(seconds=PICKUP_WINDOW_SECONDS)) + dt.timedelta(days=1)
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], end), [*runs[-1][2], (start, row["trips"])])
+        else:
+            runs.append((start, end, [(start, row["trips"])]))
+    return runs
+
+
+def _day(value: dt.datetime) -> dt.datetime:
+    return dt.datetime(value.year, value.month, value.day)
+
+
+def _newest_feature_time(spark: SparkSession, context: StageContext) -> Optional[dt.datetime]:
+    """The newest pickup feature row's time up to a day from now (None without features)."""
+    if not context.lakehouse.exists(spark, PICKUP_FEATURES):
         return None
-    return row["first"].date(), row["last"].date() + dt.timedelta(days=1)
+    tomorrow = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=1)
+    return context.lakehouse.read(spark, PICKUP_FEATURES).filter(F.col(TS) <= F.lit(tomorrow)).agg(
+        F.max(TS)).first()[0]
+
+
+def _features_held(spark: SparkSession, context: StageContext, start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether any pickup feature window ends in [start, end)."""
+    return not context.lakehouse.read(spark, PICKUP_FEATURES).filter(
+        (F.col(TS) >= F.lit(start)) & (F.col(TS) < F.lit(end))).isEmpty()
 
 
 def _quarantine(context: StageContext, quarantined: DataFrame, writer_id: str, batch_id: int) -> int:
