@@ -187,7 +187,9 @@ def _steps(root: str, rows: int, seed: int, shared: dict) -> tuple[JobSummary, J
 
 
 ONLINE_TRIPS, TRIPS_PER_REQUEST = 3000, 100
-LOOKBACK_HOURS = 31 * 24  # the features the bundle carries: March's
+# The features the bundle carries: March's, counted back from the newest window (the stream computes those ending
+# up to an hour after the last drop-off, so a day more than March).
+LOOKBACK_HOURS = 32 * 24
 
 
 def _online(root: str, shared: dict, spark, model: str) -> JobSummary:
