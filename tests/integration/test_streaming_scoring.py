@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from taxi_fares.schema import PICKUP_TS, valid_rows
+from taxi_fares.schema import DROPOFF_TS, PICKUP_TS, valid_rows
 from taxi_fares_mlops.config import SCORING_STREAM_PARAMETERS, ScoringStreamConfig
 from taxi_fares_mlops.errors import StageError
 from taxi_fares_mlops.jobs import run_job
@@ -174,6 +174,16 @@ def test_features_computed_as_trips_arrive_equal_batch_features_and_a_late_trip_
                           spark)["stages"]["streaming_scoring"]
     assert (watermarked["rows"], watermarked["late"]) == (1, 1)
     assert sorted(lakehouse.read(spark, PICKUP_FEATURES).collect()) == sorted(before)
+
+    # a trip dated years ahead gets windows of its own day, and does not become the newest row the next trips are
+    # judged late against (without the cap, a trip of the range's first day would now count as late)
+    ahead = {**older, "trip_id": 10**9 + 1, PICKUP_TS: older[PICKUP_TS].replace(year=2030),
+             DROPOFF_TS: older[DROPOFF_TS].replace(year=2030)}
+    again = {**late.asDict(), "trip_id": 10**9 + 2}
+    for trip in (ahead, again):
+        lakehouse.write(spark.createDataFrame([trip], source.schema), RAW_TRIPS, mode="append")
+        scored = run_job(stream_config(lakehouse, execute_feature_engineering="true"), spark)["stages"]
+        assert (scored["streaming_scoring"]["rows"], scored["streaming_scoring"]["late"]) == (1, 0), trip
 
 
 def _copy_features(spark, source, root):
